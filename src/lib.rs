@@ -1,0 +1,2 @@
+//! kmsd: a KMS host.
+pub mod protocol;

@@ -1,0 +1,25 @@
+//! The sans-IO protocol core: bytes to messages to bytes.
+//!
+//! Nothing here touches a socket, a file, the clock or the OS random source:
+//! `now` and the RNG are always passed in, so every exchange is reproducible.
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+#![cfg_attr(
+    test,
+    allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )
+)]
+
+pub mod crypto;
+pub mod guid;
+pub mod kms;
+pub mod rpc;
+pub mod wire;
