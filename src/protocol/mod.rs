@@ -20,6 +20,7 @@
 
 pub mod crypto;
 pub mod guid;
+pub mod host;
 pub mod kms;
 pub mod rpc;
 pub mod wire;

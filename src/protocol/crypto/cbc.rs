@@ -25,7 +25,7 @@ pub fn encrypt(cipher: &Rijndael, iv: &[u8; 16], data: &mut [u8]) {
 
 /// Decrypts `data` in place; it must be a positive multiple of 16 bytes.
 pub fn decrypt(cipher: &Rijndael, iv: &[u8; 16], data: &mut [u8]) -> Result<(), CbcError> {
-    if data.is_empty() || data.len() % 16 != 0 {
+    if data.is_empty() || !data.len().is_multiple_of(16) {
         return Err(CbcError::Length(data.len()));
     }
     let mut chain = *iv;
@@ -79,7 +79,7 @@ mod tests {
             let plain: Vec<u8> = (0..len as u8).collect();
             let mut buf = plain.clone();
             pad(&mut buf, 0);
-            assert!(buf.len() > plain.len() && buf.len() % 16 == 0);
+            assert!(buf.len() > plain.len() && buf.len().is_multiple_of(16));
             encrypt(&c, &[3; 16], &mut buf);
             decrypt(&c, &[3; 16], &mut buf).unwrap();
             assert_eq!(unpadded_len(&buf), Ok(len));

@@ -51,7 +51,7 @@ fn sub_word(w: [u8; 4]) -> [u8; 4] {
 /// (4 ≤ nk ≤ 6), producing `4 × (nk + 7)` bytes of round keys.
 pub fn expand_key(key: &[u8]) -> Vec<[u8; 16]> {
     let nk = key.len() / 4;
-    debug_assert!((4..=6).contains(&nk) && key.len() % 4 == 0);
+    debug_assert!((4..=6).contains(&nk) && key.len().is_multiple_of(4));
     let rounds = nk + 6;
     let total = 4 * (rounds + 1);
     let mut words: Vec<[u8; 4]> = key

@@ -197,7 +197,7 @@ fn parse_base(bytes: &[u8]) -> Result<ParsedBase, VerifyError> {
     let minor = r.u16().map_err(t)?;
     let major = r.u16().map_err(t)?;
     let pid_size = r.u32().map_err(t)? as usize;
-    if pid_size > MAX_PID_SIZE || pid_size < 2 || pid_size % 2 != 0 {
+    if !(2..=MAX_PID_SIZE).contains(&pid_size) || !pid_size.is_multiple_of(2) {
         return Err(VerifyError::PidLength(pid_size));
     }
     let pid = r.take(pid_size).map_err(t)?;

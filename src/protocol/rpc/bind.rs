@@ -243,7 +243,7 @@ pub fn encode_ack(
         }
         None => out.extend_from_slice(&0u16.to_le_bytes()),
     }
-    while (out.len() - start) % 4 != 0 {
+    while !(out.len() - start).is_multiple_of(4) {
         out.push(0);
     }
     out.extend_from_slice(&[u8::try_from(results.len()).unwrap_or(u8::MAX), 0, 0, 0]);

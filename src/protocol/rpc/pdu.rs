@@ -7,9 +7,11 @@ pub const HEADER_LEN: usize = 16;
 /// The largest PDU the host ever accepts, whatever the configuration says:
 /// the fragment size Windows negotiates. KMS PDUs are under 320 bytes.
 pub const MAX_PDU_LEN: usize = 5840;
-/// Default bound on an incoming PDU: room for any KMS request and a bind
-/// with 20 context items.
-pub const DEFAULT_MAX_PDU_LEN: usize = 1024;
+/// Default bound on an incoming PDU: a KMS request is at most 300 bytes
+/// (316 with an object UUID) and a Windows bind 160; 512 leaves room for a
+/// bind of 11 context items and nothing a peer could use to make the host
+/// buffer more.
+pub const DEFAULT_MAX_PDU_LEN: usize = 512;
 
 /// PDU types (PTYPE).
 pub mod ptype {

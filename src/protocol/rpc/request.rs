@@ -121,7 +121,7 @@ pub fn encode_response(
         Syntax::Ndr64 => patch(out, count_at, &(n as u64).to_le_bytes()),
     }
     // NDR aligns the return value to 4 bytes from the stub start.
-    while (out.len() - stub) % 4 != 0 {
+    while !(out.len() - stub).is_multiple_of(4) {
         out.push(0);
     }
     out.extend_from_slice(&0u32.to_le_bytes());
@@ -150,7 +150,7 @@ pub fn encode_error(
     finish_response(out, start, stub);
 }
 
-fn finish_response(out: &mut Vec<u8>, start: usize, stub: usize) {
+fn finish_response(out: &mut [u8], start: usize, stub: usize) {
     let stub_len = u32::try_from(out.len() - stub).unwrap_or(u32::MAX);
     patch(out, start + 16, &stub_len.to_le_bytes());
     pdu::finish(out, start);
