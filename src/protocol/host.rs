@@ -42,6 +42,7 @@ pub enum Outcome {
     /// The request verified; the caller refused it: error stub written.
     Refused {
         call_id: u32,
+        context_id: u16,
         syntax: Syntax,
         request: Request,
         hresult: u32,
@@ -50,6 +51,7 @@ pub enum Outcome {
     /// The request verified and was answered.
     Answered {
         call_id: u32,
+        context_id: u16,
         syntax: Syntax,
         request: Request,
         count: u32,
@@ -105,6 +107,7 @@ pub fn handle_pdu<'e>(
             rpc_request::encode_error(call_id, ctx, syntax, hresult, out);
             Ok(Outcome::Refused {
                 call_id,
+                context_id: ctx,
                 syntax,
                 request,
                 hresult,
@@ -118,6 +121,7 @@ pub fn handle_pdu<'e>(
             });
             Ok(Outcome::Answered {
                 call_id,
+                context_id: ctx,
                 syntax,
                 request,
                 count: answer.count,

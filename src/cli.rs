@@ -1,0 +1,156 @@
+//! Command-line interface (clap derive).
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "kmsd",
+    version,
+    about = "A KMS host for labs, test networks and interoperability work"
+)]
+pub struct Cli {
+    /// More log output (-v debug, -vv trace). RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// Less log output (warnings and errors only).
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    /// Log format.
+    #[arg(long, value_enum, default_value = "text", global = true)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the KMS host.
+    Serve(ServeArgs),
+    /// Perform activations against a host, like a Windows client, verifying
+    /// every response.
+    Activate(ActivateArgs),
+    /// List the products (SKUs) the catalog knows.
+    Products(ProductsArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OnOff {
+    On,
+    Off,
+}
+
+impl OnOff {
+    pub fn on(self) -> bool {
+        self == Self::On
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on (repeatable). Default: [::]:1688 and 0.0.0.0:1688.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub listen: Vec<SocketAddr>,
+    /// Data directory (database with pools, ePIDs, inventory). Created if missing.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// `real` (count distinct clients, as Microsoft hosts do) or `fixed:N`
+    /// (always answer N, remember nothing: an emulator's behaviour).
+    #[arg(long, default_value = "real")]
+    pub count_mode: crate::store::CountMode,
+    /// Serve only these ePID groups (host keys), repeatable; default all.
+    #[arg(long = "serve", value_name = "GROUP")]
+    pub served_groups: Vec<String>,
+    /// Serve unknown KMS counted IDs as Windows clients instead of refusing them.
+    #[arg(long)]
+    pub lenient_products: bool,
+    /// Refuse clients whose clock is off by more than this many minutes (0xC004F06C).
+    #[arg(long, value_name = "MINUTES")]
+    pub max_clock_skew: Option<u64>,
+    /// Fix the ePID of a group, e.g. Windows=03612-00206-556-123727-03-1033-17763.0000-2972018.
+    #[arg(long = "epid", value_name = "GROUP=EPID")]
+    pub epids: Vec<String>,
+    /// Host hardware ID sent to protocol 6 clients (16 hex digits).
+    #[arg(long, value_parser = crate::config::parse_hwid)]
+    pub hwid: Option<[u8; 8]>,
+    /// Host OS build the generated ePIDs name.
+    #[arg(long)]
+    pub host_build: Option<u32>,
+    /// Host locale id the generated ePIDs name.
+    #[arg(long)]
+    pub lcid: Option<u32>,
+    /// Negotiate NDR64.
+    #[arg(long, value_enum)]
+    pub ndr64: Option<OnOff>,
+    /// Answer bind-time feature negotiation.
+    #[arg(long, value_enum)]
+    pub btfn: Option<OnOff>,
+    /// Retry interval for clients not yet activated, minutes (15..=43200).
+    #[arg(long)]
+    pub activation_interval: Option<u32>,
+    /// Renewal interval for activated clients, minutes (15..=43200).
+    #[arg(long)]
+    pub renewal_interval: Option<u32>,
+    /// Most connections open at once.
+    #[arg(long)]
+    pub max_connections: Option<usize>,
+    /// Most connections open at once from one address.
+    #[arg(long)]
+    pub max_connections_per_ip: Option<usize>,
+    /// Seconds a connection may stay idle.
+    #[arg(long)]
+    pub idle_timeout: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+pub struct ActivateArgs {
+    /// Host, optionally with port (default port 1688). IPv6 in brackets.
+    #[arg(default_value = "127.0.0.1:1688")]
+    pub host: String,
+    /// KMS protocol version (default: the product's).
+    #[arg(long, short = 'p', value_parser = clap::value_parser!(u16).range(4..=6))]
+    pub protocol: Option<u16>,
+    /// Product: a SKU name (or unique part of one) or SKU GUID; see `kmsd products`.
+    #[arg(long, conflicts_with = "sku")]
+    pub product: Option<String>,
+    /// SKU GUID.
+    #[arg(long)]
+    pub sku: Option<crate::protocol::guid::Guid>,
+    /// Client machine ID (default: a fresh random one per request).
+    #[arg(long)]
+    pub cmid: Option<crate::protocol::guid::Guid>,
+    /// Workstation name sent.
+    #[arg(long, default_value = "kmsd-client")]
+    pub machine_name: String,
+    /// Offer NDR64.
+    #[arg(long, value_enum, default_value = "on")]
+    pub ndr64: OnOff,
+    /// Offer bind-time feature negotiation.
+    #[arg(long, value_enum, default_value = "on")]
+    pub btfn: OnOff,
+    /// Requests on the one connection.
+    #[arg(long, short = 'n', default_value = "1", value_parser = clap::value_parser!(u32).range(1..=10000))]
+    pub requests: u32,
+    /// Override the threshold sent (N_Policy).
+    #[arg(long)]
+    pub n_policy: Option<u32>,
+    /// Seconds allowed per step.
+    #[arg(long, default_value = "10")]
+    pub timeout: u64,
+    /// Print the responses as JSON lines.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ProductsArgs {
+    /// Only SKUs whose name contains this (case-insensitive).
+    pub filter: Option<String>,
+}

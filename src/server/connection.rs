@@ -1,0 +1,172 @@
+//! One client connection: frames PDUs, hands each to the host, writes the
+//! answer, and enforces the per-connection limits. Requests on a connection
+//! are answered one at a time, in order.
+
+use super::codec::{CodecError, RpcPduCodec};
+use super::handler::Host;
+use crate::protocol::host::Outcome;
+use crate::protocol::kms::products;
+use crate::protocol::rpc::bind::BindPolicy;
+use crate::protocol::rpc::session::Session;
+use futures_util::{SinkExt, StreamExt};
+use rand::SeedableRng;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio::time::{Instant, timeout_at};
+use tokio_util::codec::Framed;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+/// The limits a connection runs under.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnLimits {
+    pub policy: BindPolicy,
+    pub port: u16,
+    pub max_pdu_len: usize,
+    pub read_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_requests: u32,
+}
+
+/// Serves one connection until the peer closes, a limit ends it, the stream
+/// turns out to be garbage, or shutdown begins (between exchanges only).
+pub async fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    host: Arc<Host>,
+    limits: ConnLimits,
+    assoc_group: u32,
+    shutdown: CancellationToken,
+) {
+    let mut framed = Framed::new(stream, RpcPduCodec::new(limits.max_pdu_len));
+    let mut session = Session::new(limits.policy, limits.port, assoc_group);
+    let mut rng = rand::rngs::StdRng::from_rng(&mut rand::rng());
+    let mut out = Vec::with_capacity(512);
+    let mut requests = 0u32;
+    loop {
+        // Idle until the first byte of the next PDU, then the whole PDU must
+        // arrive within read_timeout: a slow sender is cut off either way.
+        let idle_deadline = Instant::now() + limits.idle_timeout;
+        let next = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => {
+                debug!("shutdown: closing idle connection");
+                break;
+            }
+            r = async {
+                if framed.read_buffer().is_empty() {
+                    let got = timeout_at(idle_deadline, framed.get_ref().readable()).await;
+                    if got.is_err() {
+                        return Err("idle timeout");
+                    }
+                }
+                timeout_at(Instant::now() + limits.read_timeout, framed.next())
+                    .await
+                    .map_err(|_| "read timeout (PDU incomplete)")
+            } => r,
+        };
+        let pdu = match next {
+            Err(why) => {
+                debug!(reason = why, "closing connection");
+                break;
+            }
+            Ok(None) => break,
+            Ok(Some(Err(CodecError::Io(e)))) => {
+                debug!(error = %e, "connection error");
+                break;
+            }
+            Ok(Some(Err(CodecError::Pdu(e)))) => {
+                warn!(error = %e, "unframeable PDU; closing connection");
+                break;
+            }
+            Ok(Some(Ok(pdu))) => pdu,
+        };
+        out.clear();
+        let outcome = match host
+            .handle(&mut session, &pdu, peer.ip(), &mut rng, &mut out)
+            .await
+        {
+            Ok(o) => o,
+            Err(e) => {
+                warn!(error = %e, "malformed PDU; closing connection");
+                break;
+            }
+        };
+        log_outcome(&outcome);
+        if !out.is_empty() && framed.send(out.as_slice()).await.is_err() {
+            break;
+        }
+        if matches!(
+            outcome,
+            Outcome::Answered { .. }
+                | Outcome::Refused { .. }
+                | Outcome::Invalid { .. }
+                | Outcome::Fault { .. }
+                | Outcome::BadStub { .. }
+        ) {
+            requests += 1;
+            if requests >= limits.max_requests {
+                debug!(requests, "request limit reached; closing connection");
+                break;
+            }
+        }
+    }
+}
+
+fn log_outcome(o: &Outcome) {
+    match o {
+        Outcome::Negotiated { alter, accepted } => {
+            debug!(alter, accepted, "presentation contexts negotiated");
+        }
+        Outcome::Answered { request, count, .. } => {
+            let b = &request.base;
+            let product = products::sku(&b.sku_id).map_or("unknown SKU", |s| s.name);
+            info!(
+                workstation = %b.workstation.name(),
+                cmid = %b.cmid,
+                product,
+                protocol = %b.version,
+                n_policy = b.n_policy,
+                count,
+                activated = *count >= b.n_policy,
+                "activation answered"
+            );
+        }
+        Outcome::Refused {
+            request,
+            hresult,
+            why,
+            ..
+        } => {
+            let b = &request.base;
+            warn!(
+                workstation = %b.workstation.name(),
+                cmid = %b.cmid,
+                kms_id = %b.kms_id,
+                hresult = format_args!("{hresult:#010X}"),
+                reason = why,
+                "activation refused"
+            );
+        }
+        Outcome::Invalid { error, .. } => {
+            warn!(error = %error, "invalid KMS request answered with 0x8007000D");
+        }
+        Outcome::Fault {
+            status,
+            why,
+            call_id,
+        } => {
+            warn!(
+                call_id,
+                status = format_args!("{status:#010x}"),
+                reason = why,
+                "RPC fault sent"
+            );
+        }
+        Outcome::BadStub { error, call_id } => {
+            warn!(call_id, error = %error, "bad stub data; RPC fault sent");
+        }
+    }
+}

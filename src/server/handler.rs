@@ -1,0 +1,314 @@
+//! The hot path: a PDU in, the host's decision (product policy, count), the
+//! durable record, and the response out. The protocol work is
+//! [`protocol::host::handle_pdu`]; this adds the state it decides with.
+
+use crate::config::ServeConfig;
+use crate::protocol::guid::Guid;
+use crate::protocol::host::{self, Decision, Outcome};
+use crate::protocol::kms::epid::EpidParts;
+use crate::protocol::kms::products::{self, Date, Pool};
+use crate::protocol::kms::{Answer, Epid, Request, hresult};
+use crate::protocol::rpc::pdu::PduError;
+use crate::protocol::rpc::request as rpc_request;
+use crate::protocol::rpc::session::Session;
+use crate::store::{self, CountMode, Durable, Pools, Record, StoreError, Ticket, sqlite, window};
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// FILETIME of the unix epoch.
+const FILETIME_UNIX_EPOCH: u64 = 116_444_736_000_000_000;
+
+/// Unix milliseconds of a FILETIME.
+pub fn filetime_to_unix_ms(ft: u64) -> i64 {
+    (ft as i64 - FILETIME_UNIX_EPOCH as i64) / 10_000
+}
+
+/// FILETIME of unix milliseconds.
+pub fn unix_ms_to_filetime(ms: i64) -> u64 {
+    (ms * 10_000 + FILETIME_UNIX_EPOCH as i64) as u64
+}
+
+/// Running totals since start.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub answered: AtomicU64,
+    pub refused: AtomicU64,
+    pub invalid: AtomicU64,
+    pub faults: AtomicU64,
+    pub store_failures: AtomicU64,
+}
+
+/// Everything the host decides with.
+pub struct Host {
+    epids: HashMap<&'static str, Epid>,
+    served: Vec<&'static str>,
+    strict_products: bool,
+    max_clock_skew: Option<Duration>,
+    hwid: [u8; 8],
+    activation_interval: u32,
+    renewal_interval: u32,
+    pools: Pools,
+    durable: Durable,
+    pub stats: Stats,
+}
+
+/// Why the host could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot create the data dir {}: {err}", path.display())]
+    DataDir {
+        path: std::path::PathBuf,
+        err: std::io::Error,
+    },
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+}
+
+impl Host {
+    /// Opens the data dir (creating it), loads the pools and ePIDs, and makes
+    /// an ePID for every group that has none yet.
+    pub fn open(cfg: &ServeConfig) -> Result<Self, StartError> {
+        cfg.validate()?;
+        std::fs::create_dir_all(&cfg.data_dir).map_err(|err| StartError::DataDir {
+            path: cfg.data_dir.clone(),
+            err,
+        })?;
+        let path = cfg.data_dir.join(store::DB_FILE);
+        let conn = sqlite::open_rw(&path)?;
+        let now = store::unix_ms_now();
+        let today = Date::from_days_since_unix_epoch(now.div_euclid(86_400_000));
+        let build = products::win_build(cfg.host_build).ok_or(crate::config::ConfigError {
+            key: "host_build",
+            problem: "unknown".into(),
+        })?;
+        let mut rng = rand::rng();
+        let mut epids = HashMap::new();
+        for g in products::epid_groups() {
+            let text = match cfg.epids.get(g.name) {
+                Some(e) => {
+                    sqlite::set_epid(&conn, g.name, e, now)?;
+                    e.clone()
+                }
+                None => {
+                    let fresh =
+                        EpidParts::generate(g, build, cfg.lcid, today, &mut rng).to_string();
+                    sqlite::ensure_epid(&conn, g.name, &fresh, now)?
+                }
+            };
+            let epid = Epid::new(&text).map_err(|e| StoreError::Open {
+                path: path.clone(),
+                detail: format!("stored ePID for {} is unusable: {e}", g.name),
+            })?;
+            if EpidParts::parse(&text).is_none_or(|p| p.build != cfg.host_build) {
+                tracing::warn!(group = g.name, epid = %text, host_build = cfg.host_build,
+                    "ePID does not name the configured host build; clients accept it, a careful observer may notice");
+            }
+            epids.insert(g.name, epid);
+        }
+        let loaded = sqlite::load(&conn, now)?;
+        let pools = Pools::new(cfg.count_mode);
+        pools.restore(&loaded);
+        let durable = Durable::start(conn, path, cfg.keep_records)?;
+        let served = products::epid_groups()
+            .iter()
+            .map(|g| g.name)
+            .filter(|n| cfg.served_groups.iter().any(|s| s.eq_ignore_ascii_case(n)))
+            .collect();
+        Ok(Self {
+            epids,
+            served,
+            strict_products: cfg.strict_products,
+            max_clock_skew: cfg.max_clock_skew,
+            hwid: cfg.hwid,
+            activation_interval: cfg.activation_interval,
+            renewal_interval: cfg.renewal_interval,
+            pools,
+            durable,
+            stats: Stats::default(),
+        })
+    }
+
+    pub fn epid(&self, group: &str) -> Option<&Epid> {
+        self.epids.get(group)
+    }
+
+    pub fn pools(&self) -> &Pools {
+        &self.pools
+    }
+
+    pub fn served_groups(&self) -> &[&'static str] {
+        &self.served
+    }
+
+    pub fn count_mode(&self) -> CountMode {
+        self.pools.mode()
+    }
+
+    pub fn db_path(&self) -> &Path {
+        self.durable.path()
+    }
+
+    /// Waits until every record queued so far is on disk.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.durable.barrier().await
+    }
+
+    /// The product policy and the count: what a host with the configured
+    /// host keys installed answers to `req` at `now_ms`.
+    fn decide(&self, req: &Request, now_ms: i64, ticket: &mut Option<Ticket>) -> Decision<'_> {
+        let b = &req.base;
+        let refuse = |hresult, why| Decision::Refuse { hresult, why };
+        if b.n_policy > window::MAX_N_POLICY {
+            return refuse(hresult::INVALID_DATA, "N_Policy above 1000");
+        }
+        if let Some(max) = self.max_clock_skew {
+            let skew = (filetime_to_unix_ms(b.client_time) - now_ms).unsigned_abs();
+            if skew > max.as_millis() as u64 {
+                return refuse(hresult::TIME_SKEW, "client clock too far from the host's");
+            }
+        }
+        let (pool, group) = match products::kms_group(&b.kms_id) {
+            Some(g) => {
+                if !g.is_volume() && self.strict_products {
+                    return refuse(
+                        hresult::KMS_ID_MISMATCH,
+                        "retail or pre-release KMS counted ID",
+                    );
+                }
+                if g.app_id != b.app_id {
+                    return refuse(
+                        hresult::KMS_ID_MISMATCH,
+                        "Application ID does not match the KMS counted ID",
+                    );
+                }
+                (g.pool, g.epid_group)
+            }
+            None if self.strict_products => {
+                return refuse(hresult::KMS_ID_MISMATCH, "unknown KMS counted ID");
+            }
+            None => match products::app(&b.app_id) {
+                Some(app) => (app.pool, app.default_epid_group),
+                None => return refuse(hresult::KMS_ID_MISMATCH, "unknown Application ID"),
+            },
+        };
+        if !self.served.contains(&group) {
+            return refuse(
+                hresult::KMS_ID_MISMATCH,
+                "product group not served by this host",
+            );
+        }
+        let Some(epid) = self.epids.get(group) else {
+            return refuse(hresult::KMS_ID_MISMATCH, "no ePID for the product group");
+        };
+        let t = self.pools.observe(pool, b.cmid, now_ms, b.n_policy);
+        *ticket = Some(t);
+        Decision::Answer(Answer {
+            epid,
+            hwid: self.hwid,
+            count: t.count,
+            activation_interval: self.activation_interval,
+            renewal_interval: self.renewal_interval,
+        })
+    }
+
+    fn record(
+        req: &Request,
+        peer: IpAddr,
+        now_ms: i64,
+        t: Option<&Ticket>,
+        count: u32,
+        hr: u32,
+    ) -> Record {
+        let b = &req.base;
+        Record {
+            time_ms: now_ms,
+            address: peer.to_string(),
+            workstation: b.workstation.name(),
+            cmid: b.cmid,
+            app_id: b.app_id,
+            sku_id: b.sku_id,
+            kms_id: b.kms_id,
+            counted_in: t.filter(|t| t.capacity > 0).map(|t| t.pool),
+            capacity: t.map_or(0, |t| t.capacity),
+            n_policy: b.n_policy,
+            license_status: b.license_status,
+            binding_expiration: b.binding_expiration,
+            vm: b.vm_info != 0,
+            protocol: b.version.major(),
+            count,
+            hresult: hr,
+        }
+    }
+
+    /// Answers one PDU from `peer`. The reply (if any) is in `out` when this
+    /// returns; a count it reveals is already committed. `Err`: close.
+    pub async fn handle(
+        &self,
+        session: &mut Session,
+        pdu: &[u8],
+        peer: IpAddr,
+        rng: &mut impl rand::CryptoRng,
+        out: &mut Vec<u8>,
+    ) -> Result<Outcome, PduError> {
+        let now = store::unix_ms_now();
+        let mut ticket = None;
+        let outcome =
+            host::handle_pdu(session, pdu, |r| self.decide(r, now, &mut ticket), rng, out)?;
+        match &outcome {
+            Outcome::Answered {
+                call_id,
+                context_id,
+                syntax,
+                request,
+                count,
+            } => {
+                let rec = Self::record(request, peer, now, ticket.as_ref(), *count, 0);
+                if let Err(e) = self.durable.write(rec).await {
+                    if let Some(t) = &ticket {
+                        self.pools.undo(t);
+                    }
+                    self.stats.store_failures.fetch_add(1, Ordering::Relaxed);
+                    out.clear();
+                    rpc_request::encode_error(*call_id, *context_id, *syntax, hresult::FAIL, out);
+                    tracing::error!(error = %e, cmid = %request.base.cmid, "record not committed; answering E_FAIL so the client retries");
+                    return Ok(Outcome::Refused {
+                        call_id: *call_id,
+                        context_id: *context_id,
+                        syntax: *syntax,
+                        request: *request,
+                        hresult: hresult::FAIL,
+                        why: "store unavailable",
+                    });
+                }
+                self.stats.answered.fetch_add(1, Ordering::Relaxed);
+            }
+            Outcome::Refused {
+                request, hresult, ..
+            } => {
+                self.stats.refused.fetch_add(1, Ordering::Relaxed);
+                let rec = Self::record(request, peer, now, None, 0, *hresult);
+                if let Err(e) = self.durable.write(rec).await {
+                    tracing::warn!(error = %e, "refusal record not committed");
+                }
+            }
+            Outcome::Invalid { .. } => {
+                self.stats.invalid.fetch_add(1, Ordering::Relaxed);
+            }
+            Outcome::Fault { .. } | Outcome::BadStub { .. } => {
+                self.stats.faults.fetch_add(1, Ordering::Relaxed);
+            }
+            Outcome::Negotiated { .. } => {}
+        }
+        Ok(outcome)
+    }
+
+    /// Whether `cmid` is live in `pool` right now.
+    pub fn is_live(&self, pool: Pool, cmid: &Guid) -> bool {
+        self.pools.contains(pool, cmid)
+    }
+}
