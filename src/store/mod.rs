@@ -127,10 +127,10 @@ impl Pools {
 
     /// Fills the pools from what the store held.
     pub fn restore(&self, loaded: &Loaded) {
-        for (pool, capacity, entries) in &loaded.pools {
-            let mut w = self.pools.entry(*pool).or_default();
-            w.grow_to(*capacity as usize);
-            for (g, t) in entries {
+        for p in &loaded.pools {
+            let mut w = self.pools.entry(p.pool).or_default();
+            w.grow_to(p.capacity as usize);
+            for (g, t) in &p.entries {
                 w.restore(*g, *t);
             }
         }

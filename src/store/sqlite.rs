@@ -41,11 +41,18 @@ pub struct Record {
     pub hresult: u32,
 }
 
+/// One pool as stored: its capacity and live entries (CMID, last seen ms).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadedPool {
+    pub pool: Pool,
+    pub capacity: u32,
+    pub entries: Vec<(Guid, i64)>,
+}
+
 /// What the store holds at start-up.
 #[derive(Debug, Default)]
 pub struct Loaded {
-    /// Per pool: capacity and live entries (CMID, last seen ms).
-    pub pools: Vec<(Pool, u32, Vec<(Guid, i64)>)>,
+    pub pools: Vec<LoadedPool>,
     /// ePIDs by group name.
     pub epids: Vec<(String, String)>,
 }
@@ -224,7 +231,11 @@ pub fn load(conn: &Connection, now_ms: i64) -> Result<Loaded, StoreError> {
                 entries.push((Guid(b), t));
             }
         }
-        loaded.pools.push((pool, capacity, entries));
+        loaded.pools.push(LoadedPool {
+            pool,
+            capacity,
+            entries,
+        });
     }
     let mut stmt = conn.prepare("SELECT grp, epid FROM epids ORDER BY grp")?;
     for row in stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))? {
