@@ -158,7 +158,7 @@ async fn activate(a: ActivateArgs) -> Result<()> {
             products::sku(&id).with_context(|| format!("unknown SKU {id}; see `kmsd products`"))?
         }
         (Some(q), None) => products::find_sku(q).map_err(anyhow::Error::msg)?,
-        (None, None) => products::find_sku("Windows 11 Pro").map_err(anyhow::Error::msg)?,
+        (None, None) => products::find_sku("Windows 10/11 Pro").map_err(anyhow::Error::msg)?,
     };
     let group = products::kms_group(&sku.kms_id).context("catalog: SKU without a KMS group")?;
     let major = a.protocol.unwrap_or(group.protocol_major);

@@ -72,3 +72,93 @@ impl rand::TryRng for Replay {
     }
 }
 impl rand::TryCryptoRng for Replay {}
+
+/// A host running in this process on 127.0.0.1 with its own data dir.
+pub struct TestServer {
+    pub addr: std::net::SocketAddr,
+    pub host: std::sync::Arc<kmsd::server::handler::Host>,
+    pub token: tokio_util::sync::CancellationToken,
+    pub task: tokio::task::JoinHandle<()>,
+    pub dir: tempfile::TempDir,
+}
+
+/// The default configuration on an ephemeral loopback port and `dir`.
+pub fn test_config(dir: &std::path::Path) -> kmsd::config::ServeConfig {
+    kmsd::config::ServeConfig {
+        listen: vec!["127.0.0.1:0".parse().unwrap()],
+        data_dir: dir.to_owned(),
+        ..Default::default()
+    }
+}
+
+/// Starts a host; `tweak` adjusts the test configuration first.
+pub async fn start_server(tweak: impl FnOnce(&mut kmsd::config::ServeConfig)) -> TestServer {
+    let dir = tempfile::tempdir().unwrap();
+    start_server_in(dir, tweak).await
+}
+
+/// Starts a host on an existing data dir (restarts).
+pub async fn start_server_in(
+    dir: tempfile::TempDir,
+    tweak: impl FnOnce(&mut kmsd::config::ServeConfig),
+) -> TestServer {
+    let mut cfg = test_config(dir.path());
+    tweak(&mut cfg);
+    let host = std::sync::Arc::new(kmsd::server::handler::Host::open(&cfg).unwrap());
+    let listeners = kmsd::server::bind_all(&cfg).unwrap();
+    let server = kmsd::server::Server::new(listeners, host.clone(), cfg);
+    let addr = server.local_addrs()[0];
+    let token = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(server.run(token.clone()));
+    TestServer {
+        addr,
+        host,
+        token,
+        task,
+        dir,
+    }
+}
+
+impl TestServer {
+    /// Stops the host and returns its data dir for a restart.
+    pub async fn stop(self) -> tempfile::TempDir {
+        self.token.cancel();
+        tokio::time::timeout(std::time::Duration::from_secs(20), self.task)
+            .await
+            .expect("server stops in time")
+            .unwrap();
+        // Let the store thread release the database.
+        drop(self.host);
+        self.dir
+    }
+}
+
+/// Client options for a catalog SKU.
+pub fn client_options(
+    product: &str,
+    version: kmsd::protocol::kms::Version,
+) -> kmsd::client::ClientOptions {
+    use kmsd::protocol::kms::products;
+    let sku = products::find_sku(product).unwrap();
+    let group = products::kms_group(&sku.kms_id).unwrap();
+    kmsd::client::ClientOptions {
+        version,
+        ndr64: true,
+        btfn: true,
+        alter_context: true,
+        app_id: sku.app_id,
+        sku_id: sku.id,
+        kms_id: sku.kms_id,
+        n_policy: group.n_policy,
+        workstation: "test-ws".into(),
+        license_status: 2,
+        binding_expiration: 43200,
+        vm: false,
+        timeout: std::time::Duration::from_secs(10),
+    }
+}
+
+/// A fresh random client machine ID.
+pub fn new_cmid() -> kmsd::protocol::guid::Guid {
+    kmsd::protocol::guid::Guid::random_v4(&mut rand::rng())
+}

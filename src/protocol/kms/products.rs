@@ -409,10 +409,46 @@ pub fn find_sku(query: &str) -> Result<&'static Sku, String> {
         return Ok(s);
     }
     let needle = query.to_lowercase();
-    let hits: Vec<&'static Sku> = table::SKUS
+    let mut hits: Vec<&'static Sku> = table::SKUS
         .iter()
         .filter(|s| s.name.to_lowercase().contains(&needle))
         .collect();
+    if hits.len() != 1 {
+        // Word-wise: every query word is a word of the name ("Windows 11
+        // Pro" finds "Windows 10/11 Pro"); the name with fewest extra words
+        // wins when it is the only one.
+        let words = |t: &str| -> Vec<String> {
+            t.to_lowercase()
+                .split(|c: char| c.is_whitespace() || c == '/')
+                .filter(|w| !w.is_empty())
+                .map(str::to_owned)
+                .collect()
+        };
+        let q = words(query);
+        let mut ranked: Vec<(usize, &'static Sku)> = table::SKUS
+            .iter()
+            .filter_map(|s| {
+                let n = words(s.name);
+                q.iter()
+                    .all(|w| n.contains(w))
+                    .then(|| (n.iter().filter(|w| !q.contains(w)).count(), s))
+            })
+            .collect();
+        ranked.sort_by_key(|(extra, _)| *extra);
+        // Without a version in the query, a pick would guess one: list instead.
+        let may_pick = query.chars().any(|c| c.is_ascii_digit());
+        match ranked.as_slice() {
+            _ if !may_pick && hits.is_empty() => {
+                hits = ranked.iter().map(|(_, s)| *s).collect();
+            }
+            _ if !may_pick => {}
+            [(_, one)] => return Ok(one),
+            [(a, one), (b, _), ..] if a < b => return Ok(one),
+            [] => {}
+            _ if hits.is_empty() => hits = ranked.iter().map(|(_, s)| *s).collect(),
+            _ => {}
+        }
+    }
     match hits.as_slice() {
         [] => Err(format!("no SKU name contains {query:?}")),
         [one] => Ok(*one),
@@ -681,6 +717,21 @@ mod tests {
         assert!(!win_build(7601).unwrap().uses_ndr64);
         assert!(win_build(1).is_none());
         assert!(win_builds().windows(2).all(|w| w[0].build < w[1].build));
+    }
+
+    #[test]
+    fn find_sku_matches_words() {
+        let s = find_sku("Windows 11 Pro").unwrap();
+        assert_eq!(s.name, "Windows 10/11 Pro");
+        assert_eq!(
+            find_sku("windows 11 enterprise").unwrap().name,
+            "Windows 10/11 Enterprise"
+        );
+        // No version given: ambiguous, candidates listed.
+        let err = find_sku("Windows Pro").unwrap_err();
+        assert!(err.contains("Windows 10/11 Pro"), "{err}");
+        // Several versions tie on extra words.
+        assert!(find_sku("Windows Server Datacenter").is_err());
     }
 
     #[test]
