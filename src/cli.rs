@@ -37,8 +37,42 @@ pub enum Command {
     /// Perform activations against a host, like a Windows client, verifying
     /// every response.
     Activate(ActivateArgs),
+    /// Show a host's state, like `slmgr /dlv` on a Windows host: pools and
+    /// thresholds, ePIDs, listen addresses, requests by result.
+    Status(StatusArgs),
+    /// List the client inventory (every machine that asked), newest first.
+    Clients(ClientsArgs),
     /// List the products (SKUs) the catalog knows.
     Products(ProductsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Data directory of the host (default: the default data dir).
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ClientsArgs {
+    /// Data directory of the host (default: the default data dir).
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Only one pool: windows, office2010 or office2013+.
+    #[arg(long)]
+    pub pool: Option<String>,
+    /// Only machines seen since a date (YYYY-MM-DD) or for a while (e.g. 7d, 12h).
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Most rows printed.
+    #[arg(long, default_value = "1000")]
+    pub limit: usize,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -9,5 +9,6 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod protocol;
+pub mod report;
 pub mod server;
 pub mod store;

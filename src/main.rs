@@ -2,7 +2,9 @@
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
-use kmsd::cli::{ActivateArgs, Cli, Command, LogFormat, ProductsArgs, ServeArgs};
+use kmsd::cli::{
+    ActivateArgs, Cli, ClientsArgs, Command, LogFormat, ProductsArgs, ServeArgs, StatusArgs,
+};
 use kmsd::client::{ClientOptions, Connection};
 use kmsd::config::{DEFAULT_PORT, ServeConfig};
 use kmsd::protocol::guid::Guid;
@@ -43,6 +45,8 @@ fn main() -> Result<()> {
         Command::Serve(args) => rt.block_on(serve(args)),
         Command::Activate(args) => rt.block_on(activate(args)),
         Command::Products(args) => products_cmd(&args),
+        Command::Status(args) => status_cmd(&args),
+        Command::Clients(args) => clients_cmd(&args),
     }
 }
 
@@ -124,7 +128,11 @@ async fn serve(args: ServeArgs) -> Result<()> {
         }
     }
     let listeners = server::bind_all(&cfg)?;
-    let server = Server::new(listeners, Arc::new(host), cfg);
+    let host = Arc::new(host);
+    let server = Server::new(listeners, host.clone(), cfg);
+    if let Err(e) = host.note_listening(&server.local_addrs()) {
+        tracing::warn!(error = %e, "cannot note the listen addresses for `kmsd status`");
+    }
     let token = CancellationToken::new();
     tokio::spawn(server::signal::cancel_on_signal(token.clone()));
     server.run(token).await;
@@ -177,6 +185,7 @@ async fn activate(a: ActivateArgs) -> Result<()> {
         binding_expiration: 43200,
         vm: false,
         timeout: Duration::from_secs(a.timeout.max(1)),
+        clock_offset_ms: 0,
     };
     let n_policy = opts.n_policy;
     let mut conn = Connection::open(addr, opts)
@@ -254,5 +263,86 @@ fn products_cmd(a: &ProductsArgs) -> Result<()> {
     if n == 0 {
         bail!("no product matches {filter:?}");
     }
+    Ok(())
+}
+
+fn status_cmd(a: &StatusArgs) -> Result<()> {
+    let dir = a
+        .data_dir
+        .clone()
+        .unwrap_or_else(kmsd::config::default_data_dir);
+    let report = kmsd::report::status(&dir, kmsd::store::unix_ms_now())?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!("{report}");
+    }
+    Ok(())
+}
+
+/// `YYYY-MM-DD`, or a span back from now such as `7d`, `12h`, `30m`.
+fn parse_since(s: &str, now_ms: i64) -> Result<i64> {
+    if let Some((n, unit)) = s.char_indices().last().map(|(i, c)| (&s[..i], c))
+        && let Ok(n) = n.parse::<i64>()
+    {
+        let ms = match unit {
+            'd' => 86_400_000,
+            'h' => 3_600_000,
+            'm' => 60_000,
+            _ => bail!("--since {s:?}: unit must be d, h or m"),
+        };
+        return Ok(now_ms - n * ms);
+    }
+    let parts: Vec<&str> = s.split('-').collect();
+    if let [y, m, d] = parts.as_slice()
+        && let (Ok(year), Ok(month), Ok(day)) = (y.parse(), m.parse(), d.parse())
+    {
+        let date = products::Date { year, month, day };
+        return Ok(date.days_since_unix_epoch() * 86_400_000);
+    }
+    bail!("--since {s:?}: expected YYYY-MM-DD or a span like 7d, 12h")
+}
+
+fn clients_cmd(a: &ClientsArgs) -> Result<()> {
+    let dir = a
+        .data_dir
+        .clone()
+        .unwrap_or_else(kmsd::config::default_data_dir);
+    let now = kmsd::store::unix_ms_now();
+    let pool = match &a.pool {
+        Some(p) => Some(products::Pool::from_name(p).with_context(|| {
+            format!("--pool {p:?}: expected windows, office2010 or office2013+")
+        })?),
+        None => None,
+    };
+    let since = a
+        .since
+        .as_deref()
+        .map(|s| parse_since(s, now))
+        .transpose()?;
+    let rows = kmsd::report::clients(&dir, now, pool, since, a.limit)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    println!(
+        "{:<36}  {:<12} {:<4} {:<20} {:<20} {:>5} {:>5}  {:<22} product",
+        "CMID", "pool", "live", "workstation", "last seen", "reqs", "count", "last result"
+    );
+    for r in &rows {
+        println!(
+            "{:<36}  {:<12} {:<4} {:<20} {:<20} {:>5} {:>5}  {:<22} {}",
+            r.cmid,
+            r.pool,
+            if r.live { "yes" } else { "no" },
+            r.workstation,
+            r.last_seen,
+            r.requests,
+            r.last_count,
+            r.last_result,
+            r.product
+        );
+    }
+    println!("{} machines", rows.len());
     Ok(())
 }

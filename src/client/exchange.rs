@@ -37,6 +37,8 @@ pub struct ClientOptions {
     pub vm: bool,
     /// Per-exchange deadline.
     pub timeout: Duration,
+    /// Added to the client clock sent (milliseconds; 0 for the true time).
+    pub clock_offset_ms: i64,
 }
 
 /// A failed activation, precisely.
@@ -309,7 +311,7 @@ impl Connection {
             kms_id: o.kms_id,
             cmid,
             n_policy: o.n_policy,
-            client_time: filetime_now(),
+            client_time: filetime_now().wrapping_add_signed(o.clock_offset_ms * 10_000),
             previous_cmid: Guid::NIL,
             workstation: Workstation::new(&o.workstation)
                 .map_err(|e| ClientError::Request(e.to_string()))?,

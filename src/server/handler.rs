@@ -41,8 +41,13 @@ pub struct Stats {
     pub store_failures: AtomicU64,
 }
 
+/// The host's wall clock in unix milliseconds (injected so tests can move
+/// time 30 days forward).
+pub type Clock = std::sync::Arc<dyn Fn() -> i64 + Send + Sync>;
+
 /// Everything the host decides with.
 pub struct Host {
+    clock: Clock,
     epids: HashMap<&'static str, Epid>,
     served: Vec<&'static str>,
     strict_products: bool,
@@ -73,6 +78,11 @@ impl Host {
     /// Opens the data dir (creating it), loads the pools and ePIDs, and makes
     /// an ePID for every group that has none yet.
     pub fn open(cfg: &ServeConfig) -> Result<Self, StartError> {
+        Self::open_with_clock(cfg, std::sync::Arc::new(store::unix_ms_now))
+    }
+
+    /// [`Host::open`] with an explicit clock.
+    pub fn open_with_clock(cfg: &ServeConfig, clock: Clock) -> Result<Self, StartError> {
         cfg.validate()?;
         std::fs::create_dir_all(&cfg.data_dir).map_err(|err| StartError::DataDir {
             path: cfg.data_dir.clone(),
@@ -80,7 +90,7 @@ impl Host {
         })?;
         let path = cfg.data_dir.join(store::DB_FILE);
         let conn = sqlite::open_rw(&path)?;
-        let now = store::unix_ms_now();
+        let now = clock();
         let today = Date::from_days_since_unix_epoch(now.div_euclid(86_400_000));
         let build = products::win_build(cfg.host_build).ok_or(crate::config::ConfigError {
             key: "host_build",
@@ -113,13 +123,29 @@ impl Host {
         let loaded = sqlite::load(&conn, now)?;
         let pools = Pools::new(cfg.count_mode);
         pools.restore(&loaded);
-        let durable = Durable::start(conn, path, cfg.keep_records)?;
-        let served = products::epid_groups()
+        let served: Vec<&'static str> = products::epid_groups()
             .iter()
             .map(|g| g.name)
             .filter(|n| cfg.served_groups.iter().any(|s| s.eq_ignore_ascii_case(n)))
             .collect();
+        sqlite::set_meta(
+            &conn,
+            &[
+                ("started_ms", now.to_string()),
+                ("served_groups", served.join(",")),
+                ("count_mode", cfg.count_mode.to_string()),
+                ("host_build", cfg.host_build.to_string()),
+                (
+                    "hwid",
+                    cfg.hwid.iter().map(|b| format!("{b:02X}")).collect(),
+                ),
+                ("pid", std::process::id().to_string()),
+                ("listen", String::new()),
+            ],
+        )?;
+        let durable = Durable::start(conn, path, cfg.keep_records)?;
         Ok(Self {
+            clock,
             epids,
             served,
             strict_products: cfg.strict_products,
@@ -255,7 +281,7 @@ impl Host {
         rng: &mut impl rand::CryptoRng,
         out: &mut Vec<u8>,
     ) -> Result<Outcome, PduError> {
-        let now = store::unix_ms_now();
+        let now = (self.clock)();
         let mut ticket = None;
         let outcome =
             host::handle_pdu(session, pdu, |r| self.decide(r, now, &mut ticket), rng, out)?;
@@ -305,6 +331,22 @@ impl Host {
             Outcome::Negotiated { .. } => {}
         }
         Ok(outcome)
+    }
+
+    /// Notes the addresses actually listened on, for `kmsd status`.
+    pub fn note_listening(&self, addrs: &[std::net::SocketAddr]) -> Result<(), StoreError> {
+        let conn = sqlite::open_rw(self.durable.path())?;
+        let list = addrs
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
+        sqlite::set_meta(&conn, &[("listen", list)])
+    }
+
+    /// The host clock, unix milliseconds.
+    pub fn now_ms(&self) -> i64 {
+        (self.clock)()
     }
 
     /// Whether `cmid` is live in `pool` right now.

@@ -12,7 +12,7 @@ use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
 
 /// Schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 /// Most records committed in one transaction.
 const MAX_BATCH: usize = 512;
 
@@ -200,6 +200,40 @@ fn migrate(conn: &Connection, from: i64) -> Result<(), StoreError> {
              COMMIT;",
         )?;
     }
+    if from < 2 {
+        // v2: facts about the running host for `kmsd status`, and running
+        // totals by result and license state that survive record pruning.
+        conn.execute_batch(
+            "BEGIN;
+             CREATE TABLE meta (
+                 key TEXT PRIMARY KEY,
+                 value TEXT NOT NULL
+             );
+             CREATE TABLE totals (
+                 hresult INTEGER NOT NULL,
+                 license_status INTEGER NOT NULL,
+                 n INTEGER NOT NULL,
+                 PRIMARY KEY (hresult, license_status)
+             ) WITHOUT ROWID;
+             INSERT INTO totals (hresult, license_status, n)
+                 SELECT hresult, license_status, COUNT(*) FROM activations
+                 GROUP BY hresult, license_status;
+             PRAGMA user_version = 2;
+             COMMIT;",
+        )?;
+    }
+    Ok(())
+}
+
+/// Records facts about the running host (listen addresses, served groups...).
+pub fn set_meta(conn: &Connection, entries: &[(&str, String)]) -> Result<(), StoreError> {
+    for (k, v) in entries {
+        conn.execute(
+            "INSERT INTO meta (key, value) VALUES (?1, ?2)
+             ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            params![k, v],
+        )?;
+    }
     Ok(())
 }
 
@@ -327,6 +361,11 @@ fn write_record(tx: &rusqlite::Transaction<'_>, r: &Record) -> rusqlite::Result<
         r.hresult,
         r.count
     ])?;
+    tx.prepare_cached(
+        "INSERT INTO totals (hresult, license_status, n) VALUES (?1, ?2, 1)
+         ON CONFLICT(hresult, license_status) DO UPDATE SET n = n + 1",
+    )?
+    .execute(params![r.hresult, r.license_status])?;
     tx.prepare_cached(
         "INSERT INTO activations (time_ms, address, workstation, cmid, app_id, sku_id, kms_id,
              n_policy, license_status, binding_expiration, vm, protocol, count, hresult)

@@ -102,9 +102,36 @@ pub async fn start_server_in(
     dir: tempfile::TempDir,
     tweak: impl FnOnce(&mut kmsd::config::ServeConfig),
 ) -> TestServer {
+    start_server_with_clock(dir, std::sync::Arc::new(kmsd::store::unix_ms_now), tweak).await
+}
+
+/// A clock tests can move: real time plus an offset in milliseconds.
+#[derive(Clone, Default)]
+pub struct TestClock(pub std::sync::Arc<std::sync::atomic::AtomicI64>);
+
+impl TestClock {
+    pub fn advance_days(&self, days: i64) {
+        self.0
+            .fetch_add(days * 86_400_000, std::sync::atomic::Ordering::SeqCst);
+    }
+    pub fn clock(&self) -> kmsd::server::handler::Clock {
+        let off = self.0.clone();
+        std::sync::Arc::new(move || {
+            kmsd::store::unix_ms_now() + off.load(std::sync::atomic::Ordering::SeqCst)
+        })
+    }
+}
+
+/// Starts a host with an explicit clock.
+pub async fn start_server_with_clock(
+    dir: tempfile::TempDir,
+    clock: kmsd::server::handler::Clock,
+    tweak: impl FnOnce(&mut kmsd::config::ServeConfig),
+) -> TestServer {
     let mut cfg = test_config(dir.path());
     tweak(&mut cfg);
-    let host = std::sync::Arc::new(kmsd::server::handler::Host::open(&cfg).unwrap());
+    let host =
+        std::sync::Arc::new(kmsd::server::handler::Host::open_with_clock(&cfg, clock).unwrap());
     let listeners = kmsd::server::bind_all(&cfg).unwrap();
     let server = kmsd::server::Server::new(listeners, host.clone(), cfg);
     let addr = server.local_addrs()[0];
@@ -155,6 +182,7 @@ pub fn client_options(
         binding_expiration: 43200,
         vm: false,
         timeout: std::time::Duration::from_secs(10),
+        clock_offset_ms: 0,
     }
 }
 
