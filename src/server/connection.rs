@@ -121,16 +121,23 @@ fn log_outcome(o: &Outcome) {
             debug!(alter, accepted, "presentation contexts negotiated");
         }
         Outcome::Answered { request, count, .. } => {
+            // The fields of the Windows host's event 12290, on one line.
             let b = &request.base;
-            let product = products::sku(&b.sku_id).map_or("unknown SKU", |s| s.name);
             info!(
                 workstation = %b.workstation.name(),
                 cmid = %b.cmid,
-                product,
-                protocol = %b.version,
+                app_id = %b.app_id,
+                sku_id = %b.sku_id,
+                product = products::sku(&b.sku_id).map_or("unknown SKU", |s| s.name),
+                kms_id = %b.kms_id,
                 n_policy = b.n_policy,
+                license_status = b.license_status,
+                minutes_to_expiry = b.binding_expiration,
+                vm = b.vm_info != 0,
+                protocol = %b.version,
                 count,
                 activated = *count >= b.n_policy,
+                result = "0x00000000",
                 "activation answered"
             );
         }
@@ -144,8 +151,13 @@ fn log_outcome(o: &Outcome) {
             warn!(
                 workstation = %b.workstation.name(),
                 cmid = %b.cmid,
+                app_id = %b.app_id,
+                sku_id = %b.sku_id,
                 kms_id = %b.kms_id,
-                hresult = format_args!("{hresult:#010X}"),
+                n_policy = b.n_policy,
+                license_status = b.license_status,
+                protocol = %b.version,
+                result = format_args!("{hresult:#010X}"),
                 reason = why,
                 "activation refused"
             );
