@@ -141,6 +141,9 @@ pub struct ServeArgs {
     /// Seconds a connection may stay idle.
     #[arg(long)]
     pub idle_timeout: Option<u64>,
+    /// Activation records kept in the database (oldest pruned).
+    #[arg(long)]
+    pub keep_records: Option<u64>,
 }
 
 #[derive(Debug, Args)]

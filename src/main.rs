@@ -106,6 +106,9 @@ fn serve_config(a: ServeArgs) -> Result<ServeConfig> {
     if let Some(v) = a.max_connections_per_ip {
         c.max_connections_per_ip = v;
     }
+    if let Some(v) = a.keep_records {
+        c.keep_records = v;
+    }
     if let Some(v) = a.idle_timeout {
         c.idle_timeout = Duration::from_secs(v);
     }

@@ -482,3 +482,147 @@ fn writer(mut conn: Connection, mut rx: mpsc::Receiver<Job>, keep_records: u64) 
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(cmid: u128, hresult: u32) -> Record {
+        Record {
+            time_ms: 1_000,
+            address: "127.0.0.1".into(),
+            workstation: "ws".into(),
+            cmid: Guid::from_u128(cmid),
+            app_id: Pool::Windows.app_id(),
+            sku_id: Guid::NIL,
+            kms_id: Guid::NIL,
+            counted_in: (hresult == 0).then_some(Pool::Windows),
+            capacity: 10,
+            n_policy: 5,
+            license_status: 2,
+            binding_expiration: 43200,
+            vm: false,
+            protocol: 6,
+            count: 1,
+            hresult,
+        }
+    }
+
+    #[test]
+    fn a_v1_database_migrates_to_v2_keeping_its_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            migrate_to_v1_only(&conn);
+            let mut conn = conn;
+            commit_batch_v1(
+                &mut conn,
+                &[record(1, 0), record(2, 0), record(3, 0xC004_F042)],
+            );
+        }
+        let conn = open_rw(&path).unwrap();
+        let v: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, SCHEMA_VERSION);
+        let totals: Vec<(u32, i64)> = conn
+            .prepare("SELECT hresult, n FROM totals ORDER BY hresult")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(
+            totals,
+            vec![(0, 2), (0xC004_F042, 1)],
+            "totals rebuilt from v1 records"
+        );
+        let loaded = load(&conn, 2_000).unwrap();
+        let w = loaded
+            .pools
+            .iter()
+            .find(|p| p.pool == Pool::Windows)
+            .unwrap();
+        assert_eq!((w.capacity, w.entries.len()), (10, 2));
+    }
+
+    #[test]
+    fn prune_keeps_what_can_still_be_live() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = open_rw(&dir.path().join("db")).unwrap();
+        let now = 100 * 86_400_000;
+        let mut records: Vec<Record> = (0..15u128)
+            .map(|i| Record {
+                time_ms: now - 1000 + i as i64,
+                ..record(i, 0)
+            })
+            .collect();
+        // One expired entry.
+        records.push(Record {
+            time_ms: now - 31 * 86_400_000,
+            ..record(99, 0)
+        });
+        let refs: Vec<&Record> = records.iter().collect();
+        commit_batch(&mut conn, &refs).unwrap();
+        prune(&conn, now, 5).unwrap();
+        let left: Vec<Vec<u8>> = conn
+            .prepare("SELECT cmid FROM pool_entries ORDER BY last_seen_ms")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        let want: Vec<Vec<u8>> = (5..15u128).map(|i| Guid::from_u128(i).0.to_vec()).collect();
+        assert_eq!(left, want, "the 10 most recent (capacity 10) remain");
+        let kept: i64 = conn
+            .query_row("SELECT COUNT(*) FROM activations", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(kept, 5);
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch("PRAGMA user_version = 99;")
+            .unwrap();
+        let err = open_rw(&path).unwrap_err().to_string();
+        assert!(err.contains("newer than this kmsd"), "{err}");
+    }
+
+    /// The v1 schema exactly as the first release created it.
+    fn migrate_to_v1_only(conn: &Connection) {
+        migrate(conn, 0).unwrap();
+        conn.execute_batch("DROP TABLE meta; DROP TABLE totals; PRAGMA user_version = 1;")
+            .unwrap();
+    }
+
+    /// Writes records the way v1 did (no totals table).
+    fn commit_batch_v1(conn: &mut Connection, records: &[Record]) {
+        let tx = conn.transaction().unwrap();
+        for r in records {
+            tx.execute(
+                "INSERT INTO pool_entries (pool, cmid, last_seen_ms) VALUES (?1, ?2, ?3)
+                 ON CONFLICT DO NOTHING",
+                params![r.counted_in.map(Pool::name), &r.cmid.0[..], r.time_ms],
+            )
+            .ok();
+            tx.execute(
+                "INSERT INTO pools (pool, capacity) VALUES ('windows', ?1) ON CONFLICT DO NOTHING",
+                [r.capacity],
+            )
+            .unwrap();
+            tx.execute(
+                "INSERT INTO activations (time_ms, address, workstation, cmid, app_id, sku_id, kms_id,
+                     n_policy, license_status, binding_expiration, vm, protocol, count, hresult)
+                 VALUES (?1, '', '', ?2, x'', x'', x'', 5, ?3, 0, 0, 6, 1, ?4)",
+                params![r.time_ms, &r.cmid.0[..], r.license_status, r.hresult],
+            )
+            .unwrap();
+        }
+        tx.commit().unwrap();
+    }
+}
