@@ -141,6 +141,13 @@ pub struct ServeArgs {
     /// Seconds a connection may stay idle.
     #[arg(long)]
     pub idle_timeout: Option<u64>,
+    /// Also accept clients from this address block (repeatable), e.g.
+    /// 203.0.113.0/24 or 0.0.0.0/0. Default: loopback and private networks only.
+    #[arg(long, value_name = "CIDR")]
+    pub allow: Vec<crate::server::access::Cidr>,
+    /// Refuse clients from this address block (repeatable; wins over --allow).
+    #[arg(long, value_name = "CIDR")]
+    pub deny: Vec<crate::server::access::Cidr>,
     /// Activation records kept in the database (oldest pruned).
     #[arg(long)]
     pub keep_records: Option<u64>,

@@ -3,6 +3,7 @@
 
 use crate::protocol::kms::products;
 use crate::protocol::rpc::pdu::{DEFAULT_MAX_PDU_LEN, HEADER_LEN, MAX_PDU_LEN};
+use crate::server::access::AccessList;
 use crate::store::CountMode;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -63,6 +64,10 @@ pub struct ServeConfig {
     pub keep_records: u64,
     /// Time allowed for in-flight exchanges on shutdown.
     pub shutdown_grace: Duration,
+    /// Who may connect (deny wins; default: loopback and private networks).
+    pub access: AccessList,
+    /// How long a store write waits for a locked database before failing.
+    pub store_busy_timeout: Duration,
 }
 
 impl Default for ServeConfig {
@@ -96,6 +101,8 @@ impl Default for ServeConfig {
             max_pdu_len: DEFAULT_MAX_PDU_LEN,
             keep_records: 1_000_000,
             shutdown_grace: Duration::from_secs(10),
+            access: AccessList::default(),
+            store_busy_timeout: Duration::from_secs(5),
         }
     }
 }

@@ -106,6 +106,8 @@ fn serve_config(a: ServeArgs) -> Result<ServeConfig> {
     if let Some(v) = a.max_connections_per_ip {
         c.max_connections_per_ip = v;
     }
+    c.access.allow.extend(a.allow);
+    c.access.deny.extend(a.deny);
     if let Some(v) = a.keep_records {
         c.keep_records = v;
     }

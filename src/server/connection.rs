@@ -57,7 +57,10 @@ pub async fn serve(
             }
             r = async {
                 if framed.read_buffer().is_empty() {
-                    let got = timeout_at(idle_deadline, framed.get_ref().readable()).await;
+                    // peek waits for a byte (or EOF) without consuming it;
+                    // readiness alone can be reported spuriously.
+                    let mut first = [0u8; 1];
+                    let got = timeout_at(idle_deadline, framed.get_ref().peek(&mut first)).await;
                     if got.is_err() {
                         return Err("idle timeout");
                     }

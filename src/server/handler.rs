@@ -90,6 +90,8 @@ impl Host {
         })?;
         let path = cfg.data_dir.join(store::DB_FILE);
         let conn = sqlite::open_rw(&path)?;
+        conn.busy_timeout(cfg.store_busy_timeout)
+            .map_err(|e| StoreError::Sqlite(e.to_string()))?;
         let now = clock();
         let today = Date::from_days_since_unix_epoch(now.div_euclid(86_400_000));
         let build = products::win_build(cfg.host_build).ok_or(crate::config::ConfigError {

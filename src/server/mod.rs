@@ -1,6 +1,7 @@
 //! The tokio shell: listeners, the accept loop with its connection limits,
 //! one task per connection, and graceful shutdown. No protocol logic here.
 
+pub mod access;
 pub mod codec;
 pub mod connection;
 pub mod handler;
@@ -19,7 +20,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{Instrument, debug, info, info_span, warn};
+use tracing::{Instrument, info, info_span, warn};
 
 /// Why listening failed.
 #[derive(Debug, thiserror::Error)]
@@ -99,16 +100,24 @@ impl Drop for PerIpGuard {
 pub struct Server {
     listeners: Vec<TcpListener>,
     host: Arc<Host>,
+    access: Arc<std::sync::RwLock<access::AccessList>>,
     cfg: ServeConfig,
 }
 
 impl Server {
     pub fn new(listeners: Vec<TcpListener>, host: Arc<Host>, cfg: ServeConfig) -> Self {
+        let access = Arc::new(std::sync::RwLock::new(cfg.access.clone()));
         Self {
             listeners,
             host,
+            access,
             cfg,
         }
+    }
+
+    /// The access list in force; replace its contents to change it live.
+    pub fn access(&self) -> Arc<std::sync::RwLock<access::AccessList>> {
+        self.access.clone()
     }
 
     /// The addresses actually listened on.
@@ -126,6 +135,7 @@ impl Server {
         let slots = Arc::new(Semaphore::new(self.cfg.max_connections));
         let per_ip = Arc::new(PerIp::default());
         let assoc = Arc::new(AtomicU32::new(rand::random::<u32>() | 1));
+        let refusals = Arc::new(access::RefusalLog::default());
         let policy = BindPolicy {
             ndr64: self.cfg.ndr64,
             btfn: self.cfg.btfn,
@@ -145,6 +155,8 @@ impl Server {
             };
             let ctx = AcceptCtx {
                 host: self.host.clone(),
+                access: self.access.clone(),
+                refusals: refusals.clone(),
                 slots: slots.clone(),
                 per_ip: per_ip.clone(),
                 max_per_ip: self.cfg.max_connections_per_ip,
@@ -172,6 +184,8 @@ impl Server {
 
 struct AcceptCtx {
     host: Arc<Host>,
+    access: Arc<std::sync::RwLock<access::AccessList>>,
+    refusals: Arc<access::RefusalLog>,
     slots: Arc<Semaphore>,
     per_ip: Arc<PerIp>,
     max_per_ip: usize,
@@ -205,14 +219,24 @@ async fn accept_loop(listener: TcpListener, ctx: AcceptCtx) {
     }
 }
 
+/// Admits or drops a fresh connection. Refusals happen before anything is
+/// read or allocated for the peer, and are logged once a minute per source.
 fn admit(stream: TcpStream, peer: SocketAddr, ctx: &AcceptCtx) {
-    let Ok(permit) = ctx.slots.clone().try_acquire_owned() else {
-        debug!(%peer, "connection limit reached; closing");
-        return;
+    let ip = access::normalize(peer.ip());
+    let refuse = |reason: &'static str| {
+        if ctx.refusals.should_log(ip, reason) {
+            warn!(%peer, reason, "connection refused (logged once a minute per source)");
+        }
     };
-    let Some(ip_guard) = ctx.per_ip.enter(peer.ip(), ctx.max_per_ip) else {
-        debug!(%peer, "per-address connection limit reached; closing");
-        return;
+    let permitted = ctx.access.read().map(|a| a.permits(ip)).unwrap_or(false);
+    if !permitted {
+        return refuse("address not allowed (see --allow/--deny)");
+    }
+    let Ok(permit) = ctx.slots.clone().try_acquire_owned() else {
+        return refuse("connection limit reached");
+    };
+    let Some(ip_guard) = ctx.per_ip.enter(ip, ctx.max_per_ip) else {
+        return refuse("per-address connection limit reached");
     };
     let _ = stream.set_nodelay(true);
     let group = ctx.assoc.fetch_add(1, Ordering::Relaxed) | 1;
