@@ -17,9 +17,9 @@ pub struct Cli {
     /// Less log output (warnings and errors only).
     #[arg(short, long, global = true)]
     pub quiet: bool,
-    /// Log format.
-    #[arg(long, value_enum, default_value = "text", global = true)]
-    pub log_format: LogFormat,
+    /// Log format (default text; config key log_format).
+    #[arg(long, value_enum, global = true)]
+    pub log_format: Option<LogFormat>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -33,7 +33,7 @@ pub enum LogFormat {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the KMS host.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Perform activations against a host, like a Windows client, verifying
     /// every response.
     Activate(ActivateArgs),
@@ -42,8 +42,50 @@ pub enum Command {
     Status(StatusArgs),
     /// List the client inventory (every machine that asked), newest first.
     Clients(ClientsArgs),
+    /// Load generator: many Windows-like clients against a host (loopback
+    /// unless --allow-remote), every response verified; reports activations/s,
+    /// errors by kind and latency percentiles. Stops by itself.
+    Load(crate::client::load::LoadArgs),
     /// List the products (SKUs) the catalog knows.
     Products(ProductsArgs),
+    /// Configuration tools.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Print the DNS SRV record that points clients at this host.
+    DnsRecord(DnsRecordArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate the configuration (file, KMSD_* environment, flags) and print
+    /// the effective result as TOML.
+    Check(Box<ServeArgs>),
+    /// Print a sample kmsd.toml with every key, commented.
+    Sample,
+    /// Print the table of configuration keys (Markdown).
+    Keys,
+}
+
+#[derive(Debug, Args)]
+pub struct DnsRecordArgs {
+    /// DNS domain the clients search, e.g. lab.example.com.
+    #[arg(long)]
+    pub domain: String,
+    /// Host name clients should connect to (default: this machine's name).
+    #[arg(long)]
+    pub target: Option<String>,
+    /// KMS port.
+    #[arg(long, default_value = "1688")]
+    pub port: u16,
+    /// Record TTL in seconds.
+    #[arg(long, default_value = "3600")]
+    pub ttl: u32,
+    /// SRV priority.
+    #[arg(long, default_value = "0")]
+    pub priority: u16,
+    /// SRV weight.
+    #[arg(long, default_value = "0")]
+    pub weight: u16,
 }
 
 #[derive(Debug, Args)]
@@ -89,6 +131,10 @@ impl OnOff {
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
+    /// TOML configuration file (keys: see `kmsd config sample`). KMSD_*
+    /// environment variables override it; flags override both.
+    #[arg(long, value_name = "PATH", env = "KMSD_CONFIG")]
+    pub config: Option<PathBuf>,
     /// Address to listen on (repeatable). Default: [::]:1688 and 0.0.0.0:1688.
     #[arg(long, value_name = "ADDR:PORT")]
     pub listen: Vec<SocketAddr>,
@@ -97,8 +143,8 @@ pub struct ServeArgs {
     pub data_dir: Option<PathBuf>,
     /// `real` (count distinct clients, as Microsoft hosts do) or `fixed:N`
     /// (always answer N, remember nothing: an emulator's behaviour).
-    #[arg(long, default_value = "real")]
-    pub count_mode: crate::store::CountMode,
+    #[arg(long, value_name = "MODE")]
+    pub count_mode: Option<String>,
     /// Serve only these ePID groups (host keys), repeatable; default all.
     #[arg(long = "serve", value_name = "GROUP")]
     pub served_groups: Vec<String>,
@@ -112,8 +158,8 @@ pub struct ServeArgs {
     #[arg(long = "epid", value_name = "GROUP=EPID")]
     pub epids: Vec<String>,
     /// Host hardware ID sent to protocol 6 clients (16 hex digits).
-    #[arg(long, value_parser = crate::config::parse_hwid)]
-    pub hwid: Option<[u8; 8]>,
+    #[arg(long, value_name = "16HEX")]
+    pub hwid: Option<String>,
     /// Host OS build the generated ePIDs name.
     #[arg(long)]
     pub host_build: Option<u32>,
@@ -151,6 +197,68 @@ pub struct ServeArgs {
     /// Activation records kept in the database (oldest pruned).
     #[arg(long)]
     pub keep_records: Option<u64>,
+    /// Serve the admin API (metrics, health, status page) here, e.g. 127.0.0.1:9688.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub http: Option<String>,
+}
+
+impl ServeArgs {
+    /// The flags given, as the top configuration layer.
+    pub fn to_settings(
+        &self,
+        verbose: u8,
+        quiet: bool,
+        log_format: Option<LogFormat>,
+    ) -> Result<crate::settings::Settings, crate::config::ConfigError> {
+        let mut epids = std::collections::BTreeMap::new();
+        for e in &self.epids {
+            let (g, v) = e
+                .split_once('=')
+                .ok_or_else(|| crate::config::ConfigError {
+                    key: "epids",
+                    problem: format!("--epid {e:?}: expected GROUP=EPID"),
+                })?;
+            epids.insert(g.to_owned(), v.to_owned());
+        }
+        let strings = |v: &[crate::server::access::Cidr]| {
+            v.iter().map(ToString::to_string).collect::<Vec<_>>()
+        };
+        Ok(crate::settings::Settings {
+            listen: (!self.listen.is_empty())
+                .then(|| self.listen.iter().map(ToString::to_string).collect()),
+            data_dir: self.data_dir.clone(),
+            count_mode: self.count_mode.clone(),
+            serve: (!self.served_groups.is_empty()).then(|| self.served_groups.clone()),
+            strict_products: self.lenient_products.then_some(false),
+            max_clock_skew_minutes: self.max_clock_skew,
+            epids: (!epids.is_empty()).then_some(epids),
+            hwid: self.hwid.clone(),
+            host_build: self.host_build,
+            lcid: self.lcid,
+            ndr64: self.ndr64.map(OnOff::on),
+            btfn: self.btfn.map(OnOff::on),
+            activation_interval: self.activation_interval,
+            renewal_interval: self.renewal_interval,
+            max_connections: self.max_connections,
+            max_connections_per_ip: self.max_connections_per_ip,
+            idle_timeout_secs: self.idle_timeout,
+            keep_records: self.keep_records,
+            allow: (!self.allow.is_empty()).then(|| strings(&self.allow)),
+            deny: (!self.deny.is_empty()).then(|| strings(&self.deny)),
+            http: self.http.clone(),
+            log_level: match (quiet, verbose) {
+                (true, _) => Some("warn".into()),
+                (_, 0) => None,
+                (_, 1) => Some("debug".into()),
+                _ => Some("trace".into()),
+            },
+            log_format: log_format.map(|f| match f {
+                LogFormat::Text => "text".into(),
+                LogFormat::Json => "json".into(),
+            }),
+            ..Default::default()
+        })
+    }
 }
 
 #[derive(Debug, Args)]

@@ -68,6 +68,8 @@ pub struct ServeConfig {
     pub access: AccessList,
     /// How long a store write waits for a locked database before failing.
     pub store_busy_timeout: Duration,
+    /// The HTTP admin listener (metrics, health, status page); off when None.
+    pub http: Option<SocketAddr>,
 }
 
 impl Default for ServeConfig {
@@ -103,6 +105,7 @@ impl Default for ServeConfig {
             shutdown_grace: Duration::from_secs(10),
             access: AccessList::default(),
             store_busy_timeout: Duration::from_secs(5),
+            http: None,
         }
     }
 }

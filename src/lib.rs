@@ -8,7 +8,10 @@
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod http;
+pub mod metrics;
 pub mod protocol;
 pub mod report;
 pub mod server;
+pub mod settings;
 pub mod store;

@@ -3,7 +3,8 @@
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use kmsd::cli::{
-    ActivateArgs, Cli, ClientsArgs, Command, LogFormat, ProductsArgs, ServeArgs, StatusArgs,
+    ActivateArgs, Cli, ClientsArgs, Command, ConfigCommand, DnsRecordArgs, LogFormat, ProductsArgs,
+    ServeArgs, StatusArgs,
 };
 use kmsd::client::{ClientOptions, Connection};
 use kmsd::config::{DEFAULT_PORT, ServeConfig};
@@ -11,115 +12,125 @@ use kmsd::protocol::guid::Guid;
 use kmsd::protocol::kms::Version;
 use kmsd::protocol::kms::products;
 use kmsd::server::{self, Server, handler::Host};
+use kmsd::settings::{self, Settings};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-fn init_logging(cli: &Cli) {
-    use tracing_subscriber::EnvFilter;
-    let default = match (cli.quiet, cli.verbose) {
-        (true, _) => "warn",
-        (_, 0) => "info",
-        (_, 1) => "debug",
-        _ => "trace",
-    };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match cli.log_format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+/// Replaces the log filter of a running process (SIGHUP).
+type LogReload = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+
+/// Sets up logging; `RUST_LOG` wins over `level`.
+fn init_logging(level: &str, json: bool) -> LogReload {
+    use tracing_subscriber::{EnvFilter, prelude::*, reload};
+    let from_env = std::env::var("RUST_LOG").ok().filter(|v| !v.is_empty());
+    let filter = EnvFilter::try_new(from_env.as_deref().unwrap_or(level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let (filter, handle) = reload::Layer::new(filter);
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let registry = tracing_subscriber::registry().with(filter);
+    if json {
+        registry.with(fmt.json()).init();
+    } else {
+        registry.with(fmt).init();
     }
+    Box::new(move |new: &str| {
+        if from_env.is_some() {
+            return Err("RUST_LOG is set; it keeps precedence".into());
+        }
+        let f = EnvFilter::try_new(new).map_err(|e| e.to_string())?;
+        handle.reload(f).map_err(|e| e.to_string())
+    })
 }
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    init_logging(&cli);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    match cli.command {
-        Command::Serve(args) => rt.block_on(serve(args)),
-        Command::Activate(args) => rt.block_on(activate(args)),
-        Command::Products(args) => products_cmd(&args),
-        Command::Status(args) => status_cmd(&args),
-        Command::Clients(args) => clients_cmd(&args),
-    }
-}
-
-fn serve_config(a: ServeArgs) -> Result<ServeConfig> {
-    let mut c = ServeConfig::default();
-    if !a.listen.is_empty() {
-        c.listen = a.listen;
-    }
-    if let Some(d) = a.data_dir {
-        c.data_dir = d;
-    }
-    c.count_mode = a.count_mode;
-    if !a.served_groups.is_empty() {
-        c.served_groups = a.served_groups;
-    }
-    c.strict_products = !a.lenient_products;
-    c.max_clock_skew = a.max_clock_skew.map(|m| Duration::from_secs(m * 60));
-    for e in a.epids {
-        let (g, v) = e
-            .split_once('=')
-            .with_context(|| format!("--epid {e:?}: expected GROUP=EPID"))?;
-        let group = products::epid_group(g).with_context(|| {
-            format!(
-                "--epid: unknown group {g:?} (known: {})",
-                kmsd::config::group_names()
-            )
-        })?;
-        c.epids.insert(group.name.to_owned(), v.to_owned());
-    }
-    if let Some(h) = a.hwid {
-        c.hwid = h;
-    }
-    if let Some(b) = a.host_build {
-        c.host_build = b;
-        if let Some(w) = products::win_build(b) {
-            c.ndr64 = w.uses_ndr64;
+    let rt = || {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the async runtime")
+    };
+    match &cli.command {
+        Command::Serve(args) => {
+            let layers = Layers::read(args, &cli)?;
+            let (cfg, level, json) = layers.resolve()?;
+            let reload = init_logging(&level, json);
+            rt()?.block_on(serve(cfg, layers, reload))
+        }
+        Command::Config(ConfigCommand::Check(args)) => {
+            let (cfg, level, json) = Layers::read(args, &cli)?.resolve()?;
+            print!(
+                "{}",
+                settings::effective_toml(&cfg, &level, if json { "json" } else { "text" })
+            );
+            eprintln!("configuration is valid");
+            Ok(())
+        }
+        Command::Config(ConfigCommand::Sample) => {
+            print!("{SAMPLE_CONFIG}");
+            Ok(())
+        }
+        Command::Config(ConfigCommand::Keys) => {
+            print!("{}", settings::markdown_table());
+            Ok(())
+        }
+        Command::DnsRecord(args) => dns_record(args),
+        other => {
+            let level = match (cli.quiet, cli.verbose) {
+                (true, _) => "warn",
+                (_, 0) => "info",
+                (_, 1) => "debug",
+                _ => "trace",
+            };
+            let _ = init_logging(level, cli.log_format == Some(LogFormat::Json));
+            match other {
+                Command::Activate(args) => rt()?.block_on(activate(args)),
+                Command::Load(args) => rt()?.block_on(load_cmd(args)),
+                Command::Products(args) => products_cmd(args),
+                Command::Status(args) => status_cmd(args),
+                Command::Clients(args) => clients_cmd(args),
+                Command::Serve(_) | Command::Config(_) | Command::DnsRecord(_) => Ok(()),
+            }
         }
     }
-    if let Some(l) = a.lcid {
-        c.lcid = l;
-    }
-    if let Some(v) = a.ndr64 {
-        c.ndr64 = v.on();
-    }
-    if let Some(v) = a.btfn {
-        c.btfn = v.on();
-    }
-    if let Some(v) = a.activation_interval {
-        c.activation_interval = v;
-    }
-    if let Some(v) = a.renewal_interval {
-        c.renewal_interval = v;
-    }
-    if let Some(v) = a.max_connections {
-        c.max_connections = v;
-    }
-    if let Some(v) = a.max_connections_per_ip {
-        c.max_connections_per_ip = v;
-    }
-    c.access.allow.extend(a.allow);
-    c.access.deny.extend(a.deny);
-    if let Some(v) = a.keep_records {
-        c.keep_records = v;
-    }
-    if let Some(v) = a.idle_timeout {
-        c.idle_timeout = Duration::from_secs(v);
-    }
-    c.validate()?;
-    Ok(c)
 }
 
-async fn serve(args: ServeArgs) -> Result<()> {
-    let cfg = serve_config(args)?;
+/// The sample configuration shipped in packaging/.
+const SAMPLE_CONFIG: &str = include_str!("../packaging/kmsd.toml");
+
+/// The configuration layers of `serve`: file, environment, flags.
+struct Layers {
+    file_path: Option<std::path::PathBuf>,
+    flags: Settings,
+}
+
+impl Layers {
+    fn read(args: &ServeArgs, cli: &Cli) -> Result<Self> {
+        Ok(Self {
+            file_path: args.config.clone(),
+            flags: args.to_settings(cli.verbose, cli.quiet, cli.log_format)?,
+        })
+    }
+
+    /// Reads the file and the environment again and resolves all layers:
+    /// the configuration, the log level and whether logs are JSON.
+    fn resolve(&self) -> Result<(ServeConfig, String, bool)> {
+        let file = match &self.file_path {
+            Some(p) => Settings::from_file(p)?,
+            None => Settings::default(),
+        };
+        let env = Settings::from_env(std::env::vars().filter(|(k, _)| k != "KMSD_CONFIG"))?;
+        let merged = file.overlay(env).overlay(self.flags.clone());
+        let cfg = Settings::resolve(&[&merged])?;
+        let level = merged.log_level.clone().unwrap_or_else(|| "info".into());
+        let json = merged.log_format.as_deref() == Some("json");
+        Ok((cfg, level, json))
+    }
+}
+
+async fn serve(cfg: ServeConfig, layers: Layers, reload_log: LogReload) -> Result<()> {
     let host = Host::open(&cfg).context("cannot start the host")?;
     tracing::info!(
         data = %host.db_path().display(),
@@ -134,13 +145,115 @@ async fn serve(args: ServeArgs) -> Result<()> {
     }
     let listeners = server::bind_all(&cfg)?;
     let host = Arc::new(host);
-    let server = Server::new(listeners, host.clone(), cfg);
-    if let Err(e) = host.note_listening(&server.local_addrs()) {
+    let server = Server::new(listeners, host.clone(), cfg.clone());
+    let kms_addrs = server.local_addrs();
+    if let Err(e) = host.note_listening(&kms_addrs) {
         tracing::warn!(error = %e, "cannot note the listen addresses for `kmsd status`");
     }
     let token = CancellationToken::new();
     tokio::spawn(server::signal::cancel_on_signal(token.clone()));
+    tokio::spawn(reload_on_sighup(
+        layers,
+        cfg.clone(),
+        host.clone(),
+        server.tunables(),
+        reload_log,
+        token.clone(),
+    ));
+    let http = match cfg.http {
+        Some(addr) => {
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} for the admin API"))?;
+            tracing::info!(%addr, "admin API listening");
+            let state = kmsd::http::AdminState {
+                host: host.clone(),
+                data_dir: cfg.data_dir.clone(),
+                kms_addrs,
+            };
+            Some(tokio::spawn(kmsd::http::serve(l, state, token.clone())))
+        }
+        None => None,
+    };
     server.run(token).await;
+    if let Some(h) = http {
+        let _ = h.await;
+    }
+    Ok(())
+}
+
+/// SIGHUP: read the file and environment again; apply what can change
+/// live; say which changes need a restart.
+async fn reload_on_sighup(
+    layers: Layers,
+    mut current: ServeConfig,
+    host: Arc<Host>,
+    tunables: server::SharedTunables,
+    reload_log: LogReload,
+    token: CancellationToken,
+) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot watch SIGHUP; configuration reload is off");
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = token.cancelled() => return,
+            got = hup.recv() => if got.is_none() { return },
+        }
+        let (new, level, _) = match layers.resolve() {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::error!(error = %e, "SIGHUP: configuration invalid; keeping the running one");
+                continue;
+            }
+        };
+        host.set_policy(kmsd::server::handler::Policy::from_config(&new));
+        match tunables.write() {
+            Ok(mut t) => *t = server::Tunables::from_config(&new),
+            Err(e) => *e.into_inner() = server::Tunables::from_config(&new),
+        }
+        if let Err(e) = reload_log(&level) {
+            tracing::warn!(error = %e, "SIGHUP: log level not changed");
+        }
+        let restart = settings::restart_needed(&current, &new);
+        if restart.is_empty() {
+            tracing::info!("SIGHUP: configuration reloaded");
+        } else {
+            tracing::warn!(keys = ?restart, "SIGHUP: configuration reloaded; these changes need a restart to apply");
+        }
+        current = new;
+    }
+}
+
+fn dns_record(a: &DnsRecordArgs) -> Result<()> {
+    let domain = a.domain.trim_end_matches('.');
+    if domain.is_empty() || domain.contains(char::is_whitespace) || domain.starts_with('.') {
+        bail!("--domain {:?} is not a DNS name", a.domain);
+    }
+    let target = match &a.target {
+        Some(t) => t.trim_end_matches('.').to_owned(),
+        None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_owned())
+            .ok()
+            .filter(|h| !h.is_empty())
+            .context("cannot tell this machine's name; pass --target HOST")?,
+    };
+    let target = if target.contains('.') {
+        target
+    } else {
+        format!("{target}.{domain}")
+    };
+    let name = format!("_vlmcs._tcp.{domain}.");
+    let rdata = format!("{} {} {} {target}.", a.priority, a.weight, a.port);
+    println!("; zone file line (clients look up _vlmcs._tcp in their DNS domain)");
+    println!("{name} {} IN SRV {rdata}", a.ttl);
+    println!();
+    println!("; nsupdate script: save the lines below and run `nsupdate -k KEYFILE FILE`");
+    println!("update delete {name} SRV");
+    println!("update add {name} {} SRV {rdata}", a.ttl);
+    println!("send");
     Ok(())
 }
 
@@ -164,7 +277,7 @@ fn resolve(target: &str) -> Result<SocketAddr> {
         .with_context(|| format!("{target:?} resolves to no address"))
 }
 
-async fn activate(a: ActivateArgs) -> Result<()> {
+async fn activate(a: &ActivateArgs) -> Result<()> {
     let addr = resolve(&a.host)?;
     let sku = match (&a.product, a.sku) {
         (_, Some(id)) => {
@@ -243,6 +356,16 @@ async fn activate(a: ActivateArgs) -> Result<()> {
                 r.renewal_interval
             );
         }
+    }
+    Ok(())
+}
+
+async fn load_cmd(a: &kmsd::client::load::LoadArgs) -> Result<()> {
+    let report = kmsd::client::load::run(a).await?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!("{report}");
     }
     Ok(())
 }

@@ -3,5 +3,6 @@
 //! with all the checks of SPEC §4.5.
 
 pub mod exchange;
+pub mod load;
 
 pub use exchange::{ClientError, ClientOptions, Connection, Exchange, activate};

@@ -4,6 +4,7 @@
 
 use super::codec::{CodecError, RpcPduCodec};
 use super::handler::Host;
+use crate::metrics::ConnEvent;
 use crate::protocol::host::Outcome;
 use crate::protocol::kms::products;
 use crate::protocol::rpc::bind::BindPolicy;
@@ -72,6 +73,11 @@ pub async fn serve(
         };
         let pdu = match next {
             Err(why) => {
+                host.metrics.conn_event(if why == "idle timeout" {
+                    ConnEvent::ClosedIdle
+                } else {
+                    ConnEvent::ClosedReadTimeout
+                });
                 debug!(reason = why, "closing connection");
                 break;
             }
@@ -81,6 +87,7 @@ pub async fn serve(
                 break;
             }
             Ok(Some(Err(CodecError::Pdu(e)))) => {
+                host.metrics.conn_event(ConnEvent::ClosedMalformed);
                 warn!(error = %e, "unframeable PDU; closing connection");
                 break;
             }
@@ -93,6 +100,7 @@ pub async fn serve(
         {
             Ok(o) => o,
             Err(e) => {
+                host.metrics.conn_event(ConnEvent::ClosedMalformed);
                 warn!(error = %e, "malformed PDU; closing connection");
                 break;
             }
@@ -111,6 +119,7 @@ pub async fn serve(
         ) {
             requests += 1;
             if requests >= limits.max_requests {
+                host.metrics.conn_event(ConnEvent::ClosedRequestLimit);
                 debug!(requests, "request limit reached; closing connection");
                 break;
             }

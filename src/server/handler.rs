@@ -41,6 +41,32 @@ pub struct Stats {
     pub store_failures: AtomicU64,
 }
 
+/// What a SIGHUP can change about how requests are decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    pub served: Vec<&'static str>,
+    pub strict_products: bool,
+    pub max_clock_skew: Option<Duration>,
+    pub activation_interval: u32,
+    pub renewal_interval: u32,
+}
+
+impl Policy {
+    pub fn from_config(cfg: &ServeConfig) -> Self {
+        Self {
+            served: products::epid_groups()
+                .iter()
+                .map(|g| g.name)
+                .filter(|n| cfg.served_groups.iter().any(|s| s.eq_ignore_ascii_case(n)))
+                .collect(),
+            strict_products: cfg.strict_products,
+            max_clock_skew: cfg.max_clock_skew,
+            activation_interval: cfg.activation_interval,
+            renewal_interval: cfg.renewal_interval,
+        }
+    }
+}
+
 /// The host's wall clock in unix milliseconds (injected so tests can move
 /// time 30 days forward).
 pub type Clock = std::sync::Arc<dyn Fn() -> i64 + Send + Sync>;
@@ -49,15 +75,12 @@ pub type Clock = std::sync::Arc<dyn Fn() -> i64 + Send + Sync>;
 pub struct Host {
     clock: Clock,
     epids: HashMap<&'static str, Epid>,
-    served: Vec<&'static str>,
-    strict_products: bool,
-    max_clock_skew: Option<Duration>,
+    policy: std::sync::RwLock<Policy>,
     hwid: [u8; 8],
-    activation_interval: u32,
-    renewal_interval: u32,
     pools: Pools,
     durable: Durable,
     pub stats: Stats,
+    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
 
 /// Why the host could not start.
@@ -125,16 +148,12 @@ impl Host {
         let loaded = sqlite::load(&conn, now)?;
         let pools = Pools::new(cfg.count_mode);
         pools.restore(&loaded);
-        let served: Vec<&'static str> = products::epid_groups()
-            .iter()
-            .map(|g| g.name)
-            .filter(|n| cfg.served_groups.iter().any(|s| s.eq_ignore_ascii_case(n)))
-            .collect();
+        let policy = Policy::from_config(cfg);
         sqlite::set_meta(
             &conn,
             &[
                 ("started_ms", now.to_string()),
-                ("served_groups", served.join(",")),
+                ("served_groups", policy.served.join(",")),
                 ("count_mode", cfg.count_mode.to_string()),
                 ("host_build", cfg.host_build.to_string()),
                 (
@@ -145,19 +164,18 @@ impl Host {
                 ("listen", String::new()),
             ],
         )?;
-        let durable = Durable::start(conn, path, cfg.keep_records)?;
+        let metrics = std::sync::Arc::new(crate::metrics::Metrics::default());
+        let durable = Durable::start(conn, path, cfg.keep_records, metrics.clone())?;
         Ok(Self {
             clock,
             epids,
-            served,
-            strict_products: cfg.strict_products,
-            max_clock_skew: cfg.max_clock_skew,
+            policy: std::sync::RwLock::new(policy),
             hwid: cfg.hwid,
-            activation_interval: cfg.activation_interval,
-            renewal_interval: cfg.renewal_interval,
+
             pools,
             durable,
             stats: Stats::default(),
+            metrics,
         })
     }
 
@@ -169,8 +187,32 @@ impl Host {
         &self.pools
     }
 
-    pub fn served_groups(&self) -> &[&'static str] {
-        &self.served
+    /// The ePID groups served right now.
+    pub fn served_groups(&self) -> Vec<&'static str> {
+        self.policy().served
+    }
+
+    /// The decision policy in force.
+    pub fn policy(&self) -> Policy {
+        self.policy
+            .read()
+            .map(|p| p.clone())
+            .unwrap_or_else(|e| e.into_inner().clone())
+    }
+
+    /// Replaces the decision policy (SIGHUP) and notes the served groups
+    /// for `kmsd status`.
+    pub fn set_policy(&self, p: Policy) {
+        let served = p.served.join(",");
+        match self.policy.write() {
+            Ok(mut g) => *g = p,
+            Err(e) => *e.into_inner() = p,
+        }
+        if let Ok(conn) = sqlite::open_rw(self.durable.path())
+            && let Err(e) = sqlite::set_meta(&conn, &[("served_groups", served)])
+        {
+            tracing::warn!(error = %e, "cannot note the served groups");
+        }
     }
 
     pub fn count_mode(&self) -> CountMode {
@@ -191,10 +233,15 @@ impl Host {
     fn decide(&self, req: &Request, now_ms: i64, ticket: &mut Option<Ticket>) -> Decision<'_> {
         let b = &req.base;
         let refuse = |hresult, why| Decision::Refuse { hresult, why };
+        let guard = match self.policy.read() {
+            Ok(g) => g,
+            Err(e) => e.into_inner(),
+        };
+        let policy = &*guard;
         if b.n_policy > window::MAX_N_POLICY {
             return refuse(hresult::INVALID_DATA, "N_Policy above 1000");
         }
-        if let Some(max) = self.max_clock_skew {
+        if let Some(max) = policy.max_clock_skew {
             let skew = (filetime_to_unix_ms(b.client_time) - now_ms).unsigned_abs();
             if skew > max.as_millis() as u64 {
                 return refuse(hresult::TIME_SKEW, "client clock too far from the host's");
@@ -202,7 +249,7 @@ impl Host {
         }
         let (pool, group) = match products::kms_group(&b.kms_id) {
             Some(g) => {
-                if !g.is_volume() && self.strict_products {
+                if !g.is_volume() && policy.strict_products {
                     return refuse(
                         hresult::KMS_ID_MISMATCH,
                         "retail or pre-release KMS counted ID",
@@ -216,7 +263,7 @@ impl Host {
                 }
                 (g.pool, g.epid_group)
             }
-            None if self.strict_products => {
+            None if policy.strict_products => {
                 return refuse(hresult::KMS_ID_MISMATCH, "unknown KMS counted ID");
             }
             None => match products::app(&b.app_id) {
@@ -224,7 +271,7 @@ impl Host {
                 None => return refuse(hresult::KMS_ID_MISMATCH, "unknown Application ID"),
             },
         };
-        if !self.served.contains(&group) {
+        if !policy.served.contains(&group) {
             return refuse(
                 hresult::KMS_ID_MISMATCH,
                 "product group not served by this host",
@@ -239,8 +286,8 @@ impl Host {
             epid,
             hwid: self.hwid,
             count: t.count,
-            activation_interval: self.activation_interval,
-            renewal_interval: self.renewal_interval,
+            activation_interval: policy.activation_interval,
+            renewal_interval: policy.renewal_interval,
         })
     }
 
@@ -283,10 +330,61 @@ impl Host {
         rng: &mut impl rand::CryptoRng,
         out: &mut Vec<u8>,
     ) -> Result<Outcome, PduError> {
+        let started = std::time::Instant::now();
         let now = (self.clock)();
         let mut ticket = None;
         let outcome =
             host::handle_pdu(session, pdu, |r| self.decide(r, now, &mut ticket), rng, out)?;
+        let outcome = self.finish(outcome, ticket, peer, now, out).await;
+        self.count(&outcome, started.elapsed());
+        Ok(outcome)
+    }
+
+    /// Counts one outcome in the metrics.
+    fn count(&self, outcome: &Outcome, took: Duration) {
+        use crate::metrics::RequestResult as R;
+        let (v, r, pool) = match outcome {
+            Outcome::Negotiated { .. } => return,
+            Outcome::Answered { request, .. } => (
+                request.base.version.major(),
+                R::Answered,
+                products::kms_group(&request.base.kms_id)
+                    .map(|g| g.pool)
+                    .or_else(|| Pool::from_app_id(&request.base.app_id)),
+            ),
+            Outcome::Refused {
+                request, hresult, ..
+            } => (
+                request.base.version.major(),
+                if *hresult == hresult::FAIL {
+                    R::StoreError
+                } else {
+                    R::Refused
+                },
+                None,
+            ),
+            Outcome::Invalid { error, .. } => (
+                match error {
+                    crate::protocol::kms::KmsError::UnsupportedVersion { major, .. } => *major,
+                    _ => 0,
+                },
+                R::Invalid,
+                None,
+            ),
+            Outcome::Fault { .. } | Outcome::BadStub { .. } => (0, R::Fault, None),
+        };
+        self.metrics.request(v, r, pool, took);
+    }
+
+    /// Commits what an outcome must commit before its answer leaves.
+    async fn finish(
+        &self,
+        outcome: Outcome,
+        ticket: Option<Ticket>,
+        peer: IpAddr,
+        now: i64,
+        out: &mut Vec<u8>,
+    ) -> Outcome {
         match &outcome {
             Outcome::Answered {
                 call_id,
@@ -304,14 +402,14 @@ impl Host {
                     out.clear();
                     rpc_request::encode_error(*call_id, *context_id, *syntax, hresult::FAIL, out);
                     tracing::error!(error = %e, cmid = %request.base.cmid, "record not committed; answering E_FAIL so the client retries");
-                    return Ok(Outcome::Refused {
+                    return Outcome::Refused {
                         call_id: *call_id,
                         context_id: *context_id,
                         syntax: *syntax,
                         request: *request,
                         hresult: hresult::FAIL,
                         why: "store unavailable",
-                    });
+                    };
                 }
                 self.stats.answered.fetch_add(1, Ordering::Relaxed);
             }
@@ -332,7 +430,7 @@ impl Host {
             }
             Outcome::Negotiated { .. } => {}
         }
-        Ok(outcome)
+        outcome
     }
 
     /// Notes the addresses actually listened on, for `kmsd status`.
@@ -344,6 +442,16 @@ impl Host {
             .collect::<Vec<_>>()
             .join(",");
         sqlite::set_meta(&conn, &[("listen", list)])
+    }
+
+    /// Checks that the database can be written right now (takes and
+    /// releases the write lock on a separate connection).
+    pub fn probe_store(&self) -> Result<(), StoreError> {
+        let conn = sqlite::open_rw(self.durable.path())?;
+        conn.busy_timeout(Duration::from_millis(500))
+            .map_err(|e| StoreError::Sqlite(e.to_string()))?;
+        conn.execute_batch("BEGIN IMMEDIATE; ROLLBACK;")?;
+        Ok(())
     }
 
     /// The host clock, unix milliseconds.

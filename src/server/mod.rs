@@ -97,27 +97,63 @@ impl Drop for PerIpGuard {
 }
 
 /// A running host: its listeners and what they share.
+/// What a SIGHUP can change about connections.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tunables {
+    pub access: access::AccessList,
+    pub max_connections_per_ip: usize,
+    pub max_pdu_len: usize,
+    pub read_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_requests: u32,
+    pub shutdown_grace: Duration,
+}
+
+impl Tunables {
+    pub fn from_config(cfg: &ServeConfig) -> Self {
+        Self {
+            access: cfg.access.clone(),
+            max_connections_per_ip: cfg.max_connections_per_ip,
+            max_pdu_len: cfg.max_pdu_len,
+            read_timeout: cfg.read_timeout,
+            idle_timeout: cfg.idle_timeout,
+            max_requests: cfg.max_requests_per_connection,
+            shutdown_grace: cfg.shutdown_grace,
+        }
+    }
+}
+
+/// Shared, replaceable connection settings.
+pub type SharedTunables = Arc<std::sync::RwLock<Tunables>>;
+
+fn read_tunables(t: &SharedTunables) -> Tunables {
+    match t.read() {
+        Ok(g) => g.clone(),
+        Err(e) => e.into_inner().clone(),
+    }
+}
+
 pub struct Server {
     listeners: Vec<TcpListener>,
     host: Arc<Host>,
-    access: Arc<std::sync::RwLock<access::AccessList>>,
+    tunables: SharedTunables,
     cfg: ServeConfig,
 }
 
 impl Server {
     pub fn new(listeners: Vec<TcpListener>, host: Arc<Host>, cfg: ServeConfig) -> Self {
-        let access = Arc::new(std::sync::RwLock::new(cfg.access.clone()));
+        let tunables = Arc::new(std::sync::RwLock::new(Tunables::from_config(&cfg)));
         Self {
             listeners,
             host,
-            access,
+            tunables,
             cfg,
         }
     }
 
-    /// The access list in force; replace its contents to change it live.
-    pub fn access(&self) -> Arc<std::sync::RwLock<access::AccessList>> {
-        self.access.clone()
+    /// The connection settings in force; replace them to change them live.
+    pub fn tunables(&self) -> SharedTunables {
+        self.tunables.clone()
     }
 
     /// The addresses actually listened on.
@@ -145,23 +181,16 @@ impl Server {
                 continue;
             };
             info!(addr = %local, "listening");
-            let limits = ConnLimits {
-                policy,
-                port: local.port(),
-                max_pdu_len: self.cfg.max_pdu_len,
-                read_timeout: self.cfg.read_timeout,
-                idle_timeout: self.cfg.idle_timeout,
-                max_requests: self.cfg.max_requests_per_connection,
-            };
+            let port = local.port();
             let ctx = AcceptCtx {
                 host: self.host.clone(),
-                access: self.access.clone(),
+                tunables: self.tunables.clone(),
                 refusals: refusals.clone(),
                 slots: slots.clone(),
                 per_ip: per_ip.clone(),
-                max_per_ip: self.cfg.max_connections_per_ip,
+                policy,
+                port,
                 assoc: assoc.clone(),
-                limits,
                 shutdown: shutdown.clone(),
                 tracker: tracker.clone(),
             };
@@ -169,11 +198,12 @@ impl Server {
         }
         shutdown.cancelled().await;
         tracker.close();
-        if tokio::time::timeout(self.cfg.shutdown_grace, tracker.wait())
-            .await
-            .is_err()
-        {
-            warn!(grace = ?self.cfg.shutdown_grace, "exchanges still running at the end of the grace period");
+        let grace = read_tunables(&self.tunables).shutdown_grace;
+        if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+            warn!(
+                ?grace,
+                "exchanges still running at the end of the grace period"
+            );
         }
         if let Err(e) = self.host.flush().await {
             warn!(error = %e, "final store flush failed");
@@ -184,13 +214,13 @@ impl Server {
 
 struct AcceptCtx {
     host: Arc<Host>,
-    access: Arc<std::sync::RwLock<access::AccessList>>,
+    tunables: SharedTunables,
     refusals: Arc<access::RefusalLog>,
+    policy: BindPolicy,
+    port: u16,
     slots: Arc<Semaphore>,
     per_ip: Arc<PerIp>,
-    max_per_ip: usize,
     assoc: Arc<AtomicU32>,
-    limits: ConnLimits,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 }
@@ -222,36 +252,59 @@ async fn accept_loop(listener: TcpListener, ctx: AcceptCtx) {
 /// Admits or drops a fresh connection. Refusals happen before anything is
 /// read or allocated for the peer, and are logged once a minute per source.
 fn admit(stream: TcpStream, peer: SocketAddr, ctx: &AcceptCtx) {
+    use crate::metrics::ConnEvent;
     let ip = access::normalize(peer.ip());
-    let refuse = |reason: &'static str| {
+    let metrics = &ctx.host.metrics;
+    let refuse = |event: ConnEvent, reason: &'static str| {
+        metrics.conn_event(event);
         if ctx.refusals.should_log(ip, reason) {
             warn!(%peer, reason, "connection refused (logged once a minute per source)");
         }
     };
-    let permitted = ctx.access.read().map(|a| a.permits(ip)).unwrap_or(false);
+    let t = read_tunables(&ctx.tunables);
+    let permitted = t.access.permits(ip);
     if !permitted {
-        return refuse("address not allowed (see --allow/--deny)");
+        return refuse(
+            ConnEvent::RefusedNotAllowed,
+            "address not allowed (see --allow/--deny)",
+        );
     }
     let Ok(permit) = ctx.slots.clone().try_acquire_owned() else {
-        return refuse("connection limit reached");
+        return refuse(ConnEvent::RefusedLimit, "connection limit reached");
     };
-    let Some(ip_guard) = ctx.per_ip.enter(ip, ctx.max_per_ip) else {
-        return refuse("per-address connection limit reached");
+    let Some(ip_guard) = ctx.per_ip.enter(ip, t.max_connections_per_ip) else {
+        return refuse(
+            ConnEvent::RefusedPerAddressLimit,
+            "per-address connection limit reached",
+        );
     };
+    metrics.connections_accepted.fetch_add(1, Ordering::Relaxed);
+    metrics.connections_open.fetch_add(1, Ordering::Relaxed);
     let _ = stream.set_nodelay(true);
     let group = ctx.assoc.fetch_add(1, Ordering::Relaxed) | 1;
     let span = info_span!("conn", %peer);
+    let host = ctx.host.clone();
     let fut = connection::serve(
         stream,
         peer,
         ctx.host.clone(),
-        ctx.limits,
+        ConnLimits {
+            policy: ctx.policy,
+            port: ctx.port,
+            max_pdu_len: t.max_pdu_len,
+            read_timeout: t.read_timeout,
+            idle_timeout: t.idle_timeout,
+            max_requests: t.max_requests,
+        },
         group,
         ctx.shutdown.clone(),
     );
     ctx.tracker.spawn(
         async move {
             fut.await;
+            host.metrics
+                .connections_open
+                .fetch_sub(1, Ordering::Relaxed);
             drop(ip_guard);
             drop(permit);
         }

@@ -402,11 +402,16 @@ fn commit_batch(conn: &mut Connection, batch: &[&Record]) -> Result<(), StoreErr
 impl Durable {
     /// Starts the writer thread on `conn` (already opened and migrated).
     /// `keep_records` bounds the activation log.
-    pub fn start(conn: Connection, path: PathBuf, keep_records: u64) -> Result<Self, StoreError> {
+    pub fn start(
+        conn: Connection,
+        path: PathBuf,
+        keep_records: u64,
+        metrics: std::sync::Arc<crate::metrics::Metrics>,
+    ) -> Result<Self, StoreError> {
         let (tx, rx) = mpsc::channel(4096);
         std::thread::Builder::new()
             .name("kmsd-store".into())
-            .spawn(move || writer(conn, rx, keep_records))
+            .spawn(move || writer(conn, rx, keep_records, &metrics))
             .map_err(|e| StoreError::Sqlite(format!("cannot start the store thread: {e}")))?;
         Ok(Self { tx, path })
     }
@@ -436,7 +441,12 @@ impl Durable {
     }
 }
 
-fn writer(mut conn: Connection, mut rx: mpsc::Receiver<Job>, keep_records: u64) {
+fn writer(
+    mut conn: Connection,
+    mut rx: mpsc::Receiver<Job>,
+    keep_records: u64,
+    metrics: &crate::metrics::Metrics,
+) {
     let mut jobs: Vec<Job> = Vec::with_capacity(MAX_BATCH);
     let mut since_prune = 0u64;
     let mut last_prune = Instant::now();
@@ -458,7 +468,13 @@ fn writer(mut conn: Connection, mut rx: mpsc::Receiver<Job>, keep_records: u64) 
         let result = if records.is_empty() {
             Ok(())
         } else {
-            commit_batch(&mut conn, &records)
+            let t = Instant::now();
+            let r = commit_batch(&mut conn, &records);
+            metrics
+                .store_commit_latency
+                .observe(t.elapsed().as_secs_f64());
+            metrics.store_batch_size.observe(records.len() as f64);
+            r
         };
         since_prune += records.len() as u64;
         if let Err(e) = &result {

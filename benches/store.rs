@@ -1,0 +1,70 @@
+//! The durable store's group commit: N records written concurrently and
+//! awaited, as N clients' responses wait for their records (SQLite WAL,
+//! synchronous=FULL, one writer thread batching what is queued). Reported as
+//! records per second.
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use kmsd::protocol::guid::Guid;
+use kmsd::protocol::kms::products::{self, Pool};
+use kmsd::store::{self, Durable, Record, sqlite};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+fn record(n: u64, now: i64) -> Record {
+    let sku = products::find_sku("Windows 10/11 Enterprise").expect("catalog SKU");
+    Record {
+        time_ms: now,
+        address: "127.0.0.1".into(),
+        workstation: "kmsd-load".into(),
+        cmid: Guid::from_u128(0x2000_0000_0000_4000_8000_0000_0000_0000 | u128::from(n)),
+        app_id: sku.app_id,
+        sku_id: sku.id,
+        kms_id: sku.kms_id,
+        counted_in: Some(Pool::Windows),
+        capacity: 50,
+        n_policy: 25,
+        license_status: 2,
+        binding_expiration: 43200,
+        vm: false,
+        protocol: 6,
+        count: 50,
+        hresult: 0,
+    }
+}
+
+fn group_commit(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join(store::DB_FILE);
+    let conn = sqlite::open_rw(&path).expect("database");
+    let metrics = std::sync::Arc::new(kmsd::metrics::Metrics::default());
+    let durable = Durable::start(conn, path, 1_000_000, metrics).expect("writer thread");
+    let next = AtomicU64::new(0);
+    let mut g = c.benchmark_group("store");
+    for n in [1u64, 64, 512] {
+        g.throughput(Throughput::Elements(n));
+        g.bench_function(format!("group_commit_{n}"), |b| {
+            b.iter(|| {
+                let now = store::unix_ms_now();
+                rt.block_on(async {
+                    let mut set = tokio::task::JoinSet::new();
+                    for _ in 0..n {
+                        let d = durable.clone();
+                        let r = record(next.fetch_add(1, Ordering::Relaxed), now);
+                        set.spawn(async move { d.write(r).await });
+                    }
+                    while let Some(r) = set.join_next().await {
+                        r.expect("task").expect("committed");
+                    }
+                })
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, group_commit);
+criterion_main!(benches);

@@ -1,0 +1,539 @@
+//! The floor: what a KMS exchange costs when the host does no KMS work, and
+//! kmsd measured beside it by the same load generator in the same run.
+//!
+//! The floor server is a tokio listener that frames PDUs with kmsd's own
+//! `RpcPduCodec` and answers each by type with canned bytes: a bind_ack, an
+//! alter_context_resp, and for a request the response for the request's
+//! context, only the call_id patched in. It decrypts nothing, counts
+//! nothing, stores nothing, logs nothing.
+//!
+//! Canned bytes cannot verify against a client that sends a fresh CMID,
+//! clock and IV each time, so the floor is loaded in the generator's
+//! *pinned* mode: every activation builds and encrypts its request as usual,
+//! but from one fixed CMID, client time and IV ([`Pinned::FLOOR`]), and the
+//! floor's canned response is the kmsd-built response to exactly that
+//! request, computed once at start-up. The client therefore runs the full
+//! verification (`kms::verify_response`, every check of `kmsd activate`) on
+//! every floor response, and spends the same work per activation against
+//! both servers, which matters when client and servers share two cores.
+//! kmsd is loaded with distinct CMIDs, the real clock and random IVs.
+//!
+//! ```text
+//! cargo run --release --example floor -- compare --concurrency 64 --duration 10
+//! cargo run --release --example floor -- serve --listen 127.0.0.1:16880
+//! cargo run --release --example floor -- load 127.0.0.1:16880 --floor
+//! cargo run --release --example floor -- load 127.0.0.1:1688      # a `kmsd serve`
+//! ```
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use futures_util::{SinkExt, StreamExt};
+use kmsd::client::load::{self, Clients, ConnectionMode, LoadOptions, LoadReport, Pinned};
+use kmsd::config::ServeConfig;
+use kmsd::protocol::kms::{self, Answer, Epid, ResponseRandom, Version, products};
+use kmsd::protocol::rpc::bind::BindPolicy;
+use kmsd::protocol::rpc::pdu::{DEFAULT_MAX_PDU_LEN, ptype};
+use kmsd::protocol::rpc::request as rpc_request;
+use kmsd::protocol::rpc::session::Session;
+use kmsd::server::codec::RpcPduCodec;
+use kmsd::server::{self, Server, handler::Host};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::codec::Framed;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Parser)]
+#[command(about = "The floor server, and kmsd measured beside it")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Start the floor and a kmsd host (durable store on) in this process on
+    /// loopback, load them in turn with the same generator, print both and
+    /// the ratios.
+    Compare(CompareArgs),
+    /// Run the floor server alone (it answers the pinned load of `load --floor`).
+    Serve {
+        #[arg(long, default_value = "127.0.0.1:16880")]
+        listen: SocketAddr,
+        #[command(flatten)]
+        load: LoadShape,
+    },
+    /// Load a target on loopback from this process (`--floor` for a floor
+    /// started with `serve`).
+    Load {
+        target: String,
+        /// Pinned requests, as the floor needs.
+        #[arg(long)]
+        floor: bool,
+        #[command(flatten)]
+        load: LoadShape,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// What each run looks like.
+#[derive(Debug, Clone, clap::Args)]
+struct LoadShape {
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Seconds per run.
+    #[arg(long, default_value_t = 10)]
+    duration: u64,
+    #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u16).range(4..=6))]
+    protocol: u16,
+    #[arg(long, default_value = "Windows 10/11 Enterprise")]
+    product: String,
+    #[arg(long, value_enum, default_value = "per-activation")]
+    connection: ConnectionMode,
+    /// kmsd's CMIDs: distinct, fixed or N (the floor's are always pinned).
+    #[arg(long, default_value = "distinct")]
+    clients: Clients,
+}
+
+impl LoadShape {
+    fn options(&self) -> Result<LoadOptions> {
+        let sku = products::find_sku(&self.product).map_err(anyhow::Error::msg)?;
+        let version = Version::from_wire(self.protocol, 0).context("protocol 4, 5 or 6")?;
+        let mut o = LoadOptions::new(version, sku);
+        o.concurrency = self.concurrency.clamp(1, 10_000);
+        o.duration = Duration::from_secs(self.duration.clamp(1, load::MAX_DURATION_SECS));
+        o.connection = self.connection;
+        o.clients = self.clients;
+        Ok(o)
+    }
+}
+
+#[derive(Debug, Clone, clap::Args)]
+struct CompareArgs {
+    #[command(flatten)]
+    load: LoadShape,
+    /// Rounds of (floor, kmsd); runs alternate to cancel drift.
+    #[arg(long, default_value_t = 2)]
+    rounds: usize,
+    /// Seconds of discarded warm-up against each server first.
+    #[arg(long, default_value_t = 1)]
+    warmup: u64,
+    /// kmsd's activation log: `file` (info level to a file, as `kmsd serve`
+    /// logs to stderr), `stderr`, or `off`.
+    #[arg(long, default_value = "file")]
+    log: String,
+    /// kmsd's per-address connection limit (kmsd's default is 64: the
+    /// generator connects from one address).
+    #[arg(long, default_value_t = 4096)]
+    max_connections_per_ip: usize,
+    /// Load only this server (`floor` or `kmsd`; for profiling one side).
+    #[arg(long)]
+    only: Option<String>,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// The floor's answers, computed once.
+struct Canned {
+    bind_ack: Vec<u8>,
+    alter_resp: Vec<u8>,
+    /// Response PDU per accepted context id.
+    responses: Vec<(u16, Vec<u8>)>,
+}
+
+impl Canned {
+    /// What kmsd's protocol core answers to the generator's bind,
+    /// alter_context and pinned request, on `port`.
+    fn new(port: u16, opts: &LoadOptions, epid: &Epid) -> Result<Self> {
+        let (bind, alter) = load::bind_pdus();
+        let mut session = Session::new(BindPolicy::default(), port, 0x464c_4f4f);
+        let mut bind_ack = Vec::new();
+        session.handle(&bind, &mut bind_ack)?;
+        let mut alter_resp = Vec::new();
+        session.handle(&alter, &mut alter_resp)?;
+        let req = kms::decode_request(&load::pinned_request(opts, &Pinned::FLOOR)?)?;
+        let answer = Answer {
+            epid,
+            hwid: kmsd::config::DEFAULT_HWID,
+            count: 50,
+            activation_interval: 120,
+            renewal_interval: 10080,
+        };
+        let rnd = ResponseRandom::draw(&mut rand::rng());
+        let mut responses = Vec::new();
+        for ctx in 0..3u16 {
+            if let Some(syntax) = session.context(ctx) {
+                let mut out = Vec::new();
+                rpc_request::encode_response(load::BIND_CALL_ID + 1, ctx, syntax, &mut out, |o| {
+                    kms::encode_response(&req, &answer, &rnd, o)
+                });
+                responses.push((ctx, out));
+            }
+        }
+        Ok(Self {
+            bind_ack,
+            alter_resp,
+            responses,
+        })
+    }
+
+    fn reply(&self, pdu: &[u8]) -> Option<&[u8]> {
+        match *pdu.get(2)? {
+            ptype::BIND => Some(&self.bind_ack),
+            ptype::ALTER_CONTEXT => Some(&self.alter_resp),
+            ptype::REQUEST => {
+                let ctx = u16::from_le_bytes([*pdu.get(20)?, *pdu.get(21)?]);
+                self.responses
+                    .iter()
+                    .find(|(c, _)| *c == ctx)
+                    .map(|(_, r)| r.as_slice())
+            }
+            _ => None,
+        }
+    }
+}
+
+/// One floor connection: frame, pick the canned reply, patch the call id.
+async fn floor_conn(stream: TcpStream, canned: Arc<Canned>) {
+    let _ = stream.set_nodelay(true);
+    let mut framed = Framed::new(stream, RpcPduCodec::new(DEFAULT_MAX_PDU_LEN));
+    let mut out = Vec::with_capacity(512);
+    while let Some(Ok(pdu)) = framed.next().await {
+        let (Some(reply), Some(call_id)) = (canned.reply(&pdu), pdu.get(12..16)) else {
+            break;
+        };
+        out.clear();
+        out.extend_from_slice(reply);
+        if let Some(dst) = out.get_mut(12..16) {
+            dst.copy_from_slice(call_id);
+        }
+        if framed.send(out.as_slice()).await.is_err() {
+            break;
+        }
+    }
+}
+
+async fn serve_floor(listener: TcpListener, canned: Arc<Canned>, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok((s, _)) => {
+                    tokio::spawn(floor_conn(s, canned.clone()));
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+            },
+        }
+    }
+}
+
+/// CPU seconds (user + system) of this process's threads, by thread name.
+fn cpu_by_thread() -> BTreeMap<String, f64> {
+    let mut out = BTreeMap::new();
+    let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
+        return out;
+    };
+    for t in dir.flatten() {
+        let p = t.path();
+        let (Ok(comm), Ok(stat)) = (
+            std::fs::read_to_string(p.join("comm")),
+            std::fs::read_to_string(p.join("stat")),
+        ) else {
+            continue;
+        };
+        // Fields after the ")" that closes the name: 14 utime, 15 stime.
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+            continue;
+        };
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: f64 = [11, 12]
+            .iter()
+            .filter_map(|&i| f.get(i).and_then(|v| v.parse::<f64>().ok()))
+            .sum();
+        let name = comm.trim().to_owned();
+        *out.entry(name).or_default() += ticks / 100.0;
+    }
+    out
+}
+
+/// One measured run with the CPU its threads used.
+#[derive(Debug, Clone, Serialize)]
+struct Run {
+    server: &'static str,
+    report: LoadReport,
+    /// CPU µs per verified activation by the server side (runtime threads
+    /// plus kmsd's store thread) and by the load generator.
+    server_cpu_us_per_activation: f64,
+    client_cpu_us_per_activation: f64,
+}
+
+fn cpu_delta(
+    before: &BTreeMap<String, f64>,
+    after: &BTreeMap<String, f64>,
+    prefix: &[&str],
+) -> f64 {
+    after
+        .iter()
+        .filter(|(k, _)| prefix.iter().any(|p| k.starts_with(p)))
+        .map(|(k, v)| v - before.get(k).copied().unwrap_or(0.0))
+        .sum()
+}
+
+fn measured(
+    rt: &tokio::runtime::Runtime,
+    server: &'static str,
+    addr: SocketAddr,
+    opts: LoadOptions,
+) -> Result<Run> {
+    let before = cpu_by_thread();
+    let report = rt.block_on(load::run_with(addr, opts))?;
+    let after = cpu_by_thread();
+    let per = |secs: f64| secs * 1e6 / report.activations.max(1) as f64;
+    Ok(Run {
+        server,
+        server_cpu_us_per_activation: per(cpu_delta(&before, &after, &["server", "kmsd-store"])),
+        client_cpu_us_per_activation: per(cpu_delta(&before, &after, &["load"])),
+        report,
+    })
+}
+
+#[derive(Debug, Serialize)]
+struct Comparison {
+    machine: String,
+    runs: Vec<Run>,
+    floor: LoadReport,
+    kmsd: LoadReport,
+    floor_server_cpu_us_per_activation: f64,
+    kmsd_server_cpu_us_per_activation: f64,
+    /// kmsd activations/s ÷ floor activations/s (target ≥ 0.8).
+    throughput_ratio: f64,
+    /// kmsd p99 ÷ floor p99 (target ≤ 1.5).
+    p99_ratio: f64,
+    p50_ratio: f64,
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let n = std::thread::available_parallelism().map_or(0, |n| n.get());
+    format!("{cpu}, {n} CPUs")
+}
+
+fn init_log(mode: &str, dir: &std::path::Path) -> Result<()> {
+    let builder =
+        || tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::new("info"));
+    match mode {
+        "off" => {}
+        "stderr" => builder().with_writer(std::io::stderr).init(),
+        "file" => {
+            let f = std::fs::File::create(dir.join("kmsd.log"))?;
+            builder().with_writer(std::sync::Mutex::new(f)).init();
+        }
+        other => bail!("--log {other:?}: expected file, stderr or off"),
+    }
+    Ok(())
+}
+
+fn runtime(name: &'static str) -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .thread_name(name)
+        .enable_all()
+        .build()?)
+}
+
+fn compare(a: &CompareArgs) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    init_log(&a.log, dir.path())?;
+    let server_rt = runtime("server")?;
+    let load_rt = runtime("load")?;
+    let opts = a.load.options()?;
+    // kmsd: the default configuration (durable store on) on a loopback port.
+    let cfg = ServeConfig {
+        listen: vec![SocketAddr::from(([127, 0, 0, 1], 0))],
+        data_dir: dir.path().join("data"),
+        max_connections_per_ip: a.max_connections_per_ip,
+        ..ServeConfig::default()
+    };
+    let host = Arc::new(Host::open(&cfg).context("cannot open the kmsd host")?);
+    let group = products::kms_group(&opts.sku.kms_id)
+        .map(|g| g.epid_group)
+        .context("SKU without a group")?;
+    let epid = host.epid(group).context("no ePID")?.clone();
+    let stop = CancellationToken::new();
+    let (kmsd_addr, floor_addr) = {
+        let _guard = server_rt.enter();
+        let server = Server::new(server::bind_all(&cfg)?, host.clone(), cfg.clone());
+        let kmsd_addr = *server.local_addrs().first().context("no listener")?;
+        server_rt.spawn(server.run(stop.clone()));
+        let listener = server::bind(SocketAddr::from(([127, 0, 0, 1], 0)))?;
+        let floor_addr = listener.local_addr()?;
+        let canned = Arc::new(Canned::new(floor_addr.port(), &opts, &epid)?);
+        server_rt.spawn(serve_floor(listener, canned, stop.clone()));
+        (kmsd_addr, floor_addr)
+    };
+    let floor_opts = LoadOptions {
+        pinned: Some(Pinned::FLOOR),
+        ..opts.clone()
+    };
+    if a.warmup > 0 {
+        let w = Duration::from_secs(a.warmup);
+        for (name, addr, o) in [
+            ("floor", floor_addr, &floor_opts),
+            ("kmsd", kmsd_addr, &opts),
+        ] {
+            if a.only.as_deref().is_some_and(|o| o != name) {
+                continue;
+            }
+            let o = LoadOptions {
+                duration: w,
+                ..o.clone()
+            };
+            load_rt.block_on(load::run_with(addr, o))?;
+        }
+    }
+    let mut runs = Vec::new();
+    for round in 0..a.rounds.max(1) {
+        for (name, addr, o) in [
+            ("floor", floor_addr, &floor_opts),
+            ("kmsd", kmsd_addr, &opts),
+        ] {
+            if a.only.as_deref().is_some_and(|o| o != name) {
+                continue;
+            }
+            let run = measured(&load_rt, name, addr, o.clone())?;
+            if !a.json {
+                let r = &run.report;
+                eprintln!(
+                    "round {} {name:<5} {:>9.1}/s  p50 {:>6} µs  p99 {:>6} µs  max {:>7} µs  errors {}  server CPU {:.1} µs/act  client CPU {:.1} µs/act",
+                    round + 1,
+                    r.activations_per_sec,
+                    r.latency_us.p50,
+                    r.latency_us.p99,
+                    r.latency_us.max,
+                    r.error_total,
+                    run.server_cpu_us_per_activation,
+                    run.client_cpu_us_per_activation,
+                );
+            }
+            runs.push(run);
+        }
+    }
+    stop.cancel();
+    let pick = |name: &str| -> Vec<LoadReport> {
+        runs.iter()
+            .filter(|r| r.server == name)
+            .map(|r| r.report.clone())
+            .collect()
+    };
+    let cpu = |name: &str| {
+        let (cpu, n) = runs
+            .iter()
+            .filter(|r| r.server == name)
+            .fold((0.0, 0u64), |(c, n), r| {
+                (
+                    c + r.server_cpu_us_per_activation * r.report.activations as f64,
+                    n + r.report.activations,
+                )
+            });
+        cpu / n.max(1) as f64
+    };
+    if a.only.is_some() {
+        for r in &runs {
+            println!("{}", r.report);
+        }
+        return Ok(());
+    }
+    let floor = LoadReport::merge(&pick("floor")).context("no floor run")?;
+    let kmsd = LoadReport::merge(&pick("kmsd")).context("no kmsd run")?;
+    let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::NAN };
+    let c = Comparison {
+        machine: machine(),
+        throughput_ratio: ratio(kmsd.activations_per_sec, floor.activations_per_sec),
+        p99_ratio: ratio(kmsd.latency_us.p99 as f64, floor.latency_us.p99 as f64),
+        p50_ratio: ratio(kmsd.latency_us.p50 as f64, floor.latency_us.p50 as f64),
+        floor_server_cpu_us_per_activation: cpu("floor"),
+        kmsd_server_cpu_us_per_activation: cpu("kmsd"),
+        floor,
+        kmsd,
+        runs,
+    };
+    // Let the store finish and the host stop before the temp dir goes.
+    server_rt.block_on(async {
+        let _ = tokio::time::timeout(Duration::from_secs(10), host.flush()).await;
+    });
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&c)?);
+    } else {
+        println!("machine: {}", c.machine);
+        println!("== floor (canned bytes, pinned requests) ==\n{}", c.floor);
+        println!("== kmsd (durable store, distinct clients) ==\n{}", c.kmsd);
+        println!(
+            "server CPU per activation: floor {:.1} µs, kmsd {:.1} µs",
+            c.floor_server_cpu_us_per_activation, c.kmsd_server_cpu_us_per_activation
+        );
+        println!(
+            "kmsd / floor: throughput {:.3} (target >= 0.8), p99 {:.3} (target <= 1.5), p50 {:.3}",
+            c.throughput_ratio, c.p99_ratio, c.p50_ratio
+        );
+    }
+    drop(server_rt);
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Compare(a) => compare(&a),
+        Command::Serve { listen, load } => {
+            if !load::is_loopback(&listen) {
+                bail!("the floor listens on loopback only");
+            }
+            let rt = runtime("server")?;
+            let opts = load.options()?;
+            rt.block_on(async {
+                let listener = server::bind(listen)?;
+                let epid = Epid::new("03612-00206-556-123727-03-1033-26100.0000-0012025")?;
+                let canned = Arc::new(Canned::new(listen.port(), &opts, &epid)?);
+                let stop = CancellationToken::new();
+                tokio::spawn(server::signal::cancel_on_signal(stop.clone()));
+                eprintln!("floor listening on {listen}; Ctrl-C stops");
+                serve_floor(listener, canned, stop).await;
+                Ok(())
+            })
+        }
+        Command::Load {
+            target,
+            floor,
+            load: shape,
+            json,
+        } => {
+            let rt = runtime("load")?;
+            let mut opts = shape.options()?;
+            if floor {
+                opts.pinned = Some(Pinned::FLOOR);
+            }
+            let report = rt.block_on(async {
+                let addr = load::resolve_target(&target, false).await?;
+                load::run_with(addr, opts).await
+            })?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!("{report}");
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,1006 @@
+//! `kmsd load`: a bounded load generator that behaves like many Windows
+//! clients at once. Each activation is, by default, a new TCP connection:
+//! bind (and alter_context when the host prefers NDR64, as Windows does),
+//! one request, close. Every response goes through the checks of `kmsd
+//! activate` ([`kms::verify_response`] after the RPC reply checks); a
+//! failure is counted by kind and never stops the run.
+//!
+//! The run always ends by itself: at `--duration` (or after `--requests`),
+//! with a hard deadline a few exchange timeouts later that abandons whatever
+//! is still in flight. Targets outside loopback are refused unless the
+//! operator says, with `--allow-remote`, that they own the target.
+//!
+//! [`run_with`] is the same generator for harnesses (`examples/floor.rs`
+//! measures kmsd and the floor server with it, side by side). Its
+//! [`Pinned`] mode sends the same request every time so that a server that
+//! does no KMS work can answer with canned bytes that still verify; the
+//! client does the same work per activation either way.
+
+use crate::client::exchange::filetime_now;
+use crate::protocol::guid::Guid;
+use crate::protocol::kms::{self, RequestBase, VerifyError, Version, Workstation, products};
+use crate::protocol::rpc::pdu::{self, Header, MAX_PDU_LEN, PduError, flags, ptype};
+use crate::protocol::rpc::request::{self as rpc_request, Reply};
+use crate::protocol::rpc::{BTFN_PREFIX, KMS_INTERFACE, Syntax};
+use crate::protocol::wire::Reader;
+use crate::server::codec::{CodecError, RpcPduCodec};
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use hdrhistogram::Histogram;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tokio_util::codec::Framed;
+
+/// The longest run the CLI accepts (seconds).
+pub const MAX_DURATION_SECS: u64 = 3600;
+/// Latencies above this are clamped into the histogram's top bucket (µs).
+const MAX_LATENCY_US: u64 = 600_000_000;
+/// Pause after a failed connect, so a dead target is not hammered in a loop.
+const CONNECT_BACKOFF: Duration = Duration::from_millis(10);
+/// kmsd's default `max_requests_per_connection`.
+pub const DEFAULT_REQUESTS_PER_CONNECTION: u32 = 64;
+
+/// Which client machine IDs the simulated clients send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Clients {
+    /// A fresh random CMID per activation: every request is a new machine.
+    Distinct,
+    /// One CMID for the whole run: the same machine renewing over and over.
+    Fixed,
+    /// A pool of N CMIDs used round-robin.
+    Pool(usize),
+}
+
+impl std::str::FromStr for Clients {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "distinct" => Ok(Self::Distinct),
+            "fixed" => Ok(Self::Fixed),
+            _ => s
+                .parse::<usize>()
+                .ok()
+                .filter(|n| (1..=10_000_000).contains(n))
+                .map(Self::Pool)
+                .ok_or_else(|| {
+                    format!(
+                        "--clients {s:?}: expected `distinct`, `fixed` or a pool size 1..=10000000"
+                    )
+                }),
+        }
+    }
+}
+
+impl fmt::Display for Clients {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Distinct => f.write_str("distinct"),
+            Self::Fixed => f.write_str("fixed"),
+            Self::Pool(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+/// How activations use TCP connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ConnectionMode {
+    /// Connect, bind, one request, close: what Windows clients do.
+    PerActivation,
+    /// Bind once and send requests on the connection (reconnecting after
+    /// `requests_per_connection`, kmsd's per-connection limit).
+    KeepAlive,
+}
+
+impl fmt::Display for ConnectionMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::PerActivation => "per-activation",
+            Self::KeepAlive => "keep-alive",
+        })
+    }
+}
+
+/// `kmsd load`.
+#[derive(Debug, clap::Args)]
+pub struct LoadArgs {
+    /// Host to load, HOST:PORT (port 1688 when left out). Loopback only,
+    /// unless --allow-remote.
+    #[arg(default_value = "127.0.0.1:1688")]
+    pub target: String,
+    /// Clients running at once.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub concurrency: u32,
+    /// Seconds to run (the run stops by itself).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=MAX_DURATION_SECS))]
+    pub duration: u64,
+    /// Stop after this many activations (answered or failed), if sooner.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub requests: Option<u64>,
+    /// KMS protocol version.
+    #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u16).range(4..=6))]
+    pub protocol: u16,
+    /// Product (SKU name or GUID; see `kmsd products`).
+    #[arg(long, default_value = "Windows 10/11 Enterprise")]
+    pub product: String,
+    /// Client machine IDs: `distinct` (new per activation), `fixed` (one) or
+    /// N (a pool of N used round-robin).
+    #[arg(long, default_value = "distinct")]
+    pub clients: Clients,
+    /// `per-activation` (a new TCP connection each time, as Windows does) or
+    /// `keep-alive`.
+    #[arg(long, value_enum, default_value = "per-activation")]
+    pub connection: ConnectionMode,
+    /// Keep-alive: requests per connection before reconnecting (kmsd closes
+    /// a connection after 64 by default).
+    #[arg(long, default_value_t = DEFAULT_REQUESTS_PER_CONNECTION, value_parser = clap::value_parser!(u32).range(1..))]
+    pub requests_per_connection: u32,
+    /// Seconds allowed for each step of an exchange.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=60))]
+    pub timeout: u64,
+    /// The target is not on loopback and you operate it: load it anyway.
+    #[arg(long)]
+    pub allow_remote: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The fixed inputs of [`LoadOptions::pinned`] requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pinned {
+    pub cmid: Guid,
+    /// FILETIME sent as the client time.
+    pub client_time: u64,
+    /// The request IV (v5/v6).
+    pub iv: [u8; 16],
+}
+
+impl Pinned {
+    /// The constants `examples/floor.rs` uses on both sides.
+    pub const FLOOR: Self = Self {
+        cmid: Guid::from_u128(0x6c6f6f72_0000_4000_8000_000000000001),
+        // 2025-01-01T00:00:00Z
+        client_time: 133_801_632_000_000_000,
+        iv: *b"kmsd-floor-iv-16",
+    };
+}
+
+/// Everything a run does, for harnesses; [`run`] builds it from [`LoadArgs`].
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    pub concurrency: usize,
+    pub duration: Duration,
+    /// Stop after this many activations (answered or failed).
+    pub requests: Option<u64>,
+    pub version: Version,
+    pub sku: &'static products::Sku,
+    /// N_Policy sent (the SKU's group threshold by default).
+    pub n_policy: u32,
+    pub clients: Clients,
+    pub connection: ConnectionMode,
+    pub requests_per_connection: u32,
+    /// Per step of an exchange (connect, bind, alter_context, request).
+    pub timeout: Duration,
+    /// Send this exact request every time (CMID, client time, IV); `clients`
+    /// is then ignored. For servers that answer with canned bytes.
+    pub pinned: Option<Pinned>,
+    pub workstation: String,
+}
+
+impl LoadOptions {
+    /// Defaults of `kmsd load` for `version` and `sku`.
+    pub fn new(version: Version, sku: &'static products::Sku) -> Self {
+        let n_policy = products::kms_group(&sku.kms_id).map_or(25, |g| g.n_policy);
+        Self {
+            concurrency: 64,
+            duration: Duration::from_secs(10),
+            requests: None,
+            version,
+            sku,
+            n_policy,
+            clients: Clients::Distinct,
+            connection: ConnectionMode::PerActivation,
+            requests_per_connection: DEFAULT_REQUESTS_PER_CONNECTION,
+            timeout: Duration::from_secs(10),
+            pinned: None,
+            workstation: "kmsd-load".into(),
+        }
+    }
+
+    fn base(&self) -> anyhow::Result<RequestBase> {
+        Ok(RequestBase {
+            version: self.version,
+            vm_info: 0,
+            license_status: 2,
+            binding_expiration: 43200,
+            app_id: self.sku.app_id,
+            sku_id: self.sku.id,
+            kms_id: self.sku.kms_id,
+            cmid: Guid::NIL,
+            n_policy: self.n_policy,
+            client_time: 0,
+            previous_cmid: Guid::NIL,
+            workstation: Workstation::new(&self.workstation)
+                .map_err(|e| anyhow::anyhow!("workstation name: {e}"))?,
+        })
+    }
+}
+
+/// Latency percentiles of the verified activations, in microseconds.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Latency {
+    pub p50: u64,
+    pub p90: u64,
+    pub p99: u64,
+    pub p999: u64,
+    pub max: u64,
+    pub mean: f64,
+}
+
+impl Latency {
+    fn of(h: &Histogram<u64>) -> Self {
+        if h.is_empty() {
+            return Self::default();
+        }
+        Self {
+            p50: h.value_at_quantile(0.50),
+            p90: h.value_at_quantile(0.90),
+            p99: h.value_at_quantile(0.99),
+            p999: h.value_at_quantile(0.999),
+            max: h.max(),
+            mean: h.mean(),
+        }
+    }
+}
+
+/// The outcome of a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct LoadReport {
+    pub target: String,
+    pub protocol: u16,
+    pub product: String,
+    pub concurrency: usize,
+    pub connection: ConnectionMode,
+    /// `distinct`, `fixed`, N, or `pinned` (the floor's fixed request).
+    pub clients: String,
+    /// Activations whose response passed every check.
+    pub activations: u64,
+    /// Failures by kind: `connect`, `timeout: ...`, `closed: ...`, `io`,
+    /// `rpc`, `bind: ...`, `fault 0x...`, `hresult 0x...`, `verify: ...`.
+    pub errors: BTreeMap<String, u64>,
+    pub error_total: u64,
+    /// TCP connections opened (and bound).
+    pub connections: u64,
+    pub elapsed_secs: f64,
+    /// Verified activations per second of elapsed time.
+    pub activations_per_sec: f64,
+    /// Time from the start of an activation (its connect, when it needed a
+    /// new connection) to its verified response.
+    pub latency_us: Latency,
+    /// `duration`, `requests` or `deadline` (in-flight exchanges abandoned).
+    pub stopped_by: &'static str,
+    /// The latencies behind `latency_us` (µs), for merging runs.
+    #[serde(skip)]
+    pub histogram: Histogram<u64>,
+}
+
+impl LoadReport {
+    /// The runs of `reports` as one (same target and settings assumed):
+    /// counts and elapsed times add up, latencies are merged.
+    pub fn merge(reports: &[LoadReport]) -> Option<LoadReport> {
+        let (first, rest) = reports.split_first()?;
+        let mut all = first.clone();
+        for r in rest {
+            all.activations += r.activations;
+            all.error_total += r.error_total;
+            all.connections += r.connections;
+            all.elapsed_secs += r.elapsed_secs;
+            for (k, v) in &r.errors {
+                *all.errors.entry(k.clone()).or_default() += v;
+            }
+            let _ = all.histogram.add(&r.histogram);
+            if r.stopped_by == "deadline" {
+                all.stopped_by = "deadline";
+            }
+        }
+        all.activations_per_sec = per_sec(all.activations, all.elapsed_secs);
+        all.latency_us = Latency::of(&all.histogram);
+        Some(all)
+    }
+}
+
+fn per_sec(n: u64, secs: f64) -> f64 {
+    if secs > 0.0 { n as f64 / secs } else { 0.0 }
+}
+
+impl fmt::Display for LoadReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "load on {}: KMS {}.0, {}, {} concurrent, {} connections, clients {}",
+            self.target,
+            self.protocol,
+            self.product,
+            self.concurrency,
+            self.connection,
+            self.clients
+        )?;
+        writeln!(
+            f,
+            "  activations  {:>10} verified in {:.2} s = {:.1}/s ({} connections, stopped by {})",
+            self.activations,
+            self.elapsed_secs,
+            self.activations_per_sec,
+            self.connections,
+            self.stopped_by
+        )?;
+        writeln!(f, "  errors       {:>10}", self.error_total)?;
+        for (kind, n) in &self.errors {
+            writeln!(f, "    {n:>10}  {kind}")?;
+        }
+        let l = &self.latency_us;
+        write!(
+            f,
+            "  latency µs   p50 {}  p90 {}  p99 {}  p99.9 {}  max {}  mean {:.0}",
+            l.p50, l.p90, l.p99, l.p999, l.max, l.mean
+        )
+    }
+}
+
+/// Resolves `target` (HOST, HOST:PORT, [V6]:PORT) to every address it names.
+async fn resolve(target: &str) -> anyhow::Result<Vec<SocketAddr>> {
+    if let Ok(a) = target.parse::<SocketAddr>() {
+        return Ok(vec![a]);
+    }
+    if let Ok(ip) = target.trim_matches(['[', ']']).parse::<std::net::IpAddr>() {
+        return Ok(vec![SocketAddr::new(ip, crate::config::DEFAULT_PORT)]);
+    }
+    let with_port = if target.contains(':') {
+        target.to_owned()
+    } else {
+        format!("{target}:{}", crate::config::DEFAULT_PORT)
+    };
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host(&with_port)
+        .await
+        .with_context(|| format!("cannot resolve {target:?}"))?
+        .collect();
+    if addrs.is_empty() {
+        bail!("{target:?} resolves to no address");
+    }
+    Ok(addrs)
+}
+
+/// Whether `addr` is on this machine's loopback (127.0.0.0/8, ::1, or an
+/// IPv4-mapped loopback address).
+pub fn is_loopback(addr: &SocketAddr) -> bool {
+    addr.ip().to_canonical().is_loopback()
+}
+
+/// Resolves `target` and applies the loopback rule: every address it
+/// resolves to must be loopback unless `allow_remote`.
+pub async fn resolve_target(target: &str, allow_remote: bool) -> anyhow::Result<SocketAddr> {
+    let addrs = resolve(target).await?;
+    if !allow_remote && let Some(bad) = addrs.iter().find(|a| !is_loopback(a)) {
+        bail!(
+            "refusing to load {target} ({bad}): it is not a loopback address. `kmsd load` sends \
+             thousands of requests a second; pass --allow-remote only for a host you operate"
+        );
+    }
+    addrs
+        .first()
+        .copied()
+        .with_context(|| format!("{target:?} resolves to no address"))
+}
+
+/// `kmsd load`: resolves and checks the target, then runs.
+pub async fn run(args: &LoadArgs) -> anyhow::Result<LoadReport> {
+    let addr = resolve_target(&args.target, args.allow_remote).await?;
+    let sku = products::find_sku(&args.product).map_err(anyhow::Error::msg)?;
+    let version = Version::from_wire(args.protocol, 0).context("protocol must be 4, 5 or 6")?;
+    let mut opts = LoadOptions::new(version, sku);
+    opts.concurrency = args.concurrency as usize;
+    opts.duration = Duration::from_secs(args.duration.clamp(1, MAX_DURATION_SECS));
+    opts.requests = args.requests;
+    opts.clients = args.clients;
+    opts.connection = args.connection;
+    opts.requests_per_connection = args.requests_per_connection.max(1);
+    opts.timeout = Duration::from_secs(args.timeout.clamp(1, 60));
+    let mut report = run_with(addr, opts).await?;
+    report.target = args.target.clone();
+    Ok(report)
+}
+
+/// The KMS request bytes a pinned run sends (what a canned server answers).
+pub fn pinned_request(opts: &LoadOptions, pinned: &Pinned) -> anyhow::Result<Vec<u8>> {
+    let mut base = opts.base()?;
+    base.cmid = pinned.cmid;
+    base.client_time = pinned.client_time;
+    Ok(kms::encode_request(&base, pinned.iv).0)
+}
+
+/// The call id of the bind (and alter_context); requests count up from it.
+pub const BIND_CALL_ID: u32 = 2;
+
+/// The bind and alter_context PDUs every connection of the generator sends:
+/// NDR32 (context 0), NDR64 (1) and bind-time feature negotiation (2), as
+/// Windows 8 and later do; then NDR32 alone when NDR64 was preferred.
+pub fn bind_pdus() -> (Vec<u8>, Vec<u8>) {
+    let mut btfn = [0u8; 16];
+    btfn[..8].copy_from_slice(&BTFN_PREFIX);
+    btfn[8] = 0x03;
+    let items = [
+        (0u16, Syntax::Ndr32.guid().0, Syntax::Ndr32.version()),
+        (1, Syntax::Ndr64.guid().0, Syntax::Ndr64.version()),
+        (2, btfn, 1),
+    ];
+    let alter = [(0u16, Syntax::Ndr32.guid().0, Syntax::Ndr32.version())];
+    let mut b = Vec::new();
+    let mut a = Vec::new();
+    encode_bind(ptype::BIND, BIND_CALL_ID, &items, &mut b);
+    encode_bind(ptype::ALTER_CONTEXT, BIND_CALL_ID, &alter, &mut a);
+    (b, a)
+}
+
+fn encode_bind(ty: u8, call_id: u32, items: &[(u16, [u8; 16], u32)], out: &mut Vec<u8>) {
+    let start = out.len();
+    Header::write(out, ty, flags::FIRST_LAST | flags::CONC_MPX, call_id);
+    out.extend_from_slice(&5840u16.to_le_bytes());
+    out.extend_from_slice(&5840u16.to_le_bytes());
+    out.extend_from_slice(&0u32.to_le_bytes());
+    out.extend_from_slice(&[items.len() as u8, 0, 0, 0]);
+    for (id, syntax, version) in items {
+        out.extend_from_slice(&id.to_le_bytes());
+        out.extend_from_slice(&[1, 0]);
+        out.extend_from_slice(KMS_INTERFACE.as_bytes());
+        out.extend_from_slice(&1u32.to_le_bytes());
+        out.extend_from_slice(syntax);
+        out.extend_from_slice(&version.to_le_bytes());
+    }
+    pdu::finish(out, start);
+}
+
+/// Why one activation failed.
+#[derive(Debug)]
+enum Failure {
+    Connect,
+    Timeout(&'static str),
+    Closed(&'static str),
+    Io,
+    Rpc,
+    Bind(&'static str),
+    Fault(u32),
+    Hresult(u32),
+    Verify(VerifyError),
+}
+
+impl Failure {
+    fn kind(&self) -> String {
+        match self {
+            Self::Connect => "connect".into(),
+            Self::Timeout(w) => format!("timeout: {w}"),
+            Self::Closed(w) => format!("closed: {w}"),
+            Self::Io => "io".into(),
+            Self::Rpc => "rpc".into(),
+            Self::Bind(w) => format!("bind: {w}"),
+            Self::Fault(s) => format!("fault {s:#010x}"),
+            Self::Hresult(h) => format!("hresult {h:#010X}"),
+            Self::Verify(e) => format!("verify: {e}"),
+        }
+    }
+}
+
+impl From<CodecError> for Failure {
+    fn from(e: CodecError) -> Self {
+        match e {
+            CodecError::Io(_) => Self::Io,
+            CodecError::Pdu(_) => Self::Rpc,
+        }
+    }
+}
+
+impl From<PduError> for Failure {
+    fn from(_: PduError) -> Self {
+        Self::Rpc
+    }
+}
+
+/// What every worker shares.
+struct Shared {
+    addr: SocketAddr,
+    opts: LoadOptions,
+    base: RequestBase,
+    bind: Vec<u8>,
+    alter: Vec<u8>,
+    pool: Vec<Guid>,
+    next: AtomicUsize,
+    issued: AtomicU64,
+    connections: AtomicU64,
+    stop_at: Instant,
+}
+
+impl Shared {
+    /// Claims the next activation; false once the run is over.
+    fn claim(&self) -> bool {
+        if Instant::now() >= self.stop_at {
+            return false;
+        }
+        match self.opts.requests {
+            Some(cap) => self.issued.fetch_add(1, Ordering::Relaxed) < cap,
+            None => true,
+        }
+    }
+
+    fn cmid(&self, rng: &mut impl Rng) -> Guid {
+        if let Some(p) = &self.opts.pinned {
+            return p.cmid;
+        }
+        match self.opts.clients {
+            Clients::Distinct => Guid::random_v4(rng),
+            Clients::Fixed | Clients::Pool(_) => {
+                let i = self.next.fetch_add(1, Ordering::Relaxed);
+                self.pool
+                    .get(i % self.pool.len().max(1))
+                    .copied()
+                    .unwrap_or(Guid::NIL)
+            }
+        }
+    }
+}
+
+/// One bound connection.
+struct Conn {
+    framed: Framed<TcpStream, RpcPduCodec>,
+    call_id: u32,
+    first: (u16, Syntax),
+    rest: (u16, Syntax),
+    sent: u32,
+}
+
+async fn read_pdu(
+    framed: &mut Framed<TcpStream, RpcPduCodec>,
+    deadline: Duration,
+    what: &'static str,
+) -> Result<(Header, Bytes), Failure> {
+    let pdu = tokio::time::timeout(deadline, framed.next())
+        .await
+        .map_err(|_| Failure::Timeout(what))?
+        .ok_or(Failure::Closed(what))??;
+    let header = Header::peek(&pdu, MAX_PDU_LEN)?.ok_or(Failure::Rpc)?;
+    if header.flags & flags::FIRST_LAST != flags::FIRST_LAST || header.auth_len != 0 {
+        return Err(Failure::Rpc);
+    }
+    Ok((header, pdu))
+}
+
+/// One context result: result, reason, syntax, version.
+type AckResult = (u16, u16, [u8; 16], u32);
+
+/// The results of a bind_ack / alter_context_resp after the checks of
+/// `kmsd activate` (type, call id echo, association group, secondary address,
+/// one result per item, nothing trailing).
+fn decode_ack(
+    header: Header,
+    pdu: &[u8],
+    want: u8,
+    items: usize,
+    results: &mut Vec<AckResult>,
+) -> Result<(), Failure> {
+    if header.ptype == ptype::BIND_NAK {
+        return Err(Failure::Bind("bind_nak"));
+    }
+    if header.ptype != want {
+        return Err(Failure::Bind("unexpected PDU type"));
+    }
+    if header.call_id != BIND_CALL_ID {
+        return Err(Failure::Bind("call_id not echoed"));
+    }
+    let mut r = Reader::new(pdu.get(16..usize::from(header.frag_len)).unwrap_or(&[]));
+    let malformed = |_| Failure::Rpc;
+    r.skip(4).map_err(malformed)?;
+    if r.u32().map_err(malformed)? == 0 {
+        return Err(Failure::Bind("association group 0"));
+    }
+    let sec_len = usize::from(r.u16().map_err(malformed)?);
+    let sec = r.take(sec_len).map_err(malformed)?;
+    if want == ptype::BIND_ACK
+        && (sec.last() != Some(&0)
+            || !sec[..sec_len.saturating_sub(1)]
+                .iter()
+                .all(u8::is_ascii_digit))
+    {
+        return Err(Failure::Bind("secondary address is not a port"));
+    }
+    r.align(4).map_err(malformed)?;
+    let n = usize::from(r.u8().map_err(malformed)?);
+    r.skip(3).map_err(malformed)?;
+    if n != items {
+        return Err(Failure::Bind("result count differs from the items"));
+    }
+    results.clear();
+    for _ in 0..n {
+        results.push((
+            r.u16().map_err(malformed)?,
+            r.u16().map_err(malformed)?,
+            r.array().map_err(malformed)?,
+            r.u32().map_err(malformed)?,
+        ));
+    }
+    if r.remaining() != 0 {
+        return Err(Failure::Bind("trailing bytes after the results"));
+    }
+    Ok(())
+}
+
+impl Conn {
+    /// Connects, binds (and alters context to NDR32 when NDR64 was preferred).
+    async fn open(s: &Shared) -> Result<Self, Failure> {
+        let t = s.opts.timeout;
+        let stream = tokio::time::timeout(t, TcpStream::connect(s.addr))
+            .await
+            .map_err(|_| Failure::Timeout("connecting"))?
+            .map_err(|_| Failure::Connect)?;
+        s.connections.fetch_add(1, Ordering::Relaxed);
+        let _ = stream.set_nodelay(true);
+        let mut framed = Framed::new(stream, RpcPduCodec::new(MAX_PDU_LEN));
+        framed.send(s.bind.as_slice()).await?;
+        let (h, pdu) = read_pdu(&mut framed, t, "waiting for bind_ack").await?;
+        let mut results = Vec::with_capacity(3);
+        decode_ack(h, &pdu, ptype::BIND_ACK, 3, &mut results)?;
+        let offered = [
+            (0u16, Syntax::Ndr32),
+            (1, Syntax::Ndr64),
+            // BTFN: acknowledged (3) with granted bits, or rejected (2).
+        ];
+        let mut ndr32 = None;
+        let mut ndr64 = None;
+        for (i, (result, reason, got, got_version)) in results.iter().enumerate() {
+            match offered.get(i) {
+                None => {
+                    let ok = (*result == 3 && reason & !0x03 == 0) || *result == 2;
+                    if !ok {
+                        return Err(Failure::Bind("unexpected BTFN result"));
+                    }
+                }
+                Some(&(id, syntax)) => match *result {
+                    0 if *got == syntax.guid().0 && *got_version == syntax.version() => {
+                        if syntax == Syntax::Ndr32 {
+                            ndr32 = Some(id);
+                        } else {
+                            ndr64 = Some(id);
+                        }
+                    }
+                    2 if *got == [0; 16] && *got_version == 0 => {}
+                    _ => return Err(Failure::Bind("unexpected context result")),
+                },
+            }
+        }
+        let (first, rest) = match (ndr32, ndr64) {
+            (Some(c), None) => ((c, Syntax::Ndr32), (c, Syntax::Ndr32)),
+            (Some(c), Some(c64)) => ((c, Syntax::Ndr32), (c64, Syntax::Ndr64)),
+            (None, Some(c64)) => {
+                framed.send(s.alter.as_slice()).await?;
+                let (h, pdu) = read_pdu(&mut framed, t, "waiting for alter_context_resp").await?;
+                decode_ack(h, &pdu, ptype::ALTER_CONTEXT_RESP, 1, &mut results)?;
+                if results.first().is_some_and(|x| x.0 == 0) {
+                    ((0, Syntax::Ndr32), (c64, Syntax::Ndr64))
+                } else {
+                    ((c64, Syntax::Ndr64), (c64, Syntax::Ndr64))
+                }
+            }
+            (None, None) => return Err(Failure::Bind("neither NDR32 nor NDR64 accepted")),
+        };
+        Ok(Self {
+            framed,
+            call_id: BIND_CALL_ID,
+            first,
+            rest,
+            sent: 0,
+        })
+    }
+
+    /// One activation request for `cmid`, its response verified.
+    async fn activate(
+        &mut self,
+        s: &Shared,
+        cmid: Guid,
+        rng: &mut impl Rng,
+        out: &mut Vec<u8>,
+    ) -> Result<(), Failure> {
+        let mut base = s.base;
+        base.cmid = cmid;
+        let iv = match &s.opts.pinned {
+            Some(p) => {
+                base.client_time = p.client_time;
+                p.iv
+            }
+            None => {
+                base.client_time = filetime_now();
+                let mut iv = [0u8; 16];
+                rng.fill_bytes(&mut iv);
+                iv
+            }
+        };
+        let (kms_bytes, sent) = kms::encode_request(&base, iv);
+        let (ctx, syntax) = if self.sent == 0 {
+            self.first
+        } else {
+            self.rest
+        };
+        self.sent += 1;
+        self.call_id += 1;
+        let call_id = self.call_id;
+        out.clear();
+        rpc_request::encode_request(call_id, ctx, syntax, &kms_bytes, out);
+        self.framed.send(out.as_slice()).await?;
+        let (h, pdu) =
+            read_pdu(&mut self.framed, s.opts.timeout, "waiting for the response").await?;
+        if h.call_id != call_id {
+            return Err(Failure::Rpc);
+        }
+        match rpc_request::decode_reply(h, &pdu, syntax)? {
+            Reply::Fault(st) => Err(Failure::Fault(st)),
+            Reply::Hresult(hr) => Err(Failure::Hresult(hr)),
+            Reply::Kms(bytes) => kms::verify_response(&sent, bytes)
+                .map(|_| ())
+                .map_err(Failure::Verify),
+        }
+    }
+}
+
+/// What one worker saw.
+struct Tally {
+    ok: u64,
+    errors: BTreeMap<String, u64>,
+    hist: Histogram<u64>,
+}
+
+fn histogram() -> Histogram<u64> {
+    // 1 µs .. 10 min at 3 significant digits: constant, valid bounds.
+    Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).expect("valid histogram bounds")
+}
+
+async fn worker(s: Arc<Shared>, seed: u64) -> Tally {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut t = Tally {
+        ok: 0,
+        errors: BTreeMap::new(),
+        hist: histogram(),
+    };
+    let mut out = Vec::with_capacity(512);
+    let mut conn: Option<Conn> = None;
+    while s.claim() {
+        let cmid = s.cmid(&mut rng);
+        let t0 = Instant::now();
+        let result = async {
+            let mut c = match conn.take() {
+                Some(c) => c,
+                None => Conn::open(&s).await?,
+            };
+            c.activate(&s, cmid, &mut rng, &mut out).await?;
+            if s.opts.connection == ConnectionMode::KeepAlive
+                && c.sent < s.opts.requests_per_connection
+            {
+                conn = Some(c);
+            }
+            Ok::<(), Failure>(())
+        }
+        .await;
+        match result {
+            Ok(()) => {
+                t.ok += 1;
+                let us = u64::try_from(t0.elapsed().as_micros()).unwrap_or(u64::MAX);
+                t.hist.saturating_record(us.clamp(1, MAX_LATENCY_US));
+            }
+            Err(f) => {
+                *t.errors.entry(f.kind()).or_default() += 1;
+                if matches!(f, Failure::Connect) {
+                    tokio::time::sleep(CONNECT_BACKOFF).await;
+                }
+            }
+        }
+    }
+    t
+}
+
+/// Runs the generator against `addr` (no loopback check here: harnesses pass
+/// their own loopback listeners; `kmsd load` checks in [`run`]).
+pub async fn run_with(addr: SocketAddr, opts: LoadOptions) -> anyhow::Result<LoadReport> {
+    if opts.concurrency == 0 {
+        bail!("concurrency must be at least 1");
+    }
+    let duration = opts.duration.min(Duration::from_secs(MAX_DURATION_SECS));
+    let base = opts.base()?;
+    let mut seed_rng = rand::rngs::StdRng::from_rng(&mut rand::rng());
+    let pool = match opts.clients {
+        Clients::Distinct => Vec::new(),
+        Clients::Fixed => vec![Guid::random_v4(&mut seed_rng)],
+        Clients::Pool(n) => (0..n).map(|_| Guid::random_v4(&mut seed_rng)).collect(),
+    };
+    let (bind, alter) = bind_pdus();
+    let start = Instant::now();
+    // In-flight exchanges get a few step timeouts past the duration; then
+    // they are abandoned.
+    let hard_deadline = start + duration + opts.timeout * 4 + Duration::from_secs(1);
+    let clients = match (&opts.pinned, opts.clients) {
+        (Some(_), _) => "pinned".to_owned(),
+        (None, c) => c.to_string(),
+    };
+    let s = Arc::new(Shared {
+        addr,
+        base,
+        bind,
+        alter,
+        pool,
+        next: AtomicUsize::new(0),
+        issued: AtomicU64::new(0),
+        connections: AtomicU64::new(0),
+        stop_at: start + duration,
+        opts,
+    });
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..s.opts.concurrency {
+        set.spawn(worker(s.clone(), seed_rng.next_u64()));
+    }
+    let mut hist = histogram();
+    let mut errors = BTreeMap::new();
+    let mut ok = 0u64;
+    let mut deadline_hit = false;
+    loop {
+        match tokio::time::timeout_at(hard_deadline, set.join_next()).await {
+            Ok(None) => break,
+            Ok(Some(Ok(t))) => {
+                ok += t.ok;
+                let _ = hist.add(&t.hist);
+                for (k, v) in t.errors {
+                    *errors.entry(k).or_default() += v;
+                }
+            }
+            Ok(Some(Err(e))) => {
+                *errors.entry(format!("worker: {e}")).or_default() += 1;
+            }
+            Err(_) => {
+                set.abort_all();
+                deadline_hit = true;
+                break;
+            }
+        }
+    }
+    let cap_reached = s
+        .opts
+        .requests
+        .is_some_and(|cap| s.issued.load(Ordering::Relaxed) >= cap);
+    let stopped_by = if deadline_hit {
+        "deadline"
+    } else if cap_reached {
+        "requests"
+    } else {
+        "duration"
+    };
+    let elapsed = start.elapsed().as_secs_f64();
+    let error_total = errors.values().sum();
+    Ok(LoadReport {
+        target: addr.to_string(),
+        protocol: s.opts.version.major(),
+        product: s.opts.sku.name.to_owned(),
+        concurrency: s.opts.concurrency,
+        connection: s.opts.connection,
+        clients,
+        activations: ok,
+        errors,
+        error_total,
+        connections: s.connections.load(Ordering::Relaxed),
+        elapsed_secs: elapsed,
+        activations_per_sec: per_sec(ok, elapsed),
+        latency_us: Latency::of(&hist),
+        stopped_by,
+        histogram: hist,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clients_parse() {
+        assert_eq!("distinct".parse(), Ok(Clients::Distinct));
+        assert_eq!("fixed".parse(), Ok(Clients::Fixed));
+        assert_eq!("500".parse(), Ok(Clients::Pool(500)));
+        assert!("0".parse::<Clients>().is_err());
+        assert!("many".parse::<Clients>().is_err());
+    }
+
+    #[tokio::test]
+    async fn only_loopback_without_the_flag() {
+        for ok in [
+            "127.0.0.1:1688",
+            "127.3.4.5:99",
+            "[::1]:1688",
+            "::1",
+            "127.0.0.1",
+        ] {
+            assert!(resolve_target(ok, false).await.is_ok(), "{ok}");
+        }
+        for bad in [
+            "10.0.0.1:1688",
+            "192.168.1.1",
+            "[2001:db8::1]:1688",
+            "0.0.0.0:1688",
+        ] {
+            let e = resolve_target(bad, false).await.unwrap_err().to_string();
+            assert!(e.contains("--allow-remote"), "{bad}: {e}");
+            assert!(resolve_target(bad, true).await.is_ok(), "{bad}");
+        }
+        assert!(is_loopback(&"[::ffff:127.0.0.1]:1".parse().unwrap()));
+    }
+
+    #[tokio::test]
+    async fn a_dead_target_is_counted_and_the_run_stops_by_itself() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        let sku = products::find_sku("Windows 10/11 Enterprise").unwrap();
+        let mut o = LoadOptions::new(Version::V6, sku);
+        o.concurrency = 2;
+        o.duration = Duration::from_millis(200);
+        let r = run_with(addr, o).await.unwrap();
+        assert_eq!(r.activations, 0);
+        assert!(r.errors.get("connect").copied().unwrap_or(0) > 0, "{r}");
+        assert!(r.elapsed_secs < 5.0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_response_of_a_real_host_verifies() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = crate::config::ServeConfig {
+            listen: vec!["127.0.0.1:0".parse().unwrap()],
+            data_dir: dir.path().to_owned(),
+            ..Default::default()
+        };
+        let host = Arc::new(crate::server::handler::Host::open(&cfg).unwrap());
+        let server =
+            crate::server::Server::new(crate::server::bind_all(&cfg).unwrap(), host.clone(), cfg);
+        let addr = server.local_addrs()[0];
+        let token = tokio_util::sync::CancellationToken::new();
+        let task = tokio::spawn(server.run(token.clone()));
+        for (version, connection, clients) in [
+            (
+                Version::V6,
+                ConnectionMode::PerActivation,
+                Clients::Distinct,
+            ),
+            (Version::V5, ConnectionMode::KeepAlive, Clients::Pool(3)),
+            (Version::V4, ConnectionMode::KeepAlive, Clients::Fixed),
+        ] {
+            let sku = products::find_sku("Windows 10/11 Enterprise").unwrap();
+            let mut o = LoadOptions::new(version, sku);
+            o.concurrency = 4;
+            o.requests = Some(40);
+            o.connection = connection;
+            o.clients = clients;
+            o.requests_per_connection = 7;
+            let r = run_with(addr, o).await.unwrap();
+            assert_eq!((r.activations, r.error_total), (40, 0), "{r}");
+            assert_eq!(r.stopped_by, "requests");
+            let expect_conns = if connection == ConnectionMode::KeepAlive {
+                8..=12
+            } else {
+                40..=40
+            };
+            assert!(expect_conns.contains(&r.connections), "{r}");
+            assert!(r.latency_us.p50 > 0 && r.latency_us.max >= r.latency_us.p99);
+        }
+        token.cancel();
+        task.await.unwrap();
+    }
+}

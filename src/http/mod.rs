@@ -1,0 +1,323 @@
+//! The admin HTTP API: Prometheus metrics, health and readiness probes, JSON
+//! views of the database, and a server-rendered status page.
+//!
+//! Routes (all `GET`; `HEAD` works too):
+//!
+//! | path | what |
+//! |---|---|
+//! | `/` | the status page (HTML, inline CSS, no scripts); `?q=` filters the inventory |
+//! | `/metrics` | Prometheus text exposition |
+//! | `/healthz` | 200 `ok` when a KMS listener answers a real RPC bind and the database is writable, else 503 |
+//! | `/readyz` | 200 while serving, 503 once shutdown has begun |
+//! | `/api/status` | [`report::status`](crate::report::status) as JSON |
+//! | `/api/clients?pool=&since=&q=&limit=` | the client inventory as JSON |
+//! | `/api/activations?limit=` | the most recent activation records as JSON, newest first |
+//!
+//! The listener is meant to be loopback-only: nothing here authenticates.
+//! [`serve`] does not check; the caller picks the address.
+
+mod data;
+mod health;
+mod page;
+
+pub use data::ActivationRow;
+pub use page::escape_html;
+
+use crate::server::handler::Host;
+use axum::Router;
+use axum::extract::{Query, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// What the admin API reads.
+pub struct AdminState {
+    pub host: Arc<Host>,
+    /// The host's data dir (the database lives in it).
+    pub data_dir: PathBuf,
+    /// The KMS listeners' actual addresses.
+    pub kms_addrs: Vec<SocketAddr>,
+}
+
+/// The state plus the shutdown signal readiness reports on.
+struct Shared {
+    st: AdminState,
+    shutdown: CancellationToken,
+}
+
+type S = State<Arc<Shared>>;
+
+/// How long in-flight admin requests may take to finish after shutdown.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Serves the admin API on `listener` until `shutdown` is cancelled; then
+/// lets requests in flight finish (at most a few seconds) and returns.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AdminState,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(addr = %addr, "admin API listening");
+    }
+    let app = router_with_shutdown(state, shutdown.clone());
+    let signal = shutdown.clone();
+    let server = axum::serve(listener, app)
+        .with_graceful_shutdown(async move { signal.cancelled_owned().await });
+    let server = std::future::IntoFuture::into_future(server);
+    tokio::pin!(server);
+    tokio::select! {
+        r = &mut server => r,
+        () = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } => {
+            tracing::warn!("admin API connections still open after the grace period; leaving them");
+            Ok(())
+        }
+    }
+}
+
+/// The admin API's routes (readiness never reports shutdown).
+pub fn router(state: AdminState) -> Router {
+    router_with_shutdown(state, CancellationToken::new())
+}
+
+/// [`router`] whose `/readyz` turns 503 once `shutdown` is cancelled.
+pub fn router_with_shutdown(state: AdminState, shutdown: CancellationToken) -> Router {
+    let shared = Arc::new(Shared {
+        st: state,
+        shutdown,
+    });
+    Router::new()
+        .route("/", get(index))
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/api/status", get(api_status))
+        .route("/api/clients", get(api_clients))
+        .route("/api/activations", get(api_activations))
+        .fallback(|| async { text(StatusCode::NOT_FOUND, "not found\n".into()) })
+        .with_state(shared)
+}
+
+/// A failed request: a status and a plain-text message.
+#[derive(Debug)]
+struct ApiError(StatusCode, String);
+
+impl ApiError {
+    fn bad(msg: impl Into<String>) -> Self {
+        Self(StatusCode::BAD_REQUEST, msg.into())
+    }
+    fn internal(msg: impl std::fmt::Display) -> Self {
+        Self(StatusCode::INTERNAL_SERVER_ERROR, msg.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if self.0.is_server_error() {
+            tracing::warn!(status = %self.0, error = %self.1, "admin API request failed");
+        }
+        text(self.0, format!("{}\n", self.1))
+    }
+}
+
+/// A plain-text response that no cache keeps.
+fn text(status: StatusCode, body: String) -> Response {
+    (
+        status,
+        [
+            (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// Runs blocking (SQLite) work off the async threads.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::internal(format!("internal error: {e}")))?
+}
+
+async fn metrics(State(s): S) -> Response {
+    let host = &s.st.host;
+    let pools: Vec<_> = host
+        .pools()
+        .status(host.now_ms())
+        .into_iter()
+        .map(|p| (p.pool, p.count, p.capacity))
+        .collect();
+    let body = host.metrics.render(&pools);
+    (
+        [
+            (header::CONTENT_TYPE, "text/plain; version=0.0.4"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+async fn healthz(State(s): S) -> Response {
+    let kms = async {
+        match s.st.kms_addrs.first() {
+            Some(&addr) => health::probe_kms(addr).await,
+            None => Err("no KMS listener".to_owned()),
+        }
+    };
+    let host = s.st.host.clone();
+    let store = async move {
+        match tokio::task::spawn_blocking(move || host.probe_store()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(format!("not writable: {e}")),
+            Err(e) => Err(format!("probe failed: {e}")),
+        }
+    };
+    let (kms, store) = tokio::join!(kms, store);
+    let mut problems = String::new();
+    if let Err(e) = kms {
+        problems.push_str(&format!("kms: {e}\n"));
+    }
+    if let Err(e) = store {
+        problems.push_str(&format!("store: {e}\n"));
+    }
+    if problems.is_empty() {
+        text(StatusCode::OK, "ok\n".into())
+    } else {
+        tracing::warn!(problems = %problems.trim_end().replace('\n', "; "), "health check failed");
+        text(StatusCode::SERVICE_UNAVAILABLE, problems)
+    }
+}
+
+async fn readyz(State(s): S) -> Response {
+    if s.shutdown.is_cancelled() {
+        text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n".into())
+    } else if s.st.kms_addrs.is_empty() {
+        text(StatusCode::SERVICE_UNAVAILABLE, "no KMS listener\n".into())
+    } else {
+        text(StatusCode::OK, "ready\n".into())
+    }
+}
+
+async fn api_status(State(s): S) -> Result<Response, ApiError> {
+    let dir = s.st.data_dir.clone();
+    let now = s.st.host.now_ms();
+    let report =
+        blocking(move || crate::report::status(&dir, now).map_err(ApiError::internal)).await?;
+    Ok(json(&report))
+}
+
+/// Query of `/api/clients` (and `q` of `/`). Everything arrives as text so
+/// that bad values get a clear 400 rather than an extractor's message.
+#[derive(Debug, Default, Deserialize)]
+struct ClientsQuery {
+    pool: Option<String>,
+    since: Option<String>,
+    q: Option<String>,
+    limit: Option<String>,
+}
+
+async fn api_clients(State(s): S, Query(p): Query<ClientsQuery>) -> Result<Response, ApiError> {
+    let pool = data::parse_pool(p.pool.as_deref()).map_err(ApiError::bad)?;
+    let since = data::parse_since(p.since.as_deref()).map_err(ApiError::bad)?;
+    let limit = data::parse_limit(p.limit.as_deref(), 200, 5000).map_err(ApiError::bad)?;
+    let q = p.q.unwrap_or_default();
+    let dir = s.st.data_dir.clone();
+    let now = s.st.host.now_ms();
+    let rows = blocking(move || {
+        data::clients(&dir, now, pool, since, &q, limit).map_err(ApiError::internal)
+    })
+    .await?;
+    Ok(json(&rows))
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct LimitQuery {
+    limit: Option<String>,
+}
+
+async fn api_activations(State(s): S, Query(p): Query<LimitQuery>) -> Result<Response, ApiError> {
+    let limit = data::parse_limit(p.limit.as_deref(), 50, 1000).map_err(ApiError::bad)?;
+    let db = s.st.data_dir.join(crate::store::DB_FILE);
+    let rows =
+        blocking(move || data::recent_activations(&db, limit).map_err(ApiError::internal)).await?;
+    Ok(json(&rows))
+}
+
+fn json<T: serde::Serialize>(v: &T) -> Response {
+    match serde_json::to_vec_pretty(v) {
+        Ok(body) => (
+            [
+                (header::CONTENT_TYPE, "application/json"),
+                (header::CACHE_CONTROL, "no-store"),
+            ],
+            body,
+        )
+            .into_response(),
+        Err(e) => ApiError::internal(format!("cannot encode JSON: {e}")).into_response(),
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct PageQuery {
+    q: Option<String>,
+}
+
+async fn index(State(s): S, Query(p): Query<PageQuery>) -> Response {
+    let q = p.q.unwrap_or_default();
+    let dir = s.st.data_dir.clone();
+    let now = s.st.host.now_ms();
+    let query = q.clone();
+    let loaded = blocking(move || page::load(&dir, now, &query).map_err(ApiError::internal)).await;
+    let (status, body) = match loaded {
+        Ok(db) => {
+            let view = page::View {
+                host: &s.st.host,
+                kms_addrs: &s.st.kms_addrs,
+                shutting_down: s.shutdown.is_cancelled(),
+                now_ms: now,
+                q: &q,
+                db: &db,
+            };
+            (StatusCode::OK, page::render(&view))
+        }
+        Err(ApiError(status, msg)) => {
+            tracing::warn!(error = %msg, "status page: database unavailable");
+            (status, page::render_error(status, &msg))
+        }
+    };
+    let mut resp = (status, body).into_response();
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'",
+        ),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    resp
+}
