@@ -20,6 +20,9 @@ use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+/// How long a connection may idle once shutdown has begun.
+const SHUTDOWN_IDLE: Duration = Duration::from_millis(250);
+
 /// The limits a connection runs under.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnLimits {
@@ -49,27 +52,37 @@ pub async fn serve(
     loop {
         // Idle until the first byte of the next PDU, then the whole PDU must
         // arrive within read_timeout: a slow sender is cut off either way.
-        let idle_deadline = Instant::now() + limits.idle_timeout;
-        let next = tokio::select! {
-            biased;
-            _ = shutdown.cancelled() => {
-                debug!("shutdown: closing idle connection");
-                break;
-            }
-            r = async {
-                if framed.read_buffer().is_empty() {
-                    // peek waits for a byte (or EOF) without consuming it;
-                    // readiness alone can be reported spuriously.
-                    let mut first = [0u8; 1];
-                    let got = timeout_at(idle_deadline, framed.get_ref().peek(&mut first)).await;
-                    if got.is_err() {
-                        return Err("idle timeout");
-                    }
+        // Once shutdown begins, a connection is only kept for what its
+        // client has already sent or sends at once (the request following
+        // a bind): a short idle window, then it closes.
+        let idle = if shutdown.is_cancelled() {
+            SHUTDOWN_IDLE.min(limits.idle_timeout)
+        } else {
+            limits.idle_timeout
+        };
+        let idle_deadline = Instant::now() + idle;
+        let read = async {
+            if framed.read_buffer().is_empty() {
+                // peek waits for a byte (or EOF) without consuming it;
+                // readiness alone can be reported spuriously.
+                let mut first = [0u8; 1];
+                let got = timeout_at(idle_deadline, framed.get_ref().peek(&mut first)).await;
+                if got.is_err() {
+                    return Err("idle timeout");
                 }
-                timeout_at(Instant::now() + limits.read_timeout, framed.next())
-                    .await
-                    .map_err(|_| "read timeout (PDU incomplete)")
-            } => r,
+            }
+            timeout_at(Instant::now() + limits.read_timeout, framed.next())
+                .await
+                .map_err(|_| "read timeout (PDU incomplete)")
+        };
+        let next = if shutdown.is_cancelled() {
+            read.await
+        } else {
+            tokio::select! {
+                // Shutdown restarts the wait with the short idle window.
+                _ = shutdown.cancelled() => continue,
+                r = read => r,
+            }
         };
         let pdu = match next {
             Err(why) => {
