@@ -8,43 +8,10 @@ use common::*;
 use kmsd::client::{ClientError, Connection};
 use kmsd::protocol::guid::Guid;
 use kmsd::protocol::kms::Version;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-/// Starts `kmsd serve` on an ephemeral loopback port; returns it and its address.
-fn spawn_host(dir: &std::path::Path) -> (Child, SocketAddr) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kmsd"))
-        .args([
-            "--log-format",
-            "json",
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--data-dir",
-        ])
-        .arg(dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("kmsd starts");
-    let stderr = child.stderr.take().unwrap();
-    let mut lines = BufReader::new(stderr).lines();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let addr = loop {
-        assert!(Instant::now() < deadline, "no 'listening' line");
-        let line = lines.next().expect("kmsd exited early").unwrap();
-        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
-        if v["fields"]["message"] == "listening" {
-            break v["fields"]["addr"].as_str().unwrap().parse().unwrap();
-        }
-    };
-    // Keep draining stderr so the host never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    (child, addr)
-}
 
 /// Runs `workers` clients, each making activations with fresh CMIDs on new
 /// connections until `stop` is set; returns the CMIDs that got a verified
@@ -105,7 +72,7 @@ fn stored(dir: &std::path::Path, table: &str) -> std::collections::HashSet<Guid>
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_during_a_load_loses_no_acknowledged_client() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut child, addr) = spawn_host(dir.path());
+    let (mut child, addr) = spawn_host(dir.path(), 0);
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let load = tokio::spawn(load(addr, 8, stop.clone()));
     // Let the load run, then kill the host mid-flight.
@@ -131,7 +98,7 @@ async fn kill_9_during_a_load_loses_no_acknowledged_client() {
     }
     // Restart: the pool is full (50 live Windows clients), a known client
     // does not grow it, and the host answers as before.
-    let (mut child, addr) = spawn_host(dir.path());
+    let (mut child, addr) = spawn_host(dir.path(), 0);
     let opts = client_options("Windows 10/11 Enterprise", Version::V6);
     let mut c = Connection::open(addr, opts).await.unwrap();
     let expect = (acked.len().min(50)) as u32;
@@ -153,7 +120,7 @@ async fn kill_9_during_a_load_loses_no_acknowledged_client() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_in_flight_exchanges_finish() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut child, addr) = spawn_host(dir.path());
+    let (mut child, addr) = spawn_host(dir.path(), 0);
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let load = tokio::spawn(load(addr, 4, stop.clone()));
     tokio::time::sleep(Duration::from_millis(800)).await;

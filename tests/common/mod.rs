@@ -190,3 +190,32 @@ pub fn client_options(
 pub fn new_cmid() -> kmsd::protocol::guid::Guid {
     kmsd::protocol::guid::Guid::random_v4(&mut rand::rng())
 }
+
+/// Starts the real `kmsd serve` binary on 127.0.0.1:`port` (0: any) with
+/// JSON logs; returns it once it says it listens, and the address.
+pub fn spawn_host(dir: &std::path::Path, port: u16) -> (std::process::Child, std::net::SocketAddr) {
+    use std::io::{BufRead, BufReader};
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_kmsd"))
+        .env_remove("RUST_LOG")
+        .args(["--log-format", "json", "serve", "--listen"])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--data-dir")
+        .arg(dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("kmsd starts");
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let addr = loop {
+        assert!(std::time::Instant::now() < deadline, "no 'listening' line");
+        let line = lines.next().expect("kmsd exited early").unwrap();
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+        if v["fields"]["message"] == "listening" {
+            break v["fields"]["addr"].as_str().unwrap().parse().unwrap();
+        }
+    };
+    // Keep draining stderr so the host never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    (child, addr)
+}
