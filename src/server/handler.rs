@@ -21,9 +21,10 @@ use std::time::Duration;
 /// FILETIME of the unix epoch.
 const FILETIME_UNIX_EPOCH: u64 = 116_444_736_000_000_000;
 
-/// Unix milliseconds of a FILETIME.
+/// Unix milliseconds of a FILETIME (any peer value: no overflow).
 pub fn filetime_to_unix_ms(ft: u64) -> i64 {
-    (ft as i64 - FILETIME_UNIX_EPOCH as i64) / 10_000
+    let ms = (i128::from(ft) - i128::from(FILETIME_UNIX_EPOCH)) / 10_000;
+    i64::try_from(ms).unwrap_or(i64::MAX)
 }
 
 /// FILETIME of unix milliseconds.

@@ -11,6 +11,8 @@ use crate::protocol::wire::Reader;
 const SYNTAX_LEN: usize = 20;
 /// Fixed part of a context item before its transfer syntaxes.
 const ITEM_HEAD_LEN: usize = 24;
+/// Most context items a bind or alter_context may carry.
+pub const MAX_ITEMS: usize = 64;
 
 /// What the host is willing to negotiate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,6 +100,14 @@ impl Bind {
         let assoc_group = r.u32().map_err(e)?;
         let n = usize::from(r.u8().map_err(e)?);
         r.skip(3).map_err(e)?;
+        // Windows clients offer 3 items; a bound here also bounds the
+        // bind_ack (24 bytes a result) well below the largest PDU.
+        if n > MAX_ITEMS {
+            return Err(PduError::malformed(
+                what,
+                format!("{n} context items (at most {MAX_ITEMS})"),
+            ));
+        }
         if n * ITEM_HEAD_LEN > r.remaining() {
             return Err(PduError::malformed(
                 what,
@@ -111,6 +121,12 @@ impl Bind {
             r.skip(1).map_err(e)?;
             let abstract_syntax = r.guid().map_err(e)?;
             let abstract_version = r.u32().map_err(e)?;
+            if n_syn == 0 {
+                return Err(PduError::malformed(
+                    what,
+                    format!("context {id} proposes no transfer syntax"),
+                ));
+            }
             if n_syn * SYNTAX_LEN > r.remaining() {
                 return Err(PduError::malformed(
                     what,
