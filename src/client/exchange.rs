@@ -5,9 +5,10 @@ use crate::protocol::guid::Guid;
 use crate::protocol::kms::{
     self, RequestBase, VerifiedResponse, VerifyError, Version, Workstation,
 };
+use crate::protocol::rpc::bind::encode_bind;
 use crate::protocol::rpc::pdu::{Header, MAX_PDU_LEN, PduError, flags, ptype};
 use crate::protocol::rpc::request::{self as rpc_request, Reply};
-use crate::protocol::rpc::{BTFN_PREFIX, KMS_INTERFACE, Syntax};
+use crate::protocol::rpc::{BTFN_PREFIX, Syntax};
 use crate::server::codec::{CodecError, RpcPduCodec};
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
@@ -122,26 +123,6 @@ async fn read_pdu(
     Ok((header, pdu))
 }
 
-/// Writes a bind or alter_context offering `items` (context id, syntax
-/// wire GUID, version).
-fn encode_bind(ty: u8, call_id: u32, items: &[(u16, [u8; 16], u32)], out: &mut Vec<u8>) {
-    let start = out.len();
-    Header::write(out, ty, flags::FIRST_LAST | flags::CONC_MPX, call_id);
-    out.extend_from_slice(&5840u16.to_le_bytes());
-    out.extend_from_slice(&5840u16.to_le_bytes());
-    out.extend_from_slice(&0u32.to_le_bytes());
-    out.extend_from_slice(&[items.len() as u8, 0, 0, 0]);
-    for (id, syntax, version) in items {
-        out.extend_from_slice(&id.to_le_bytes());
-        out.extend_from_slice(&[1, 0]);
-        out.extend_from_slice(KMS_INTERFACE.as_bytes());
-        out.extend_from_slice(&1u32.to_le_bytes());
-        out.extend_from_slice(syntax);
-        out.extend_from_slice(&version.to_le_bytes());
-    }
-    crate::protocol::rpc::pdu::finish(out, start);
-}
-
 /// One context result as a client reads it: result, reason, syntax, version.
 type AckResult = (u16, u16, [u8; 16], u32);
 
@@ -229,7 +210,13 @@ impl Connection {
             items.push((2, btfn, 1));
         }
         let mut out = Vec::new();
-        encode_bind(ptype::BIND, call_id, &items, &mut out);
+        encode_bind(
+            ptype::BIND,
+            flags::FIRST_LAST | flags::CONC_MPX,
+            call_id,
+            &items,
+            &mut out,
+        );
         framed.send(out.as_slice()).await?;
         let (h, pdu) = read_pdu(&mut framed, opts.timeout, "waiting for bind_ack").await?;
         if h.ptype == ptype::BIND_NAK {
@@ -269,7 +256,13 @@ impl Connection {
                     None if opts.alter_context => {
                         let alter = [(0u16, Syntax::Ndr32.guid().0, Syntax::Ndr32.version())];
                         out.clear();
-                        encode_bind(ptype::ALTER_CONTEXT, call_id, &alter, &mut out);
+                        encode_bind(
+                            ptype::ALTER_CONTEXT,
+                            flags::FIRST_LAST | flags::CONC_MPX,
+                            call_id,
+                            &alter,
+                            &mut out,
+                        );
                         framed.send(out.as_slice()).await?;
                         let (h, pdu) =
                             read_pdu(&mut framed, opts.timeout, "waiting for alter_context_resp")

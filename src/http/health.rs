@@ -1,8 +1,9 @@
 //! The KMS half of `/healthz`: connect to a KMS listener, send a real
 //! MS-RPC bind for the KMS interface (NDR32), and expect a bind_ack.
 
-use crate::protocol::rpc::pdu::{self, HEADER_LEN, Header, MAX_PDU_LEN, flags, ptype};
-use crate::protocol::rpc::{KMS_INTERFACE, Syntax};
+use crate::protocol::rpc::Syntax;
+use crate::protocol::rpc::bind::encode_bind;
+use crate::protocol::rpc::pdu::{HEADER_LEN, Header, MAX_PDU_LEN, flags, ptype};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -25,18 +26,8 @@ pub fn connect_addr(addr: SocketAddr) -> SocketAddr {
 /// A bind offering one context: the KMS interface v1.0 in NDR32 v2.
 pub fn bind_pdu(call_id: u32) -> Vec<u8> {
     let mut out = Vec::with_capacity(72);
-    Header::write(&mut out, ptype::BIND, flags::FIRST_LAST, call_id);
-    out.extend_from_slice(&5840u16.to_le_bytes()); // max_xmit_frag
-    out.extend_from_slice(&5840u16.to_le_bytes()); // max_recv_frag
-    out.extend_from_slice(&0u32.to_le_bytes()); // assoc_group_id: new
-    out.extend_from_slice(&[1, 0, 0, 0]); // one context item
-    out.extend_from_slice(&0u16.to_le_bytes()); // p_cont_id
-    out.extend_from_slice(&[1, 0]); // one transfer syntax
-    out.extend_from_slice(KMS_INTERFACE.as_bytes());
-    out.extend_from_slice(&1u32.to_le_bytes()); // interface version 1.0
-    out.extend_from_slice(Syntax::Ndr32.guid().as_bytes());
-    out.extend_from_slice(&Syntax::Ndr32.version().to_le_bytes());
-    pdu::finish(&mut out, 0);
+    let item = (0, Syntax::Ndr32.guid().0, Syntax::Ndr32.version());
+    encode_bind(ptype::BIND, flags::FIRST_LAST, call_id, &[item], &mut out);
     out
 }
 

@@ -276,3 +276,27 @@ pub fn encode_ack(
     }
     pdu::finish(out, start);
 }
+
+/// A context item a client proposes for the KMS interface v1.0: context
+/// id, transfer syntax (wire bytes) and its version.
+pub type Proposal = (u16, [u8; 16], u32);
+
+/// Writes a client's bind or alter_context (`ty`) proposing `items`, one
+/// transfer syntax each, with 5840-byte fragments and a new association.
+pub fn encode_bind(ty: u8, pfc_flags: u8, call_id: u32, items: &[Proposal], out: &mut Vec<u8>) {
+    let start = out.len();
+    Header::write(out, ty, pfc_flags, call_id);
+    out.extend_from_slice(&5840u16.to_le_bytes()); // max_xmit_frag
+    out.extend_from_slice(&5840u16.to_le_bytes()); // max_recv_frag
+    out.extend_from_slice(&0u32.to_le_bytes()); // assoc_group_id: new
+    out.extend_from_slice(&[u8::try_from(items.len()).unwrap_or(u8::MAX), 0, 0, 0]);
+    for (id, syntax, version) in items {
+        out.extend_from_slice(&id.to_le_bytes());
+        out.extend_from_slice(&[1, 0]); // one transfer syntax
+        out.extend_from_slice(KMS_INTERFACE.as_bytes());
+        out.extend_from_slice(&1u32.to_le_bytes()); // interface 1.0
+        out.extend_from_slice(syntax);
+        out.extend_from_slice(&version.to_le_bytes());
+    }
+    pdu::finish(out, start);
+}
