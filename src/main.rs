@@ -28,7 +28,10 @@ fn init_logging(level: &str, json: bool) -> LogReload {
     let filter = EnvFilter::try_new(from_env.as_deref().unwrap_or(level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let (filter, handle) = reload::Layer::new(filter);
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    use std::io::IsTerminal;
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     let registry = tracing_subscriber::registry().with(filter);
     if json {
         registry.with(fmt.json()).init();

@@ -9,14 +9,15 @@ use crate::protocol::host::Outcome;
 use crate::protocol::kms::products;
 use crate::protocol::rpc::bind::BindPolicy;
 use crate::protocol::rpc::session::Session;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use rand::SeedableRng;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout_at};
-use tokio_util::codec::Framed;
+use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -44,10 +45,17 @@ pub async fn serve(
     assoc_group: u32,
     shutdown: CancellationToken,
 ) {
-    let mut framed = Framed::new(stream, RpcPduCodec::new(limits.max_pdu_len));
+    // Reads are framed with a buffer the size of the largest PDU accepted;
+    // answers are written straight from `out`. An idle connection holds no
+    // more than that (10,000 of them must fit in well under 100 MB).
+    let mut framed = FramedRead::with_capacity(
+        stream,
+        RpcPduCodec::new(limits.max_pdu_len),
+        limits.max_pdu_len,
+    );
     let mut session = Session::new(limits.policy, limits.port, assoc_group);
     let mut rng = rand::rngs::StdRng::from_rng(&mut rand::rng());
-    let mut out = Vec::with_capacity(512);
+    let mut out = Vec::new();
     let mut requests = 0u32;
     loop {
         // Idle until the first byte of the next PDU, then the whole PDU must
@@ -119,7 +127,7 @@ pub async fn serve(
             }
         };
         log_outcome(&outcome);
-        if !out.is_empty() && framed.send(out.as_slice()).await.is_err() {
+        if !out.is_empty() && framed.get_mut().write_all(&out).await.is_err() {
             break;
         }
         if matches!(

@@ -314,19 +314,51 @@ pub fn prune(conn: &Connection, now_ms: i64, keep_records: u64) -> Result<(), St
         "DELETE FROM pool_entries WHERE last_seen_ms <= ?1",
         [cutoff],
     )?;
+    // Per pool, everything older than its capacity-th newest entry: one
+    // index walk of `capacity` rows to find the boundary, then a range delete.
+    for pool in Pool::ALL {
+        let capacity: i64 = conn
+            .query_row(
+                "SELECT capacity FROM pools WHERE pool = ?1",
+                [pool.name()],
+                |r| r.get(0),
+            )
+            .optional()?
+            .unwrap_or(0);
+        let boundary: Option<(i64, Vec<u8>)> = conn
+            .query_row(
+                "SELECT last_seen_ms, cmid FROM pool_entries WHERE pool = ?1
+                 ORDER BY last_seen_ms DESC, cmid DESC LIMIT 1 OFFSET ?2",
+                params![pool.name(), (capacity - 1).max(0)],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        match boundary {
+            Some((t, c)) if capacity > 0 => {
+                conn.execute(
+                    "DELETE FROM pool_entries WHERE pool = ?1 AND (last_seen_ms, cmid) < (?2, ?3)",
+                    params![pool.name(), t, c],
+                )?;
+            }
+            Some(_) => {
+                conn.execute("DELETE FROM pool_entries WHERE pool = ?1", [pool.name()])?;
+            }
+            None => {}
+        }
+    }
+    // The activation log beyond `keep_records`, in bounded chunks so a large
+    // backlog never stalls the writer (each call takes at most PRUNE_CHUNK).
     conn.execute(
-        "DELETE FROM pool_entries AS e WHERE (
-             SELECT COUNT(*) FROM pool_entries AS n
-             WHERE n.pool = e.pool AND (n.last_seen_ms, n.cmid) > (e.last_seen_ms, e.cmid)
-         ) >= COALESCE((SELECT capacity FROM pools WHERE pools.pool = e.pool), 0)",
-        [],
-    )?;
-    conn.execute(
-        "DELETE FROM activations WHERE id <= (SELECT MAX(id) FROM activations) - ?1",
-        [keep_records as i64],
+        "DELETE FROM activations WHERE id <= MIN(
+             (SELECT MAX(id) FROM activations) - ?1,
+             (SELECT MIN(id) FROM activations) + ?2)",
+        params![keep_records as i64, PRUNE_CHUNK],
     )?;
     Ok(())
 }
+
+/// Most activation records one prune deletes.
+const PRUNE_CHUNK: i64 = 20_000;
 
 fn write_record(tx: &rusqlite::Transaction<'_>, r: &Record) -> rusqlite::Result<()> {
     if let Some(pool) = r.counted_in {
@@ -335,11 +367,6 @@ fn write_record(tx: &rusqlite::Transaction<'_>, r: &Record) -> rusqlite::Result<
              ON CONFLICT(pool, cmid) DO UPDATE SET last_seen_ms = MAX(last_seen_ms, excluded.last_seen_ms)",
         )?
         .execute(params![pool.name(), &r.cmid.0[..], r.time_ms])?;
-        tx.prepare_cached(
-            "INSERT INTO pools (pool, capacity) VALUES (?1, ?2)
-             ON CONFLICT(pool) DO UPDATE SET capacity = MAX(capacity, excluded.capacity)",
-        )?
-        .execute(params![pool.name(), r.capacity])?;
     }
     tx.prepare_cached(
         "INSERT INTO clients (cmid, app_id, first_seen_ms, last_seen_ms, workstation, sku_id,
@@ -361,11 +388,6 @@ fn write_record(tx: &rusqlite::Transaction<'_>, r: &Record) -> rusqlite::Result<
         r.hresult,
         r.count
     ])?;
-    tx.prepare_cached(
-        "INSERT INTO totals (hresult, license_status, n) VALUES (?1, ?2, 1)
-         ON CONFLICT(hresult, license_status) DO UPDATE SET n = n + 1",
-    )?
-    .execute(params![r.hresult, r.license_status])?;
     tx.prepare_cached(
         "INSERT INTO activations (time_ms, address, workstation, cmid, app_id, sku_id, kms_id,
              n_policy, license_status, binding_expiration, vm, protocol, count, hresult)
@@ -390,10 +412,40 @@ fn write_record(tx: &rusqlite::Transaction<'_>, r: &Record) -> rusqlite::Result<
     Ok(())
 }
 
+/// Writes a batch in one transaction: per record the pool entry, the
+/// inventory row and the activation record; per batch the pools' capacities
+/// and the running totals (one statement per distinct key, not per record).
 fn commit_batch(conn: &mut Connection, batch: &[&Record]) -> Result<(), StoreError> {
     let tx = conn.transaction()?;
+    let mut capacities: Vec<(Pool, u32)> = Vec::new();
+    let mut totals: Vec<((u32, u32), i64)> = Vec::new();
     for r in batch {
         write_record(&tx, r)?;
+        if let Some(pool) = r.counted_in {
+            match capacities.iter_mut().find(|(p, _)| *p == pool) {
+                Some((_, c)) => *c = (*c).max(r.capacity),
+                None => capacities.push((pool, r.capacity)),
+            }
+        }
+        let key = (r.hresult, r.license_status);
+        match totals.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, n)) => *n += 1,
+            None => totals.push((key, 1)),
+        }
+    }
+    for (pool, capacity) in capacities {
+        tx.prepare_cached(
+            "INSERT INTO pools (pool, capacity) VALUES (?1, ?2)
+             ON CONFLICT(pool) DO UPDATE SET capacity = MAX(capacity, excluded.capacity)",
+        )?
+        .execute(params![pool.name(), capacity])?;
+    }
+    for ((hresult, status), n) in totals {
+        tx.prepare_cached(
+            "INSERT INTO totals (hresult, license_status, n) VALUES (?1, ?2, ?3)
+             ON CONFLICT(hresult, license_status) DO UPDATE SET n = n + excluded.n",
+        )?
+        .execute(params![hresult, status, n])?;
     }
     tx.commit()?;
     Ok(())
@@ -595,6 +647,34 @@ mod tests {
             .query_row("SELECT COUNT(*) FROM activations", [], |r| r.get(0))
             .unwrap();
         assert_eq!(kept, 5);
+    }
+
+    #[test]
+    fn prune_of_a_large_pool_keeps_exactly_the_newest() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = open_rw(&dir.path().join("db")).unwrap();
+        let records: Vec<Record> = (0..5000u128)
+            .map(|i| Record {
+                time_ms: 1_000_000 + i as i64,
+                capacity: 50,
+                ..record(i, 0)
+            })
+            .collect();
+        let refs: Vec<&Record> = records.iter().collect();
+        commit_batch(&mut conn, &refs).unwrap();
+        prune(&conn, 2_000_000, 1_000_000).unwrap();
+        let (n, oldest): (i64, i64) = conn
+            .query_row(
+                "SELECT COUNT(*), MIN(last_seen_ms) FROM pool_entries",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!((n, oldest), (50, 1_000_000 + 4950));
+        let total: i64 = conn
+            .query_row("SELECT n FROM totals", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(total, 5000, "totals aggregated per batch");
     }
 
     #[test]
