@@ -267,8 +267,10 @@ struct Run {
     server: &'static str,
     report: LoadReport,
     /// CPU µs per verified activation by the server side (runtime threads
-    /// plus kmsd's store thread) and by the load generator.
+    /// plus kmsd's store thread), the store thread alone, and the load
+    /// generator.
     server_cpu_us_per_activation: f64,
+    store_cpu_us_per_activation: f64,
     client_cpu_us_per_activation: f64,
 }
 
@@ -297,6 +299,7 @@ fn measured(
     Ok(Run {
         server,
         server_cpu_us_per_activation: per(cpu_delta(&before, &after, &["server", "kmsd-store"])),
+        store_cpu_us_per_activation: per(cpu_delta(&before, &after, &["kmsd-store"])),
         client_cpu_us_per_activation: per(cpu_delta(&before, &after, &["load"])),
         report,
     })
@@ -416,7 +419,7 @@ fn compare(a: &CompareArgs) -> Result<()> {
             if !a.json {
                 let r = &run.report;
                 eprintln!(
-                    "round {} {name:<5} {:>9.1}/s  p50 {:>6} µs  p99 {:>6} µs  max {:>7} µs  errors {}  server CPU {:.1} µs/act  client CPU {:.1} µs/act",
+                    "round {} {name:<5} {:>9.1}/s  p50 {:>6} µs  p99 {:>6} µs  max {:>7} µs  errors {}  server CPU {:.1} µs/act (store {:.1})  client CPU {:.1} µs/act",
                     round + 1,
                     r.activations_per_sec,
                     r.latency_us.p50,
@@ -424,6 +427,7 @@ fn compare(a: &CompareArgs) -> Result<()> {
                     r.latency_us.max,
                     r.error_total,
                     run.server_cpu_us_per_activation,
+                    run.store_cpu_us_per_activation,
                     run.client_cpu_us_per_activation,
                 );
             }
