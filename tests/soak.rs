@@ -74,9 +74,11 @@ async fn soak_mixed_traffic_with_a_restart() {
                             acked.lock().unwrap().push(cmid);
                             break;
                         }
-                        Err(ClientError::Connect { .. }) | Err(ClientError::Closed(_))
-                            if started.elapsed() < Duration::from_secs(10) =>
-                        {
+                        Err(
+                            ClientError::Connect { .. }
+                            | ClientError::Closed(_)
+                            | ClientError::Io(_),
+                        ) if started.elapsed() < Duration::from_secs(10) => {
                             retries.lock().unwrap().push(t0.elapsed().as_secs_f64());
                             tokio::time::sleep(Duration::from_millis(50)).await;
                         }
