@@ -553,3 +553,38 @@ fn probe_requests_on_a_negotiated_context() {
         }
     }
 }
+
+#[test]
+fn captured_acks_pass_the_client_checks_and_altered_ones_do_not() {
+    use kmsd::protocol::rpc::bind::{AckError, check_ack};
+    for s in scenarios() {
+        let name = s["name"].as_str().unwrap();
+        let c2s = split_pdus(&read_bin(s["files"]["client_to_server"].as_str().unwrap()));
+        let s2c = split_pdus(&read_bin(s["files"]["server_to_client"].as_str().unwrap()));
+        for (req, ack) in c2s.iter().zip(&s2c) {
+            if !matches!(ack[2], ptype::BIND_ACK | ptype::ALTER_CONTEXT_RESP) {
+                continue;
+            }
+            let items = usize::from(req[24]);
+            let h = Header::peek(ack, MAX_PDU_LEN).unwrap().unwrap();
+            let mut results = Vec::new();
+            check_ack(h, ack, ack[2], 2, items, &mut results)
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(results.len(), items);
+            assert!(matches!(
+                check_ack(h, ack, ack[2], 3, items, &mut results),
+                Err(AckError::CallId { got: 2, sent: 3 })
+            ));
+            assert!(matches!(
+                check_ack(h, ack, ack[2], 2, items + 1, &mut results),
+                Err(AckError::ResultCount { .. })
+            ));
+            let mut zero_group = ack.clone();
+            zero_group[20..24].copy_from_slice(&[0; 4]);
+            assert_eq!(
+                check_ack(h, &zero_group, ack[2], 2, items, &mut results),
+                Err(AckError::NoAssociationGroup)
+            );
+        }
+    }
+}

@@ -5,7 +5,7 @@ use crate::protocol::guid::Guid;
 use crate::protocol::kms::{
     self, RequestBase, VerifiedResponse, VerifyError, Version, Workstation,
 };
-use crate::protocol::rpc::bind::encode_bind;
+use crate::protocol::rpc::bind::{AckError, AckResult, check_ack, encode_bind};
 use crate::protocol::rpc::pdu::{Header, MAX_PDU_LEN, PduError, flags, ptype};
 use crate::protocol::rpc::request::{self as rpc_request, Reply};
 use crate::protocol::rpc::{BTFN_PREFIX, Syntax};
@@ -123,11 +123,7 @@ async fn read_pdu(
     Ok((header, pdu))
 }
 
-/// One context result as a client reads it: result, reason, syntax, version.
-type AckResult = (u16, u16, [u8; 16], u32);
-
-/// Reads the results of a bind_ack / alter_context_resp: (result, reason,
-/// accepted syntax) per item, after checking the fixed fields.
+/// The results of a bind_ack / alter_context_resp, checked.
 fn decode_ack(
     header: Header,
     pdu: &[u8],
@@ -135,57 +131,11 @@ fn decode_ack(
     call_id: u32,
     items: usize,
 ) -> Result<Vec<AckResult>, ClientError> {
-    if header.ptype != want {
-        return Err(ClientError::Bind(format!(
-            "expected PDU type {want}, got {}",
-            header.ptype
-        )));
-    }
-    if header.call_id != call_id {
-        return Err(ClientError::Bind(format!(
-            "call_id {} does not echo {call_id}",
-            header.call_id
-        )));
-    }
-    let mut r = crate::protocol::wire::Reader::new(pdu.get(16..).unwrap_or(&[]));
-    let e = |err| PduError::malformed("bind_ack", err);
-    let _xmit = r.u16().map_err(e)?;
-    let _recv = r.u16().map_err(e)?;
-    let group = r.u32().map_err(e)?;
-    if group == 0 {
-        return Err(ClientError::Bind("association group 0".into()));
-    }
-    let sec_len = usize::from(r.u16().map_err(e)?);
-    let sec = r.take(sec_len).map_err(e)?;
-    if want == ptype::BIND_ACK
-        && (sec.last() != Some(&0)
-            || !sec[..sec_len.saturating_sub(1)]
-                .iter()
-                .all(u8::is_ascii_digit))
-    {
-        return Err(ClientError::Bind(
-            "secondary address is not a port number".into(),
-        ));
-    }
-    // Pad to 4 from the PDU start (the reader starts at 16).
-    r.align(4).map_err(e)?;
-    let n = usize::from(r.u8().map_err(e)?);
-    r.skip(3).map_err(e)?;
-    if n != items {
-        return Err(ClientError::Bind(format!("{n} results for {items} items")));
-    }
-    let mut out = Vec::with_capacity(n);
-    for _ in 0..n {
-        out.push((
-            r.u16().map_err(e)?,
-            r.u16().map_err(e)?,
-            r.array().map_err(e)?,
-            r.u32().map_err(e)?,
-        ));
-    }
-    if r.remaining() != 0 {
-        return Err(ClientError::Bind("trailing bytes after the results".into()));
-    }
+    let mut out = Vec::with_capacity(items);
+    check_ack(header, pdu, want, call_id, items, &mut out).map_err(|e| match e {
+        AckError::Malformed(p) => ClientError::Rpc(p),
+        other => ClientError::Bind(other.to_string()),
+    })?;
     Ok(out)
 }
 

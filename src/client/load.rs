@@ -19,10 +19,10 @@
 use crate::client::exchange::filetime_now;
 use crate::protocol::guid::Guid;
 use crate::protocol::kms::{self, RequestBase, VerifyError, Version, Workstation, products};
-use crate::protocol::rpc::pdu::{self, Header, MAX_PDU_LEN, PduError, flags, ptype};
+use crate::protocol::rpc::bind::{AckError, AckResult, check_ack, encode_bind};
+use crate::protocol::rpc::pdu::{Header, MAX_PDU_LEN, PduError, flags, ptype};
 use crate::protocol::rpc::request::{self as rpc_request, Reply};
-use crate::protocol::rpc::{BTFN_PREFIX, KMS_INTERFACE, Syntax};
-use crate::protocol::wire::Reader;
+use crate::protocol::rpc::{BTFN_PREFIX, Syntax};
 use crate::server::codec::{CodecError, RpcPduCodec};
 use anyhow::{Context, bail};
 use bytes::Bytes;
@@ -446,27 +446,10 @@ pub fn bind_pdus() -> (Vec<u8>, Vec<u8>) {
     let alter = [(0u16, Syntax::Ndr32.guid().0, Syntax::Ndr32.version())];
     let mut b = Vec::new();
     let mut a = Vec::new();
-    encode_bind(ptype::BIND, BIND_CALL_ID, &items, &mut b);
-    encode_bind(ptype::ALTER_CONTEXT, BIND_CALL_ID, &alter, &mut a);
+    let fl = flags::FIRST_LAST | flags::CONC_MPX;
+    encode_bind(ptype::BIND, fl, BIND_CALL_ID, &items, &mut b);
+    encode_bind(ptype::ALTER_CONTEXT, fl, BIND_CALL_ID, &alter, &mut a);
     (b, a)
-}
-
-fn encode_bind(ty: u8, call_id: u32, items: &[(u16, [u8; 16], u32)], out: &mut Vec<u8>) {
-    let start = out.len();
-    Header::write(out, ty, flags::FIRST_LAST | flags::CONC_MPX, call_id);
-    out.extend_from_slice(&5840u16.to_le_bytes());
-    out.extend_from_slice(&5840u16.to_le_bytes());
-    out.extend_from_slice(&0u32.to_le_bytes());
-    out.extend_from_slice(&[items.len() as u8, 0, 0, 0]);
-    for (id, syntax, version) in items {
-        out.extend_from_slice(&id.to_le_bytes());
-        out.extend_from_slice(&[1, 0]);
-        out.extend_from_slice(KMS_INTERFACE.as_bytes());
-        out.extend_from_slice(&1u32.to_le_bytes());
-        out.extend_from_slice(syntax);
-        out.extend_from_slice(&version.to_le_bytes());
-    }
-    pdu::finish(out, start);
 }
 
 /// Why one activation failed.
@@ -582,12 +565,8 @@ async fn read_pdu(
     Ok((header, pdu))
 }
 
-/// One context result: result, reason, syntax, version.
-type AckResult = (u16, u16, [u8; 16], u32);
-
 /// The results of a bind_ack / alter_context_resp after the checks of
-/// `kmsd activate` (type, call id echo, association group, secondary address,
-/// one result per item, nothing trailing).
+/// `kmsd activate` (`protocol::rpc::bind::check_ack`).
 fn decode_ack(
     header: Header,
     pdu: &[u8],
@@ -595,50 +574,16 @@ fn decode_ack(
     items: usize,
     results: &mut Vec<AckResult>,
 ) -> Result<(), Failure> {
-    if header.ptype == ptype::BIND_NAK {
-        return Err(Failure::Bind("bind_nak"));
-    }
-    if header.ptype != want {
-        return Err(Failure::Bind("unexpected PDU type"));
-    }
-    if header.call_id != BIND_CALL_ID {
-        return Err(Failure::Bind("call_id not echoed"));
-    }
-    let mut r = Reader::new(pdu.get(16..usize::from(header.frag_len)).unwrap_or(&[]));
-    let malformed = |_| Failure::Rpc;
-    r.skip(4).map_err(malformed)?;
-    if r.u32().map_err(malformed)? == 0 {
-        return Err(Failure::Bind("association group 0"));
-    }
-    let sec_len = usize::from(r.u16().map_err(malformed)?);
-    let sec = r.take(sec_len).map_err(malformed)?;
-    if want == ptype::BIND_ACK
-        && (sec.last() != Some(&0)
-            || !sec[..sec_len.saturating_sub(1)]
-                .iter()
-                .all(u8::is_ascii_digit))
-    {
-        return Err(Failure::Bind("secondary address is not a port"));
-    }
-    r.align(4).map_err(malformed)?;
-    let n = usize::from(r.u8().map_err(malformed)?);
-    r.skip(3).map_err(malformed)?;
-    if n != items {
-        return Err(Failure::Bind("result count differs from the items"));
-    }
-    results.clear();
-    for _ in 0..n {
-        results.push((
-            r.u16().map_err(malformed)?,
-            r.u16().map_err(malformed)?,
-            r.array().map_err(malformed)?,
-            r.u32().map_err(malformed)?,
-        ));
-    }
-    if r.remaining() != 0 {
-        return Err(Failure::Bind("trailing bytes after the results"));
-    }
-    Ok(())
+    check_ack(header, pdu, want, BIND_CALL_ID, items, results).map_err(|e| match e {
+        AckError::Malformed(_) => Failure::Rpc,
+        AckError::Nak => Failure::Bind("bind_nak"),
+        AckError::UnexpectedType(_) => Failure::Bind("unexpected PDU type"),
+        AckError::CallId { .. } => Failure::Bind("call_id not echoed"),
+        AckError::NoAssociationGroup => Failure::Bind("association group 0"),
+        AckError::SecondaryAddress => Failure::Bind("secondary address is not a port"),
+        AckError::ResultCount { .. } => Failure::Bind("result count differs from the items"),
+        AckError::Trailing => Failure::Bind("trailing bytes after the results"),
+    })
 }
 
 impl Conn {

@@ -300,3 +300,94 @@ pub fn encode_bind(ty: u8, pfc_flags: u8, call_id: u32, items: &[Proposal], out:
     }
     pdu::finish(out, start);
 }
+
+/// One context result as a client reads it: result, reason, transfer
+/// syntax (wire bytes), version.
+pub type AckResult = (u16, u16, [u8; 16], u32);
+
+/// Why a client refuses a bind_ack / alter_context_resp.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AckError {
+    #[error("bind_nak")]
+    Nak,
+    #[error("unexpected PDU type {0}")]
+    UnexpectedType(u8),
+    #[error("call_id {got} does not echo {sent}")]
+    CallId { got: u32, sent: u32 },
+    #[error("association group 0")]
+    NoAssociationGroup,
+    #[error("secondary address is not a port number")]
+    SecondaryAddress,
+    #[error("{got} results for {sent} items")]
+    ResultCount { got: usize, sent: usize },
+    #[error("trailing bytes after the results")]
+    Trailing,
+    #[error(transparent)]
+    Malformed(#[from] PduError),
+}
+
+/// Checks a bind_ack (`want` = BIND_ACK) or alter_context_resp the way a
+/// client does (type, call_id echo, non-zero association group, the
+/// secondary address a port, one result per item, nothing trailing) and
+/// fills `results`.
+pub fn check_ack(
+    header: Header,
+    pdu_bytes: &[u8],
+    want: u8,
+    call_id: u32,
+    items: usize,
+    results: &mut Vec<AckResult>,
+) -> Result<(), AckError> {
+    if header.ptype == ptype::BIND_NAK {
+        return Err(AckError::Nak);
+    }
+    if header.ptype != want {
+        return Err(AckError::UnexpectedType(header.ptype));
+    }
+    if header.call_id != call_id {
+        return Err(AckError::CallId {
+            got: header.call_id,
+            sent: call_id,
+        });
+    }
+    let body = pdu_bytes
+        .get(pdu::HEADER_LEN..usize::from(header.frag_len))
+        .ok_or_else(|| PduError::malformed("bind_ack", "shorter than its header says"))?;
+    let mut r = Reader::new(body);
+    let e = |err| PduError::malformed("bind_ack", err);
+    r.skip(4).map_err(e)?; // max_xmit_frag, max_recv_frag
+    if r.u32().map_err(e)? == 0 {
+        return Err(AckError::NoAssociationGroup);
+    }
+    let sec_len = usize::from(r.u16().map_err(e)?);
+    let sec = r.take(sec_len).map_err(e)?;
+    if want == ptype::BIND_ACK {
+        let (nul, digits) = sec.split_last().ok_or(AckError::SecondaryAddress)?;
+        if *nul != 0 || !digits.iter().all(u8::is_ascii_digit) {
+            return Err(AckError::SecondaryAddress);
+        }
+    }
+    // Padding to 4 counts from the PDU start; the body starts at 16.
+    r.align(4).map_err(e)?;
+    let n = usize::from(r.u8().map_err(e)?);
+    r.skip(3).map_err(e)?;
+    if n != items {
+        return Err(AckError::ResultCount {
+            got: n,
+            sent: items,
+        });
+    }
+    results.clear();
+    for _ in 0..n {
+        results.push((
+            r.u16().map_err(e)?,
+            r.u16().map_err(e)?,
+            r.array().map_err(e)?,
+            r.u32().map_err(e)?,
+        ));
+    }
+    if r.remaining() != 0 {
+        return Err(AckError::Trailing);
+    }
+    Ok(())
+}
