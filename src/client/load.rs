@@ -508,6 +508,7 @@ struct Shared {
     next: AtomicUsize,
     issued: AtomicU64,
     connections: AtomicU64,
+    next_source: AtomicUsize,
     stop_at: Instant,
 }
 
@@ -586,11 +587,31 @@ fn decode_ack(
     })
 }
 
+/// Source addresses a load against 127.0.0.1 spreads over, so the host's
+/// per-address connection limit (default 64) sees many clients, as it
+/// would on a real network: 127.0.0.2 .. 127.0.0.(1 + SOURCES).
+const SOURCES: usize = 64;
+
+/// Connects to the target; against IPv4 loopback, from the next of
+/// [`SOURCES`] loopback source addresses.
+async fn connect(s: &Shared) -> std::io::Result<TcpStream> {
+    match s.addr.ip() {
+        std::net::IpAddr::V4(v4) if v4.is_loopback() => {
+            let n = s.next_source.fetch_add(1, Ordering::Relaxed) % SOURCES;
+            let src = std::net::Ipv4Addr::new(127, 0, 0, 2 + n as u8);
+            let sock = tokio::net::TcpSocket::new_v4()?;
+            sock.bind(SocketAddr::new(src.into(), 0))?;
+            sock.connect(s.addr).await
+        }
+        _ => TcpStream::connect(s.addr).await,
+    }
+}
+
 impl Conn {
     /// Connects, binds (and alters context to NDR32 when NDR64 was preferred).
     async fn open(s: &Shared) -> Result<Self, Failure> {
         let t = s.opts.timeout;
-        let stream = tokio::time::timeout(t, TcpStream::connect(s.addr))
+        let stream = tokio::time::timeout(t, connect(s))
             .await
             .map_err(|_| Failure::Timeout("connecting"))?
             .map_err(|_| Failure::Connect)?;
@@ -789,6 +810,7 @@ pub async fn run_with(addr: SocketAddr, opts: LoadOptions) -> anyhow::Result<Loa
         next: AtomicUsize::new(0),
         issued: AtomicU64::new(0),
         connections: AtomicU64::new(0),
+        next_source: AtomicUsize::new(0),
         stop_at: start + duration,
         opts,
     });
