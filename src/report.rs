@@ -129,6 +129,8 @@ pub fn pool_counts(conn: &Connection, now_ms: i64) -> Result<Vec<(Pool, u32, u32
 pub fn status(dir: &Path, now_ms: i64) -> Result<StatusReport, StoreError> {
     let path = dir.join(crate::store::DB_FILE);
     let conn = sqlite::open_ro(&path)?;
+    // One read transaction: the folded tables and the log tail agree.
+    let _snapshot = conn.unchecked_transaction()?;
     let served: Vec<String> = meta(&conn, "served_groups")?
         .map(|s| {
             s.split(',')
@@ -174,8 +176,7 @@ pub fn status(dir: &Path, now_ms: i64) -> Result<StatusReport, StoreError> {
             requests: n,
         });
     }
-    let inventory =
-        conn.query_row("SELECT COUNT(*) FROM clients", [], |r| r.get::<_, i64>(0))? as u64;
+    let inventory = sqlite::inventory_size(&conn)?;
     let records_kept = conn.query_row(
         // Two sub-selects: SQLite answers each from the rowid b-tree's ends,
         // where MAX(id) - MIN(id) in one select scans the table.
@@ -321,60 +322,115 @@ pub fn clients(
     limit: usize,
 ) -> Result<Vec<ClientRow>, StoreError> {
     let conn = sqlite::open_ro(&dir.join(crate::store::DB_FILE))?;
+    // One read transaction: the folded tables and the log tail agree.
+    let _snapshot = conn.unchecked_transaction()?;
     let loaded = sqlite::load(&conn, now_ms)?;
+    let tail = sqlite::read_tail(&conn, sqlite::folded_upto(&conn)?, i64::MAX)?;
     let live = |p: Pool, g: &Guid| {
         loaded
             .pools
             .iter()
             .any(|lp| lp.pool == p && lp.entries.iter().any(|(c, _)| c == g))
     };
-    let mut stmt = conn.prepare(
-        "SELECT cmid, app_id, workstation, sku_id, address, first_seen_ms, last_seen_ms,
-                requests, last_hresult, last_count
-         FROM clients WHERE last_seen_ms >= ?1 AND (?2 IS NULL OR app_id = ?2)
-         ORDER BY last_seen_ms DESC LIMIT ?3",
-    )?;
-    let app_filter: Option<Vec<u8>> = pool.map(|p| p.app_id().0.to_vec());
-    let rows = stmt.query_map(
-        params![since_ms.unwrap_or(i64::MIN), app_filter, limit as i64],
-        |r| {
-            Ok((
-                r.get::<_, Vec<u8>>(0)?,
-                r.get::<_, Vec<u8>>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, Vec<u8>>(3)?,
-                r.get::<_, String>(4)?,
-                r.get::<_, i64>(5)?,
-                r.get::<_, i64>(6)?,
-                r.get::<_, i64>(7)? as u64,
-                r.get::<_, u32>(8)?,
-                r.get::<_, u32>(9)?,
-            ))
-        },
-    )?;
+    let since = since_ms.unwrap_or(i64::MIN);
+    let app_filter: Option<Guid> = pool.map(Pool::app_id);
+    let wanted = |m: &Machine| m.last >= since && app_filter.is_none_or(|a| a == m.app);
     let guid = |b: &[u8]| Guid(<[u8; 16]>::try_from(b).unwrap_or([0; 16]));
-    let mut out = Vec::new();
-    for row in rows {
-        let (cmid, app, ws, sku, addr, first, last, n, hr, count) = row?;
-        let (cmid, app, sku) = (guid(&cmid), guid(&app), guid(&sku));
-        let p = Pool::from_app_id(&app);
-        out.push(ClientRow {
-            cmid: cmid.to_string(),
-            pool: p.map_or_else(|| app.to_string(), |p| p.name().to_owned()),
-            workstation: ws,
-            product: products::sku(&sku)
-                .map_or_else(|| "unknown SKU".into(), |s| s.name.to_owned()),
-            sku_id: sku.to_string(),
-            address: addr,
-            first_seen: iso_utc(first),
-            last_seen: iso_utc(last),
-            requests: n,
-            last_result: result_name(hr),
-            last_count: count,
-            live: p.is_some_and(|p| live(p, &cmid)) && last > now_ms - window::TTL_MS,
-        });
+    let machine = |r: &rusqlite::Row<'_>| -> rusqlite::Result<Machine> {
+        Ok(Machine {
+            cmid: guid(&r.get::<_, Vec<u8>>(0)?),
+            app: guid(&r.get::<_, Vec<u8>>(1)?),
+            workstation: r.get(2)?,
+            sku: guid(&r.get::<_, Vec<u8>>(3)?),
+            address: r.get(4)?,
+            first: r.get(5)?,
+            last: r.get(6)?,
+            requests: r.get::<_, i64>(7)? as u64,
+            hresult: r.get(8)?,
+            count: r.get(9)?,
+        })
+    };
+    const COLUMNS: &str = "cmid, app_id, workstation, sku_id, address, first_seen_ms, last_seen_ms,
+                requests, last_hresult, last_count";
+    // Stored rows, newest first; machines with requests in the tail are
+    // taken from the merge below instead, so fetch that many more.
+    let mut stmt = conn.prepare(&format!(
+        "SELECT {COLUMNS} FROM clients WHERE last_seen_ms >= ?1 AND (?2 IS NULL OR app_id = ?2)
+         ORDER BY last_seen_ms DESC LIMIT ?3"
+    ))?;
+    let fetch = limit
+        .saturating_add(tail.clients.len())
+        .min(i64::MAX as usize) as i64;
+    let mut machines = Vec::new();
+    for m in stmt.query_map(
+        params![since, app_filter.map(|a| a.0.to_vec()), fetch],
+        machine,
+    )? {
+        let m = m?;
+        if !tail.clients.contains_key(&(m.cmid, m.app)) {
+            machines.push(m);
+        }
     }
-    Ok(out)
+    let mut stored = conn.prepare(&format!(
+        "SELECT {COLUMNS} FROM clients WHERE cmid = ?1 AND app_id = ?2"
+    ))?;
+    for ((cmid, app), t) in &tail.clients {
+        let before = stored
+            .query_row(params![&cmid.0[..], &app.0[..]], machine)
+            .optional()?;
+        let m = Machine {
+            cmid: *cmid,
+            app: *app,
+            workstation: t.workstation.clone(),
+            sku: t.sku_id,
+            address: t.address.clone(),
+            first: before.as_ref().map_or(t.first_ms, |b| b.first),
+            last: before.as_ref().map_or(t.last_ms, |b| b.last.max(t.last_ms)),
+            requests: before.as_ref().map_or(0, |b| b.requests) + t.requests,
+            hresult: t.last_hresult,
+            count: t.last_count,
+        };
+        if wanted(&m) {
+            machines.push(m);
+        }
+    }
+    machines.sort_by(|a, b| b.last.cmp(&a.last));
+    machines.truncate(limit);
+    Ok(machines
+        .into_iter()
+        .map(|m| {
+            let p = Pool::from_app_id(&m.app);
+            ClientRow {
+                cmid: m.cmid.to_string(),
+                pool: p.map_or_else(|| m.app.to_string(), |p| p.name().to_owned()),
+                workstation: m.workstation,
+                product: products::sku(&m.sku)
+                    .map_or_else(|| "unknown SKU".into(), |s| s.name.to_owned()),
+                sku_id: m.sku.to_string(),
+                address: m.address,
+                first_seen: iso_utc(m.first),
+                last_seen: iso_utc(m.last),
+                requests: m.requests,
+                last_result: result_name(m.hresult),
+                last_count: m.count,
+                live: p.is_some_and(|p| live(p, &m.cmid)) && m.last > now_ms - window::TTL_MS,
+            }
+        })
+        .collect())
+}
+
+/// One inventory row, stored or folded from the log tail.
+struct Machine {
+    cmid: Guid,
+    app: Guid,
+    workstation: String,
+    sku: Guid,
+    address: String,
+    first: i64,
+    last: i64,
+    requests: u64,
+    hresult: u32,
+    count: u32,
 }
 
 #[cfg(test)]

@@ -87,14 +87,27 @@ async fn kill_9_during_a_load_loses_no_acknowledged_client() {
         "the load did run ({} acknowledged)",
         acked.len()
     );
-    let inventory = stored(dir.path(), "clients");
-    let pool = stored(dir.path(), "pool_entries");
+    // Straight after the kill: every acknowledged client is in the durable
+    // activation log, and the reports (which fold the log's tail the host
+    // had no time to fold) list it.
+    let log = stored(dir.path(), "activations");
+    let listed: std::collections::HashSet<String> = kmsd::report::clients(
+        dir.path(),
+        kmsd::store::unix_ms_now(),
+        None,
+        None,
+        usize::MAX,
+    )
+    .unwrap()
+    .into_iter()
+    .map(|c| c.cmid)
+    .collect();
     for c in &acked {
+        assert!(log.contains(c), "acknowledged {c} missing from the log");
         assert!(
-            inventory.contains(c),
-            "acknowledged {c} missing from the inventory"
+            listed.contains(&c.to_string()),
+            "acknowledged {c} missing from `kmsd clients`"
         );
-        assert!(pool.contains(c), "acknowledged {c} missing from the pool");
     }
     // Restart: the pool is full (50 live Windows clients), a known client
     // does not grow it, and the host answers as before.
@@ -113,8 +126,39 @@ async fn kill_9_during_a_load_loses_no_acknowledged_client() {
         "count {count} after restart, {expect} acknowledged"
     );
     assert!(count <= 50);
-    child.kill().unwrap();
-    child.wait().unwrap();
+    // A clean stop after the restart leaves the inventory and the stored
+    // pool holding every acknowledged client: the start-up folded the log
+    // tail the kill left behind.
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert!(child.wait().unwrap().success(), "clean exit on SIGTERM");
+    let inventory = stored(dir.path(), "clients");
+    let pool = stored(dir.path(), "pool_entries");
+    for c in &acked {
+        assert!(
+            inventory.contains(c),
+            "acknowledged {c} missing from the inventory"
+        );
+    }
+    let live = kmsd::store::sqlite::load(
+        &kmsd::store::sqlite::open_ro(&dir.path().join(kmsd::store::DB_FILE)).unwrap(),
+        kmsd::store::unix_ms_now(),
+    )
+    .unwrap();
+    let windows = live
+        .pools
+        .iter()
+        .find(|p| p.pool == kmsd::protocol::kms::products::Pool::Windows)
+        .unwrap();
+    for (c, _) in &windows.entries {
+        assert!(pool.contains(c), "live entry {c} not in the stored pool");
+    }
+    assert_eq!(windows.entries.len(), count as usize);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -113,9 +113,18 @@ impl Host {
             err,
         })?;
         let path = cfg.data_dir.join(store::DB_FILE);
-        let conn = sqlite::open_rw(&path)?;
+        let mut conn = sqlite::open_rw(&path)?;
         conn.busy_timeout(cfg.store_busy_timeout)
             .map_err(|e| StoreError::Sqlite(e.to_string()))?;
+        // Records committed after the last fold (a crash, a kill -9) go into
+        // the inventory and the stored pools before anything else reads them.
+        let folded = sqlite::fold_all(&mut conn)?;
+        if folded > 0 {
+            tracing::info!(
+                records = folded,
+                "folded the activation log's tail into the inventory (the last stop was not clean)"
+            );
+        }
         let now = clock();
         let today = Date::from_days_since_unix_epoch(now.div_euclid(86_400_000));
         let build = products::win_build(cfg.host_build).ok_or(crate::config::ConfigError {
@@ -227,6 +236,12 @@ impl Host {
     /// Waits until every record queued so far is on disk.
     pub async fn flush(&self) -> Result<(), StoreError> {
         self.durable.barrier().await
+    }
+
+    /// Stops the store cleanly: commits what is queued, folds the activation
+    /// log into the inventory. Call once no connection is left.
+    pub async fn close_store(&self) -> Result<(), StoreError> {
+        self.durable.close().await
     }
 
     /// The product policy and the count: what a host with the configured

@@ -2,19 +2,42 @@
 //! that batches whatever is waiting into one transaction (group commit), so
 //! each client's record is on disk before its response leaves without each
 //! response paying for its own fsync.
+//!
+//! The hot commit only appends: the activation log (which names the pool a
+//! request was counted in), the pools' capacities and the running totals.
+//! The inventory (`clients`) and the stored pools (`pool_entries`) are keyed
+//! by CMID, so updating them inside the hot commit would dirty a random page
+//! per record and make every client wait for those pages' fsync. They are
+//! instead folded from the log by the same thread after commits: a short
+//! chunk when no commit is waiting, a longer one once the tail passes
+//! [`FOLD_BACKLOG`] records, and all of it at shutdown and start-up. A fold
+//! does not wait for the disk (the log can always be folded again; the next
+//! synchronous commit carries its pages to disk anyway); `folded.upto` says how far. Readers
+//! fold the unfolded tail in memory ([`read_tail`]), so nothing acknowledged
+//! is ever missing from a report, and a crash loses nothing.
 
 use super::StoreError;
 use crate::protocol::guid::Guid;
 use crate::protocol::kms::products::Pool;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
 
 /// Schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 /// Most records committed in one transaction.
 const MAX_BATCH: usize = 512;
+/// Most log records one fold transaction reads at start-up and shutdown.
+const FOLD_MAX: i64 = 65_536;
+/// Most log records one fold reads while serving and commits are queued
+/// (they wait for it, so it is kept short).
+const FOLD_CHUNK: i64 = 256;
+/// Most log records one fold reads when no commit is waiting.
+const FOLD_IDLE_CHUNK: i64 = 64;
+/// Unfolded records past which folding no longer waits for a gap.
+pub const FOLD_BACKLOG: u64 = 4096;
 
 /// One request as the host saw it: the inventory row, the activation record
 /// and (when it was counted) the pool entry, written together.
@@ -63,6 +86,9 @@ enum Job {
     Write(Box<Record>, Reply),
     /// Completes once everything queued before it is committed.
     Barrier(Reply),
+    /// Commits what is queued before it, folds the whole log tail, and
+    /// stops the writer.
+    Close(Reply),
 }
 
 /// Batch statistics, for metrics and benchmarks.
@@ -222,6 +248,22 @@ fn migrate(conn: &Connection, from: i64) -> Result<(), StoreError> {
              COMMIT;",
         )?;
     }
+    if from < 3 {
+        // v3: the activation log names the pool a request was counted in,
+        // and `folded` marks how much of it the inventory and the stored
+        // pools reflect (v2 wrote those per record: all of it).
+        conn.execute_batch(
+            "BEGIN;
+             ALTER TABLE activations ADD COLUMN pool TEXT;
+             CREATE TABLE folded (
+                 id INTEGER PRIMARY KEY CHECK (id = 1),
+                 upto INTEGER NOT NULL
+             );
+             INSERT INTO folded (id, upto) SELECT 1, COALESCE(MAX(id), 0) FROM activations;
+             PRAGMA user_version = 3;
+             COMMIT;",
+        )?;
+    }
     Ok(())
 }
 
@@ -237,8 +279,17 @@ pub fn set_meta(conn: &Connection, entries: &[(&str, String)]) -> Result<(), Sto
     Ok(())
 }
 
-/// Reads pools (entries live at `now_ms`) and ePIDs.
+/// Reads pools (entries live at `now_ms`) and ePIDs, the unfolded log tail
+/// included. Runs in one read transaction, so the tail and the folded
+/// tables agree.
 pub fn load(conn: &Connection, now_ms: i64) -> Result<Loaded, StoreError> {
+    // Inside the caller's transaction if there is one, else in our own.
+    let _snapshot = if conn.is_autocommit() {
+        Some(conn.unchecked_transaction()?)
+    } else {
+        None
+    };
+    let tail = read_tail(conn, folded_upto(conn)?, i64::MAX)?;
     let mut loaded = Loaded::default();
     let cutoff = now_ms - super::window::TTL_MS;
     for pool in Pool::ALL {
@@ -250,6 +301,9 @@ pub fn load(conn: &Connection, now_ms: i64) -> Result<Loaded, StoreError> {
             )
             .optional()?
             .unwrap_or(0);
+        // The newest `capacity` stored entries, then the tail's: a tail
+        // entry only moves a CMID's time forward, so the newest `capacity`
+        // of the union are among these.
         let mut stmt = conn.prepare(
             "SELECT cmid, last_seen_ms FROM pool_entries
              WHERE pool = ?1 AND last_seen_ms > ?2
@@ -258,13 +312,22 @@ pub fn load(conn: &Connection, now_ms: i64) -> Result<Loaded, StoreError> {
         let rows = stmt.query_map(params![pool.name(), cutoff, capacity], |r| {
             Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?))
         })?;
-        let mut entries = Vec::new();
+        let mut newest: HashMap<Guid, i64> = HashMap::new();
         for row in rows {
             let (cmid, t) = row?;
             if let Ok(b) = <[u8; 16]>::try_from(cmid.as_slice()) {
-                entries.push((Guid(b), t));
+                newest.insert(Guid(b), t);
             }
         }
+        for ((p, cmid), t) in &tail.pool_entries {
+            if *p == pool && *t > cutoff {
+                let e = newest.entry(*cmid).or_insert(*t);
+                *e = (*e).max(*t);
+            }
+        }
+        let mut entries: Vec<(Guid, i64)> = newest.into_iter().collect();
+        entries.sort_unstable_by(|a, b| (b.1, b.0.0).cmp(&(a.1, a.0.0)));
+        entries.truncate(capacity as usize);
         loaded.pools.push(LoadedPool {
             pool,
             capacity,
@@ -276,6 +339,20 @@ pub fn load(conn: &Connection, now_ms: i64) -> Result<Loaded, StoreError> {
         loaded.epids.push(row?);
     }
     Ok(loaded)
+}
+
+/// Machines in the inventory, those only in the unfolded log tail included.
+pub fn inventory_size(conn: &Connection) -> Result<u64, StoreError> {
+    let stored: i64 = conn.query_row("SELECT COUNT(*) FROM clients", [], |r| r.get(0))?;
+    let tail = read_tail(conn, folded_upto(conn)?, i64::MAX)?;
+    let mut known = conn.prepare("SELECT 1 FROM clients WHERE cmid = ?1 AND app_id = ?2")?;
+    let mut new = 0u64;
+    for (cmid, app) in tail.clients.keys() {
+        if !known.exists(params![&cmid.0[..], &app.0[..]])? {
+            new += 1;
+        }
+    }
+    Ok(stored as u64 + new)
 }
 
 /// Stores an ePID for `group` unless one is there; returns the stored one.
@@ -348,10 +425,13 @@ pub fn prune(conn: &Connection, now_ms: i64, keep_records: u64) -> Result<(), St
     }
     // The activation log beyond `keep_records`, in bounded chunks so a large
     // backlog never stalls the writer (each call takes at most PRUNE_CHUNK).
+    // Never a record not yet folded, and never the newest: ids are rowids,
+    // which only keep rising while the table is not empty.
     conn.execute(
         "DELETE FROM activations WHERE id <= MIN(
-             (SELECT MAX(id) FROM activations) - ?1,
-             (SELECT MIN(id) FROM activations) + ?2)",
+             (SELECT MAX(id) FROM activations) - MAX(?1, 1),
+             (SELECT MIN(id) FROM activations) + ?2,
+             (SELECT upto FROM folded WHERE id = 1))",
         params![keep_records as i64, PRUNE_CHUNK],
     )?;
     Ok(())
@@ -361,37 +441,10 @@ pub fn prune(conn: &Connection, now_ms: i64, keep_records: u64) -> Result<(), St
 const PRUNE_CHUNK: i64 = 20_000;
 
 fn write_record(tx: &rusqlite::Transaction<'_>, r: &Record) -> rusqlite::Result<()> {
-    if let Some(pool) = r.counted_in {
-        tx.prepare_cached(
-            "INSERT INTO pool_entries (pool, cmid, last_seen_ms) VALUES (?1, ?2, ?3)
-             ON CONFLICT(pool, cmid) DO UPDATE SET last_seen_ms = MAX(last_seen_ms, excluded.last_seen_ms)",
-        )?
-        .execute(params![pool.name(), &r.cmid.0[..], r.time_ms])?;
-    }
-    tx.prepare_cached(
-        "INSERT INTO clients (cmid, app_id, first_seen_ms, last_seen_ms, workstation, sku_id,
-                              address, requests, last_hresult, last_count)
-         VALUES (?1, ?2, ?3, ?3, ?4, ?5, ?6, 1, ?7, ?8)
-         ON CONFLICT(cmid, app_id) DO UPDATE SET
-             last_seen_ms = MAX(last_seen_ms, excluded.last_seen_ms),
-             workstation = excluded.workstation, sku_id = excluded.sku_id,
-             address = excluded.address, requests = requests + 1,
-             last_hresult = excluded.last_hresult, last_count = excluded.last_count",
-    )?
-    .execute(params![
-        &r.cmid.0[..],
-        &r.app_id.0[..],
-        r.time_ms,
-        r.workstation,
-        &r.sku_id.0[..],
-        r.address,
-        r.hresult,
-        r.count
-    ])?;
     tx.prepare_cached(
         "INSERT INTO activations (time_ms, address, workstation, cmid, app_id, sku_id, kms_id,
-             n_policy, license_status, binding_expiration, vm, protocol, count, hresult)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+             n_policy, license_status, binding_expiration, vm, protocol, count, hresult, pool)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
     )?
     .execute(params![
         r.time_ms,
@@ -407,14 +460,173 @@ fn write_record(tx: &rusqlite::Transaction<'_>, r: &Record) -> rusqlite::Result<
         r.vm,
         r.protocol,
         r.count,
-        r.hresult
+        r.hresult,
+        r.counted_in.map(Pool::name),
     ])?;
     Ok(())
 }
 
-/// Writes a batch in one transaction: per record the pool entry, the
-/// inventory row and the activation record; per batch the pools' capacities
-/// and the running totals (one statement per distinct key, not per record).
+/// One machine's requests in the unfolded tail of the log, in log order:
+/// what its inventory row gains when the tail is folded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TailClient {
+    pub first_ms: i64,
+    pub last_ms: i64,
+    pub requests: u64,
+    pub workstation: String,
+    pub sku_id: Guid,
+    pub address: String,
+    pub last_hresult: u32,
+    pub last_count: u32,
+}
+
+/// The activation records after some id, folded per machine (CMID and
+/// application) and per pool entry.
+#[derive(Debug, Default)]
+pub struct Tail {
+    /// The last record id read (the fold's new mark), or the start id.
+    pub upto: i64,
+    /// Records read.
+    pub records: u64,
+    pub clients: HashMap<(Guid, Guid), TailClient>,
+    /// Last seen ms per (pool, CMID), for the requests that were counted.
+    pub pool_entries: HashMap<(Pool, Guid), i64>,
+}
+
+/// How far the inventory and stored pools reflect the activation log.
+pub fn folded_upto(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.query_row("SELECT upto FROM folded WHERE id = 1", [], |r| r.get(0))
+}
+
+fn guid_of(b: &[u8]) -> Guid {
+    Guid(<[u8; 16]>::try_from(b).unwrap_or([0; 16]))
+}
+
+/// Reads and folds at most `limit` activation records after id `after`.
+pub fn read_tail(conn: &Connection, after: i64, limit: i64) -> rusqlite::Result<Tail> {
+    let mut tail = Tail {
+        upto: after,
+        ..Tail::default()
+    };
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, time_ms, address, workstation, cmid, app_id, sku_id, count, hresult, pool
+         FROM activations WHERE id > ?1 ORDER BY id LIMIT ?2",
+    )?;
+    let mut rows = stmt.query(params![after, limit])?;
+    while let Some(row) = rows.next()? {
+        let time: i64 = row.get(1)?;
+        let cmid = guid_of(&row.get::<_, Vec<u8>>(4)?);
+        let app = guid_of(&row.get::<_, Vec<u8>>(5)?);
+        let update = TailClient {
+            first_ms: time,
+            last_ms: time,
+            requests: 1,
+            address: row.get(2)?,
+            workstation: row.get(3)?,
+            sku_id: guid_of(&row.get::<_, Vec<u8>>(6)?),
+            last_count: row.get(7)?,
+            last_hresult: row.get(8)?,
+        };
+        tail.clients
+            .entry((cmid, app))
+            .and_modify(|c| {
+                // Like one upsert per record: the first record's time
+                // stays first seen, even if a later one says earlier.
+                *c = TailClient {
+                    first_ms: c.first_ms,
+                    last_ms: c.last_ms.max(time),
+                    requests: c.requests + 1,
+                    ..update.clone()
+                }
+            })
+            .or_insert_with(|| update.clone());
+        if let Some(pool) = row
+            .get::<_, Option<String>>(9)?
+            .as_deref()
+            .and_then(Pool::from_name)
+        {
+            let t = tail.pool_entries.entry((pool, cmid)).or_insert(time);
+            *t = (*t).max(time);
+        }
+        tail.upto = row.get(0)?;
+        tail.records += 1;
+    }
+    Ok(tail)
+}
+
+/// Folds at most `max` unfolded log records into the inventory and
+/// the stored pools, in one transaction that also moves the mark. Returns
+/// the records folded (0 when there were none).
+pub fn fold(conn: &mut Connection, max: i64) -> Result<u64, StoreError> {
+    let tx = conn.transaction()?;
+    let tail = read_tail(&tx, folded_upto(&tx)?, max)?;
+    if tail.records == 0 {
+        return Ok(0);
+    }
+    {
+        let mut client = tx.prepare_cached(
+            "INSERT INTO clients (cmid, app_id, first_seen_ms, last_seen_ms, workstation, sku_id,
+                                  address, requests, last_hresult, last_count)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+             ON CONFLICT(cmid, app_id) DO UPDATE SET
+                 last_seen_ms = MAX(last_seen_ms, excluded.last_seen_ms),
+                 workstation = excluded.workstation, sku_id = excluded.sku_id,
+                 address = excluded.address, requests = requests + excluded.requests,
+                 last_hresult = excluded.last_hresult, last_count = excluded.last_count",
+        )?;
+        for ((cmid, app), c) in &tail.clients {
+            client.execute(params![
+                &cmid.0[..],
+                &app.0[..],
+                c.first_ms,
+                c.last_ms,
+                c.workstation,
+                &c.sku_id.0[..],
+                c.address,
+                c.requests as i64,
+                c.last_hresult,
+                c.last_count
+            ])?;
+        }
+        let mut entry = tx.prepare_cached(
+            "INSERT INTO pool_entries (pool, cmid, last_seen_ms) VALUES (?1, ?2, ?3)
+             ON CONFLICT(pool, cmid) DO UPDATE SET last_seen_ms = MAX(last_seen_ms, excluded.last_seen_ms)",
+        )?;
+        for ((pool, cmid), t) in &tail.pool_entries {
+            entry.execute(params![pool.name(), &cmid.0[..], t])?;
+        }
+        tx.prepare_cached("UPDATE folded SET upto = ?1 WHERE id = 1")?
+            .execute([tail.upto])?;
+    }
+    tx.commit()?;
+    Ok(tail.records)
+}
+
+/// [`fold`] without waiting for the disk: everything it writes can be
+/// folded again from the log, and the next synchronous commit (WAL frames
+/// are written in order) makes it durable too.
+fn fold_unsynced(conn: &mut Connection, max: i64) -> Result<u64, StoreError> {
+    conn.execute_batch("PRAGMA synchronous=OFF")?;
+    let folded = fold(conn, max);
+    conn.execute_batch("PRAGMA synchronous=FULL")?;
+    folded
+}
+
+/// Folds the whole unfolded tail (at start-up and shutdown).
+pub fn fold_all(conn: &mut Connection) -> Result<u64, StoreError> {
+    let mut total = 0;
+    loop {
+        let n = fold(conn, FOLD_MAX)?;
+        total += n;
+        if n == 0 {
+            return Ok(total);
+        }
+    }
+}
+
+/// Writes a batch in one transaction: per record the activation record
+/// (an append); per batch the pools' capacities and the running totals (one
+/// statement per distinct key, not per record).
 fn commit_batch(conn: &mut Connection, batch: &[&Record]) -> Result<(), StoreError> {
     let tx = conn.transaction()?;
     let mut capacities: Vec<(Pool, u32)> = Vec::new();
@@ -482,6 +694,18 @@ impl Durable {
         wait.await.map_err(|_| StoreError::Closed)?
     }
 
+    /// Commits everything queued so far, folds the log tail into the
+    /// inventory and stops the writer (a clean shutdown). Writes after this
+    /// fail with [`StoreError::Closed`].
+    pub async fn close(&self) -> Result<(), StoreError> {
+        let (done, wait) = oneshot::channel();
+        self.tx
+            .send(Job::Close(done))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        wait.await.map_err(|_| StoreError::Closed)?
+    }
+
     /// Waits until everything queued so far is committed.
     pub async fn barrier(&self) -> Result<(), StoreError> {
         let (done, wait) = oneshot::channel();
@@ -502,6 +726,7 @@ fn writer(
     let mut jobs: Vec<Job> = Vec::with_capacity(MAX_BATCH);
     let mut since_prune = 0u64;
     let mut last_prune = Instant::now();
+    let mut unfolded = 0u64;
     while let Some(first) = rx.blocking_recv() {
         jobs.push(first);
         while jobs.len() < MAX_BATCH {
@@ -514,7 +739,7 @@ fn writer(
             .iter()
             .filter_map(|j| match j {
                 Job::Write(r, _) => Some(&**r),
-                Job::Barrier(_) => None,
+                Job::Barrier(_) | Job::Close(_) => None,
             })
             .collect();
         let result = if records.is_empty() {
@@ -528,19 +753,53 @@ fn writer(
             metrics.store_batch_size.observe(records.len() as f64);
             r
         };
-        since_prune += records.len() as u64;
         if let Err(e) = &result {
             tracing::error!(error = %e, records = records.len(), "store commit failed; these clients get an error answer");
         } else {
             tracing::trace!(records = records.len(), "store batch committed");
+            since_prune += records.len() as u64;
+            unfolded += records.len() as u64;
         }
+        let mut close = None;
         for j in jobs.drain(..) {
             let reply = match j {
                 Job::Write(_, r) | Job::Barrier(r) => r,
+                Job::Close(r) => {
+                    close = Some(r);
+                    continue;
+                }
             };
             let _ = reply.send(result.clone());
         }
-        if since_prune >= 10_000 || last_prune.elapsed().as_secs() >= 3600 {
+        if let Some(reply) = close {
+            let _ = reply.send(fold_all(&mut conn).map(|n| {
+                tracing::debug!(records = n, "log tail folded at shutdown");
+            }));
+            return;
+        }
+        // Folding and pruning run after the replies, so the clients whose
+        // records were just committed do not wait for them. One fold chunk
+        // per commit at most: a short one when no commit is waiting, a
+        // longer one once the tail has grown long (or before a prune, which
+        // only deletes folded records).
+        let prune_due = since_prune >= 10_000 || last_prune.elapsed().as_secs() >= 3600;
+        let chunk = if unfolded >= FOLD_BACKLOG || prune_due {
+            FOLD_CHUNK
+        } else if unfolded > 0 && rx.is_empty() {
+            FOLD_IDLE_CHUNK
+        } else {
+            0
+        };
+        if chunk > 0 {
+            match fold_unsynced(&mut conn, chunk) {
+                Ok(n) if n < chunk as u64 => unfolded = 0, // the whole tail
+                Ok(n) => unfolded = unfolded.saturating_sub(n),
+                Err(e) => {
+                    tracing::warn!(error = %e, "folding the activation log failed; will retry")
+                }
+            }
+        }
+        if prune_due {
             let now = super::unix_ms_now();
             if let Err(e) = prune(&conn, now, keep_records) {
                 tracing::warn!(error = %e, "store pruning failed; will retry later");
@@ -548,6 +807,10 @@ fn writer(
             since_prune = 0;
             last_prune = Instant::now();
         }
+    }
+    // Every sender is gone without a Close: leave the tables folded anyway.
+    if let Err(e) = fold_all(&mut conn) {
+        tracing::warn!(error = %e, "folding the activation log at shutdown failed; the next start folds it");
     }
 }
 
@@ -613,6 +876,10 @@ mod tests {
             .find(|p| p.pool == Pool::Windows)
             .unwrap();
         assert_eq!((w.capacity, w.entries.len()), (10, 2));
+        // v1 wrote the inventory per record: all of the log counts as folded.
+        assert_eq!(folded_upto(&conn).unwrap(), 3);
+        let mut conn = conn;
+        assert_eq!(fold_all(&mut conn).unwrap(), 0);
     }
 
     #[test]
@@ -633,6 +900,7 @@ mod tests {
         });
         let refs: Vec<&Record> = records.iter().collect();
         commit_batch(&mut conn, &refs).unwrap();
+        fold_all(&mut conn).unwrap();
         prune(&conn, now, 5).unwrap();
         let left: Vec<Vec<u8>> = conn
             .prepare("SELECT cmid FROM pool_entries ORDER BY last_seen_ms")
@@ -662,6 +930,7 @@ mod tests {
             .collect();
         let refs: Vec<&Record> = records.iter().collect();
         commit_batch(&mut conn, &refs).unwrap();
+        fold_all(&mut conn).unwrap();
         prune(&conn, 2_000_000, 1_000_000).unwrap();
         let (n, oldest): (i64, i64) = conn
             .query_row(
@@ -675,6 +944,194 @@ mod tests {
             .query_row("SELECT n FROM totals", [], |r| r.get(0))
             .unwrap();
         assert_eq!(total, 5000, "totals aggregated per batch");
+    }
+
+    fn rows(conn: &Connection, sql: &str) -> Vec<Vec<String>> {
+        let mut stmt = conn.prepare(sql).unwrap();
+        let n = stmt.column_count();
+        stmt.query_map([], |r| {
+            Ok((0..n)
+                .map(|i| match r.get_ref(i).unwrap() {
+                    rusqlite::types::ValueRef::Blob(b) => format!("{b:02x?}"),
+                    rusqlite::types::ValueRef::Text(t) => String::from_utf8_lossy(t).into(),
+                    v => format!("{v:?}"),
+                })
+                .collect())
+        })
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+    }
+
+    /// What the inventory and pool tables hold after `records`, written the
+    /// way schema v2 did: one upsert per record, in order.
+    fn per_record_oracle(records: &[Record]) -> (Vec<Vec<String>>, Vec<Vec<String>>) {
+        let conn = Connection::open_in_memory().unwrap();
+        migrate(&conn, 0).unwrap();
+        for r in records {
+            if let Some(pool) = r.counted_in {
+                conn.execute(
+                    "INSERT INTO pool_entries (pool, cmid, last_seen_ms) VALUES (?1, ?2, ?3)
+                     ON CONFLICT(pool, cmid) DO UPDATE SET last_seen_ms = MAX(last_seen_ms, excluded.last_seen_ms)",
+                    params![pool.name(), &r.cmid.0[..], r.time_ms],
+                )
+                .unwrap();
+            }
+            conn.execute(
+                "INSERT INTO clients (cmid, app_id, first_seen_ms, last_seen_ms, workstation, sku_id,
+                                      address, requests, last_hresult, last_count)
+                 VALUES (?1, ?2, ?3, ?3, ?4, ?5, ?6, 1, ?7, ?8)
+                 ON CONFLICT(cmid, app_id) DO UPDATE SET
+                     last_seen_ms = MAX(last_seen_ms, excluded.last_seen_ms),
+                     workstation = excluded.workstation, sku_id = excluded.sku_id,
+                     address = excluded.address, requests = requests + 1,
+                     last_hresult = excluded.last_hresult, last_count = excluded.last_count",
+                params![
+                    &r.cmid.0[..],
+                    &r.app_id.0[..],
+                    r.time_ms,
+                    r.workstation,
+                    &r.sku_id.0[..],
+                    r.address,
+                    r.hresult,
+                    r.count
+                ],
+            )
+            .unwrap();
+        }
+        (
+            rows(&conn, "SELECT * FROM clients ORDER BY cmid, app_id"),
+            rows(&conn, "SELECT * FROM pool_entries ORDER BY pool, cmid"),
+        )
+    }
+
+    /// Repeat visits, a clock step backwards, a refusal, two applications
+    /// for one CMID: the mix that folding must get right.
+    fn mixed_records() -> Vec<Record> {
+        let mut out = Vec::new();
+        for i in 0..40u128 {
+            let mut r = record(i % 7, if i % 11 == 10 { 0xC004_F042 } else { 0 });
+            r.time_ms = 10_000 + (i as i64) * 100 - if i % 5 == 4 { 950 } else { 0 };
+            r.workstation = format!("ws{i}");
+            r.address = format!("10.0.0.{i}");
+            r.count = i as u32;
+            if i % 9 == 8 {
+                r.app_id = Pool::Office2013Plus.app_id();
+                r.counted_in = r.counted_in.map(|_| Pool::Office2013Plus);
+            }
+            out.push(r);
+        }
+        out
+    }
+
+    #[test]
+    fn folding_in_any_chunks_equals_writing_each_record() {
+        let records = mixed_records();
+        let (clients, entries) = per_record_oracle(&records);
+        for (batch_len, chunk) in [(5, 1), (5, 3), (5, 16), (5, 1000), (40, 1000), (40, 7)] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut conn = open_rw(&dir.path().join("db")).unwrap();
+            // Committed in batches, folded `chunk` records at a time after
+            // each batch, the way the writer interleaves them.
+            for batch in records.chunks(batch_len) {
+                let refs: Vec<&Record> = batch.iter().collect();
+                commit_batch(&mut conn, &refs).unwrap();
+                fold_unsynced(&mut conn, chunk).unwrap();
+            }
+            fold_all(&mut conn).unwrap();
+            assert_eq!(
+                rows(&conn, "SELECT * FROM clients ORDER BY cmid, app_id"),
+                clients,
+                "inventory, chunk {chunk}"
+            );
+            assert_eq!(
+                rows(&conn, "SELECT * FROM pool_entries ORDER BY pool, cmid"),
+                entries,
+                "pool entries, chunk {chunk}"
+            );
+            assert_eq!(folded_upto(&conn).unwrap(), records.len() as i64);
+        }
+    }
+
+    #[test]
+    fn readers_see_the_unfolded_tail() {
+        let records = mixed_records();
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = open_rw(&dir.path().join("db")).unwrap();
+        let refs: Vec<&Record> = records.iter().collect();
+        let (first, rest) = refs.split_at(17);
+        commit_batch(&mut conn, first).unwrap();
+        fold_all(&mut conn).unwrap();
+        commit_batch(&mut conn, rest).unwrap();
+        // Half folded, half in the tail: the pools a start-up would load
+        // are those of the fully folded tables.
+        let now = 20_000;
+        let before = load(&conn, now).unwrap();
+        let tail = read_tail(&conn, folded_upto(&conn).unwrap(), i64::MAX).unwrap();
+        assert_eq!(tail.records, rest.len() as u64);
+        fold_all(&mut conn).unwrap();
+        let after = load(&conn, now).unwrap();
+        assert_eq!(before.pools, after.pools);
+        assert!(after.pools.iter().any(|p| !p.entries.is_empty()));
+        // And the tail folded per machine like the per-record writes.
+        let last = rest
+            .iter()
+            .rev()
+            .find(|r| r.cmid == Guid::from_u128(3))
+            .unwrap();
+        let t = &tail.clients[&(Guid::from_u128(3), last.app_id)];
+        assert_eq!(
+            (t.workstation.as_str(), t.last_count),
+            (last.workstation.as_str(), last.count)
+        );
+    }
+
+    #[test]
+    fn prune_never_deletes_unfolded_records_nor_the_newest() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = open_rw(&dir.path().join("db")).unwrap();
+        let records: Vec<Record> = (0..100u128).map(|i| record(i, 0)).collect();
+        let refs: Vec<&Record> = records.iter().collect();
+        commit_batch(&mut conn, &refs).unwrap();
+        let count = |c: &Connection| -> i64 {
+            c.query_row("SELECT COUNT(*) FROM activations", [], |r| r.get(0))
+                .unwrap()
+        };
+        prune(&conn, 2_000, 0).unwrap();
+        assert_eq!(count(&conn), 100, "nothing folded yet, nothing pruned");
+        fold(&mut conn, 40).unwrap();
+        prune(&conn, 2_000, 0).unwrap();
+        assert_eq!(count(&conn), 60, "only the 40 folded ones");
+        fold_all(&mut conn).unwrap();
+        prune(&conn, 2_000, 0).unwrap();
+        assert_eq!(count(&conn), 1, "keep_records 0 still keeps the newest");
+        // Ids keep rising, so a new record is never taken as folded.
+        commit_batch(&mut conn, &[&record(500, 0)]).unwrap();
+        assert_eq!(fold_all(&mut conn).unwrap(), 1);
+    }
+
+    #[tokio::test]
+    async fn close_commits_and_folds_everything() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let conn = open_rw(&path).unwrap();
+        let metrics = std::sync::Arc::new(crate::metrics::Metrics::default());
+        let durable = Durable::start(conn, path.clone(), 1_000_000, metrics).unwrap();
+        for r in mixed_records() {
+            durable.write(r).await.unwrap();
+        }
+        durable.close().await.unwrap();
+        assert!(matches!(
+            durable.write(record(1, 0)).await,
+            Err(StoreError::Closed)
+        ));
+        let conn = open_ro(&path).unwrap();
+        assert_eq!(folded_upto(&conn).unwrap(), 40);
+        let (clients, _) = per_record_oracle(&mixed_records());
+        assert_eq!(
+            rows(&conn, "SELECT * FROM clients ORDER BY cmid, app_id"),
+            clients
+        );
     }
 
     #[test]
@@ -692,8 +1149,11 @@ mod tests {
     /// The v1 schema exactly as the first release created it.
     fn migrate_to_v1_only(conn: &Connection) {
         migrate(conn, 0).unwrap();
-        conn.execute_batch("DROP TABLE meta; DROP TABLE totals; PRAGMA user_version = 1;")
-            .unwrap();
+        conn.execute_batch(
+            "DROP TABLE meta; DROP TABLE totals; DROP TABLE folded;
+             ALTER TABLE activations DROP COLUMN pool; PRAGMA user_version = 1;",
+        )
+        .unwrap();
     }
 
     /// Writes records the way v1 did (no totals table).
