@@ -21,16 +21,48 @@ use tokio_util::sync::CancellationToken;
 /// Replaces the log filter of a running process (SIGHUP).
 type LogReload = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
 
+/// Where log lines go: straight to stderr, or (for the host) through a
+/// writer thread, so a line costs a worker thread a formatted copy and a
+/// channel send rather than a write syscall, lines are written out in
+/// batches, and a stalled log reader (a full pipe, a slow journal) can
+/// never hold up an activation: past 128k queued lines, new ones are
+/// dropped instead. The guard flushes what is queued when dropped.
+enum LogSink {
+    Stderr,
+    Background,
+}
+
 /// Sets up logging; `RUST_LOG` wins over `level`.
-fn init_logging(level: &str, json: bool) -> LogReload {
+fn init_logging(
+    level: &str,
+    json: bool,
+    sink: LogSink,
+) -> (
+    LogReload,
+    Option<tracing_appender::non_blocking::WorkerGuard>,
+) {
     use tracing_subscriber::{EnvFilter, prelude::*, reload};
     let from_env = std::env::var("RUST_LOG").ok().filter(|v| !v.is_empty());
     let filter = EnvFilter::try_new(from_env.as_deref().unwrap_or(level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let (filter, handle) = reload::Layer::new(filter);
     use std::io::IsTerminal;
+    use tracing_subscriber::fmt::writer::BoxMakeWriter;
+    let (writer, guard) = match sink {
+        LogSink::Stderr => (BoxMakeWriter::new(std::io::stderr), None),
+        LogSink::Background => {
+            let (w, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+                .lossy(true)
+                .thread_name("kmsd-log")
+                .finish(std::io::BufWriter::with_capacity(
+                    64 * 1024,
+                    std::io::stderr(),
+                ));
+            (BoxMakeWriter::new(w), Some(guard))
+        }
+    };
     let fmt = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .with_ansi(std::io::stderr().is_terminal());
     let registry = tracing_subscriber::registry().with(filter);
     if json {
@@ -38,13 +70,14 @@ fn init_logging(level: &str, json: bool) -> LogReload {
     } else {
         registry.with(fmt).init();
     }
-    Box::new(move |new: &str| {
+    let reload = Box::new(move |new: &str| {
         if from_env.is_some() {
             return Err("RUST_LOG is set; it keeps precedence".into());
         }
         let f = EnvFilter::try_new(new).map_err(|e| e.to_string())?;
         handle.reload(f).map_err(|e| e.to_string())
-    })
+    });
+    (reload, guard)
 }
 
 fn main() -> Result<()> {
@@ -59,7 +92,7 @@ fn main() -> Result<()> {
         Command::Serve(args) => {
             let layers = Layers::read(args, &cli)?;
             let (cfg, level, json) = layers.resolve()?;
-            let reload = init_logging(&level, json);
+            let (reload, _flush_on_exit) = init_logging(&level, json, LogSink::Background);
             rt()?.block_on(serve(cfg, layers, reload))
         }
         Command::Config(ConfigCommand::Check(args)) => {
@@ -87,7 +120,11 @@ fn main() -> Result<()> {
                 (_, 1) => "debug",
                 _ => "trace",
             };
-            let _ = init_logging(level, cli.log_format == Some(LogFormat::Json));
+            let _ = init_logging(
+                level,
+                cli.log_format == Some(LogFormat::Json),
+                LogSink::Stderr,
+            );
             match other {
                 Command::Activate(args) => rt()?.block_on(activate(args)),
                 Command::Load(args) => rt()?.block_on(load_cmd(args)),
@@ -181,6 +218,12 @@ async fn serve(cfg: ServeConfig, layers: Layers, reload_log: LogReload) -> Resul
     server.run(token).await;
     if let Some(h) = http {
         let _ = h.await;
+    }
+    match host.close_store().await {
+        Ok(()) => tracing::info!("store closed"),
+        Err(e) => {
+            tracing::warn!(error = %e, "store not closed cleanly; the next start folds the log")
+        }
     }
     Ok(())
 }

@@ -394,7 +394,7 @@ pub fn clients(
             machines.push(m);
         }
     }
-    machines.sort_by(|a, b| b.last.cmp(&a.last));
+    machines.sort_by_key(|m| std::cmp::Reverse(m.last));
     machines.truncate(limit);
     Ok(machines
         .into_iter()

@@ -326,7 +326,7 @@ pub fn load(conn: &Connection, now_ms: i64) -> Result<Loaded, StoreError> {
             }
         }
         let mut entries: Vec<(Guid, i64)> = newest.into_iter().collect();
-        entries.sort_unstable_by(|a, b| (b.1, b.0.0).cmp(&(a.1, a.0.0)));
+        entries.sort_unstable_by_key(|&(g, t)| std::cmp::Reverse((t, g.0)));
         entries.truncate(capacity as usize);
         loaded.pools.push(LoadedPool {
             pool,
