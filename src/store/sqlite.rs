@@ -279,6 +279,52 @@ pub fn set_meta(conn: &Connection, entries: &[(&str, String)]) -> Result<(), Sto
     Ok(())
 }
 
+fn capacity(conn: &Connection, pool: Pool) -> rusqlite::Result<u32> {
+    Ok(conn
+        .prepare_cached("SELECT capacity FROM pools WHERE pool = ?1")?
+        .query_row([pool.name()], |r| r.get(0))
+        .optional()?
+        .unwrap_or(0))
+}
+
+/// The newest `capacity` entries of `pool` seen after `cutoff`, stored or in
+/// `tail`, newest first. A tail entry only moves a CMID's time forward, so
+/// the newest `capacity` of the union are among the newest `capacity`
+/// stored ones and the tail's.
+fn newest_entries(
+    conn: &Connection,
+    pool: Pool,
+    capacity: u32,
+    cutoff: i64,
+    tail: &Tail,
+) -> rusqlite::Result<Vec<(Guid, i64)>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT cmid, last_seen_ms FROM pool_entries
+         WHERE pool = ?1 AND last_seen_ms > ?2
+         ORDER BY last_seen_ms DESC, cmid DESC LIMIT ?3",
+    )?;
+    let rows = stmt.query_map(params![pool.name(), cutoff, capacity], |r| {
+        Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?))
+    })?;
+    let mut newest: HashMap<Guid, i64> = HashMap::new();
+    for row in rows {
+        let (cmid, t) = row?;
+        if let Ok(b) = <[u8; 16]>::try_from(cmid.as_slice()) {
+            newest.insert(Guid(b), t);
+        }
+    }
+    for ((p, cmid), t) in &tail.pool_entries {
+        if *p == pool && *t > cutoff {
+            let e = newest.entry(*cmid).or_insert(*t);
+            *e = (*e).max(*t);
+        }
+    }
+    let mut entries: Vec<(Guid, i64)> = newest.into_iter().collect();
+    entries.sort_unstable_by_key(|&(g, t)| std::cmp::Reverse((t, g.0)));
+    entries.truncate(capacity as usize);
+    Ok(entries)
+}
+
 /// Reads pools (entries live at `now_ms`) and ePIDs, the unfolded log tail
 /// included. Runs in one read transaction, so the tail and the folded
 /// tables agree.
@@ -293,41 +339,8 @@ pub fn load(conn: &Connection, now_ms: i64) -> Result<Loaded, StoreError> {
     let mut loaded = Loaded::default();
     let cutoff = now_ms - super::window::TTL_MS;
     for pool in Pool::ALL {
-        let capacity: u32 = conn
-            .query_row(
-                "SELECT capacity FROM pools WHERE pool = ?1",
-                [pool.name()],
-                |r| r.get(0),
-            )
-            .optional()?
-            .unwrap_or(0);
-        // The newest `capacity` stored entries, then the tail's: a tail
-        // entry only moves a CMID's time forward, so the newest `capacity`
-        // of the union are among these.
-        let mut stmt = conn.prepare(
-            "SELECT cmid, last_seen_ms FROM pool_entries
-             WHERE pool = ?1 AND last_seen_ms > ?2
-             ORDER BY last_seen_ms DESC, cmid DESC LIMIT ?3",
-        )?;
-        let rows = stmt.query_map(params![pool.name(), cutoff, capacity], |r| {
-            Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?))
-        })?;
-        let mut newest: HashMap<Guid, i64> = HashMap::new();
-        for row in rows {
-            let (cmid, t) = row?;
-            if let Ok(b) = <[u8; 16]>::try_from(cmid.as_slice()) {
-                newest.insert(Guid(b), t);
-            }
-        }
-        for ((p, cmid), t) in &tail.pool_entries {
-            if *p == pool && *t > cutoff {
-                let e = newest.entry(*cmid).or_insert(*t);
-                *e = (*e).max(*t);
-            }
-        }
-        let mut entries: Vec<(Guid, i64)> = newest.into_iter().collect();
-        entries.sort_unstable_by_key(|&(g, t)| std::cmp::Reverse((t, g.0)));
-        entries.truncate(capacity as usize);
+        let capacity = capacity(conn, pool)?;
+        let entries = newest_entries(conn, pool, capacity, cutoff, &tail)?;
         loaded.pools.push(LoadedPool {
             pool,
             capacity,
@@ -588,12 +601,22 @@ pub fn fold(conn: &mut Connection, max: i64) -> Result<u64, StoreError> {
                 c.last_count
             ])?;
         }
-        let mut entry = tx.prepare_cached(
-            "INSERT INTO pool_entries (pool, cmid, last_seen_ms) VALUES (?1, ?2, ?3)
-             ON CONFLICT(pool, cmid) DO UPDATE SET last_seen_ms = MAX(last_seen_ms, excluded.last_seen_ms)",
-        )?;
-        for ((pool, cmid), t) in &tail.pool_entries {
-            entry.execute(params![pool.name(), &cmid.0[..], t])?;
+        // A pool keeps its newest `capacity` CMIDs, so the stored pool is
+        // rewritten whole: a few dozen rows on a page or two, where an
+        // upsert per CMID dirtied a random page each.
+        for pool in Pool::ALL {
+            if !tail.pool_entries.keys().any(|(p, _)| *p == pool) {
+                continue;
+            }
+            let entries = newest_entries(&tx, pool, capacity(&tx, pool)?, i64::MIN, &tail)?;
+            tx.prepare_cached("DELETE FROM pool_entries WHERE pool = ?1")?
+                .execute([pool.name()])?;
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO pool_entries (pool, cmid, last_seen_ms) VALUES (?1, ?2, ?3)",
+            )?;
+            for (cmid, t) in entries {
+                insert.execute(params![pool.name(), &cmid.0[..], t])?;
+            }
         }
         tx.prepare_cached("UPDATE folded SET upto = ?1 WHERE id = 1")?
             .execute([tail.upto])?;
@@ -1051,6 +1074,45 @@ mod tests {
             );
             assert_eq!(folded_upto(&conn).unwrap(), records.len() as i64);
         }
+    }
+
+    #[test]
+    fn a_folded_pool_keeps_its_newest_capacity_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = open_rw(&dir.path().join("db")).unwrap();
+        // 20 CMIDs, capacity 4, visited out of order and twice.
+        let records: Vec<Record> = (0..40u128)
+            .map(|i| Record {
+                time_ms: 1_000 + ((i * 7) % 40) as i64,
+                capacity: 4,
+                ..record(i % 20, 0)
+            })
+            .collect();
+        for batch in records.chunks(6) {
+            let refs: Vec<&Record> = batch.iter().collect();
+            commit_batch(&mut conn, &refs).unwrap();
+            fold(&mut conn, 3).unwrap();
+        }
+        fold_all(&mut conn).unwrap();
+        let mut want: HashMap<Guid, i64> = HashMap::new();
+        for r in &records {
+            let t = want.entry(r.cmid).or_insert(r.time_ms);
+            *t = (*t).max(r.time_ms);
+        }
+        let mut want: Vec<(Guid, i64)> = want.into_iter().collect();
+        want.sort_by_key(|&(g, t)| std::cmp::Reverse((t, g.0)));
+        want.truncate(4);
+        let loaded = load(&conn, 2_000).unwrap();
+        let windows = loaded
+            .pools
+            .iter()
+            .find(|p| p.pool == Pool::Windows)
+            .unwrap();
+        assert_eq!(windows.entries, want);
+        let stored: i64 = conn
+            .query_row("SELECT COUNT(*) FROM pool_entries", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(stored, 4, "the stored pool holds no more than its capacity");
     }
 
     #[test]
