@@ -436,22 +436,26 @@ pub fn prune(conn: &Connection, now_ms: i64, keep_records: u64) -> Result<(), St
             None => {}
         }
     }
-    // The activation log beyond `keep_records`, in bounded chunks so a large
-    // backlog never stalls the writer (each call takes at most PRUNE_CHUNK).
-    // Never a record not yet folded, and never the newest: ids are rowids,
-    // which only keep rising while the table is not empty.
-    conn.execute(
-        "DELETE FROM activations WHERE id <= MIN(
-             (SELECT MAX(id) FROM activations) - MAX(?1, 1),
-             (SELECT MIN(id) FROM activations) + ?2,
-             (SELECT upto FROM folded WHERE id = 1))",
-        params![keep_records as i64, PRUNE_CHUNK],
-    )?;
+    trim_log(conn, keep_records, PRUNE_CHUNK)?;
     Ok(())
 }
 
 /// Most activation records one prune deletes.
-const PRUNE_CHUNK: i64 = 20_000;
+const PRUNE_CHUNK: i64 = 2_000;
+
+/// Deletes the oldest activation records beyond `keep_records`, at most
+/// `most` of them, so a large backlog is worked off in steps that never
+/// stall the writer. Never a record not yet folded, and never the newest:
+/// ids are rowids, which only keep rising while the table is not empty.
+fn trim_log(conn: &Connection, keep_records: u64, most: i64) -> rusqlite::Result<usize> {
+    conn.prepare_cached(
+        "DELETE FROM activations WHERE id <= MIN(
+             (SELECT MAX(id) FROM activations) - MAX(?1, 1),
+             (SELECT MIN(id) FROM activations) + ?2 - 1,
+             (SELECT upto FROM folded WHERE id = 1))",
+    )?
+    .execute(params![keep_records.min(i64::MAX as u64) as i64, most])
+}
 
 fn write_record(tx: &rusqlite::Transaction<'_>, r: &Record) -> rusqlite::Result<()> {
     tx.prepare_cached(
@@ -570,7 +574,15 @@ pub fn read_tail(conn: &Connection, after: i64, limit: i64) -> rusqlite::Result<
 /// Folds at most `max` unfolded log records into the inventory and
 /// the stored pools, in one transaction that also moves the mark. Returns
 /// the records folded (0 when there were none).
-pub fn fold(conn: &mut Connection, max: i64) -> Result<u64, StoreError> {
+///
+/// With `keep_records`, the same transaction also trims the log's head past
+/// `keep_records`, by at most twice the records folded: the log keeps its
+/// length in small steps instead of one large delete now and then.
+pub fn fold(
+    conn: &mut Connection,
+    max: i64,
+    keep_records: Option<u64>,
+) -> Result<u64, StoreError> {
     let tx = conn.transaction()?;
     let tail = read_tail(&tx, folded_upto(&tx)?, max)?;
     if tail.records == 0 {
@@ -620,6 +632,9 @@ pub fn fold(conn: &mut Connection, max: i64) -> Result<u64, StoreError> {
         }
         tx.prepare_cached("UPDATE folded SET upto = ?1 WHERE id = 1")?
             .execute([tail.upto])?;
+        if let Some(keep) = keep_records {
+            trim_log(&tx, keep, 2 * tail.records as i64)?;
+        }
     }
     tx.commit()?;
     Ok(tail.records)
@@ -628,9 +643,9 @@ pub fn fold(conn: &mut Connection, max: i64) -> Result<u64, StoreError> {
 /// [`fold`] without waiting for the disk: everything it writes can be
 /// folded again from the log, and the next synchronous commit (WAL frames
 /// are written in order) makes it durable too.
-fn fold_unsynced(conn: &mut Connection, max: i64) -> Result<u64, StoreError> {
+fn fold_unsynced(conn: &mut Connection, max: i64, keep_records: u64) -> Result<u64, StoreError> {
     conn.execute_batch("PRAGMA synchronous=OFF")?;
-    let folded = fold(conn, max);
+    let folded = fold(conn, max, Some(keep_records));
     conn.execute_batch("PRAGMA synchronous=FULL")?;
     folded
 }
@@ -639,7 +654,7 @@ fn fold_unsynced(conn: &mut Connection, max: i64) -> Result<u64, StoreError> {
 pub fn fold_all(conn: &mut Connection) -> Result<u64, StoreError> {
     let mut total = 0;
     loop {
-        let n = fold(conn, FOLD_MAX)?;
+        let n = fold(conn, FOLD_MAX, None)?;
         total += n;
         if n == 0 {
             return Ok(total);
@@ -814,7 +829,7 @@ fn writer(
             0
         };
         if chunk > 0 {
-            match fold_unsynced(&mut conn, chunk) {
+            match fold_unsynced(&mut conn, chunk, keep_records) {
                 Ok(n) if n < chunk as u64 => unfolded = 0, // the whole tail
                 Ok(n) => unfolded = unfolded.saturating_sub(n),
                 Err(e) => {
@@ -1059,7 +1074,7 @@ mod tests {
             for batch in records.chunks(batch_len) {
                 let refs: Vec<&Record> = batch.iter().collect();
                 commit_batch(&mut conn, &refs).unwrap();
-                fold_unsynced(&mut conn, chunk).unwrap();
+                fold_unsynced(&mut conn, chunk, 1_000_000).unwrap();
             }
             fold_all(&mut conn).unwrap();
             assert_eq!(
@@ -1091,7 +1106,7 @@ mod tests {
         for batch in records.chunks(6) {
             let refs: Vec<&Record> = batch.iter().collect();
             commit_batch(&mut conn, &refs).unwrap();
-            fold(&mut conn, 3).unwrap();
+            fold(&mut conn, 3, None).unwrap();
         }
         fold_all(&mut conn).unwrap();
         let mut want: HashMap<Guid, i64> = HashMap::new();
@@ -1161,7 +1176,7 @@ mod tests {
         };
         prune(&conn, 2_000, 0).unwrap();
         assert_eq!(count(&conn), 100, "nothing folded yet, nothing pruned");
-        fold(&mut conn, 40).unwrap();
+        fold(&mut conn, 40, None).unwrap();
         prune(&conn, 2_000, 0).unwrap();
         assert_eq!(count(&conn), 60, "only the 40 folded ones");
         fold_all(&mut conn).unwrap();
@@ -1170,6 +1185,29 @@ mod tests {
         // Ids keep rising, so a new record is never taken as folded.
         commit_batch(&mut conn, &[&record(500, 0)]).unwrap();
         assert_eq!(fold_all(&mut conn).unwrap(), 1);
+    }
+
+    #[test]
+    fn folding_trims_the_log_head_in_small_steps() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = open_rw(&dir.path().join("db")).unwrap();
+        let records: Vec<Record> = (0..100u128).map(|i| record(i, 0)).collect();
+        let refs: Vec<&Record> = records.iter().collect();
+        commit_batch(&mut conn, &refs).unwrap();
+        let span = |c: &Connection| -> (i64, i64) {
+            c.query_row("SELECT MIN(id), COUNT(*) FROM activations", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .unwrap()
+        };
+        // 20 folded, so only those 20 may go (keep 10 would allow 90).
+        fold_unsynced(&mut conn, 20, 10).unwrap();
+        assert_eq!(span(&conn), (21, 80));
+        // 30 more folded: at most twice that trimmed, still only folded ones.
+        fold_unsynced(&mut conn, 30, 10).unwrap();
+        assert_eq!(span(&conn), (51, 50));
+        fold_unsynced(&mut conn, 50, 10).unwrap();
+        assert_eq!(span(&conn), (91, 10), "keeps keep_records");
     }
 
     #[tokio::test]
