@@ -91,7 +91,7 @@ fn fill(dir: &PathBuf, clients: u64, records: u64) -> Result<()> {
     }
     std::fs::create_dir_all(dir)?;
     let path = dir.join(store::DB_FILE);
-    // Schema v2 exactly as kmsd creates it.
+    // The schema exactly as kmsd creates it.
     drop(sqlite::open_rw(&path)?);
     let mut conn = rusqlite::Connection::open(&path)?;
     // One bulk transaction: a rollback journal over an empty file is small,
@@ -168,6 +168,11 @@ fn fill(dir: &PathBuf, clients: u64, records: u64) -> Result<()> {
     tx.execute(
         "INSERT INTO totals (hresult, license_status, n) VALUES (0, 1, ?1)",
         [records as i64],
+    )?;
+    // The inventory above already reflects every record: all folded.
+    tx.execute(
+        "UPDATE folded SET upto = (SELECT COALESCE(MAX(id), 0) FROM activations)",
+        [],
     )?;
     tx.commit()?;
     conn.execute_batch("PRAGMA journal_mode=WAL;")?;
@@ -291,6 +296,11 @@ fn prune(entries: &str, records: u64, keep_records: u64, ranked: bool) -> Result
                 ins.execute([now - records as i64 + i as i64])?;
             }
         }
+        // A store in steady state: the log is folded.
+        tx.execute(
+            "UPDATE folded SET upto = (SELECT COALESCE(MAX(id), 0) FROM activations)",
+            [],
+        )?;
         tx.commit()?;
         if ranked {
             let copy = dir.path().join("copy.sqlite3");
