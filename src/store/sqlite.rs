@@ -578,11 +578,7 @@ pub fn read_tail(conn: &Connection, after: i64, limit: i64) -> rusqlite::Result<
 /// With `keep_records`, the same transaction also trims the log's head past
 /// `keep_records`, by at most twice the records folded: the log keeps its
 /// length in small steps instead of one large delete now and then.
-pub fn fold(
-    conn: &mut Connection,
-    max: i64,
-    keep_records: Option<u64>,
-) -> Result<u64, StoreError> {
+pub fn fold(conn: &mut Connection, max: i64, keep_records: Option<u64>) -> Result<u64, StoreError> {
     let tx = conn.transaction()?;
     let tail = read_tail(&tx, folded_upto(&tx)?, max)?;
     if tail.records == 0 {
