@@ -720,31 +720,26 @@ impl Durable {
 
     /// Queues `record` and waits until it is committed.
     pub async fn write(&self, record: Record) -> Result<(), StoreError> {
-        let (done, wait) = oneshot::channel();
-        self.tx
-            .send(Job::Write(Box::new(record), done))
-            .await
-            .map_err(|_| StoreError::Closed)?;
-        wait.await.map_err(|_| StoreError::Closed)?
+        self.ask(|done| Job::Write(Box::new(record), done)).await
     }
 
     /// Commits everything queued so far, folds the log tail into the
     /// inventory and stops the writer (a clean shutdown). Writes after this
     /// fail with [`StoreError::Closed`].
     pub async fn close(&self) -> Result<(), StoreError> {
-        let (done, wait) = oneshot::channel();
-        self.tx
-            .send(Job::Close(done))
-            .await
-            .map_err(|_| StoreError::Closed)?;
-        wait.await.map_err(|_| StoreError::Closed)?
+        self.ask(Job::Close).await
     }
 
     /// Waits until everything queued so far is committed.
     pub async fn barrier(&self) -> Result<(), StoreError> {
+        self.ask(Job::Barrier).await
+    }
+
+    /// Queues a job and waits for the writer's answer to it.
+    async fn ask(&self, job: impl FnOnce(Reply) -> Job) -> Result<(), StoreError> {
         let (done, wait) = oneshot::channel();
         self.tx
-            .send(Job::Barrier(done))
+            .send(job(done))
             .await
             .map_err(|_| StoreError::Closed)?;
         wait.await.map_err(|_| StoreError::Closed)?
