@@ -126,6 +126,35 @@ async fn slow_senders_are_cut_off_and_do_not_starve_others() {
     srv.stop().await;
 }
 
+/// Which timeout applies when: a half-sent PDU gets `read_timeout` from its
+/// first byte however long `idle_timeout` is, and a silent connection gets
+/// `idle_timeout` however long `read_timeout` is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partial_pdu_gets_the_read_timeout_and_silence_the_idle_timeout() {
+    for (read, idle, send_a_byte) in [(1, 30, true), (30, 1, false)] {
+        let srv = start_server(|c| {
+            c.read_timeout = Duration::from_secs(read);
+            c.idle_timeout = Duration::from_secs(idle);
+        })
+        .await;
+        let mut s = tokio::net::TcpStream::connect(srv.addr).await.unwrap();
+        let t = Instant::now();
+        if send_a_byte {
+            s.write_all(&[5]).await.unwrap();
+        }
+        assert!(
+            closed_within(&mut s, Duration::from_secs(5)).await,
+            "read {read} s, idle {idle} s, a byte sent: {send_a_byte}: still open after 5 s"
+        );
+        let after = t.elapsed();
+        assert!(
+            after >= Duration::from_millis(900) && after < Duration::from_secs(3),
+            "closed after {after:?} (read {read} s, idle {idle} s)"
+        );
+        srv.stop().await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_flood_past_the_limit_is_closed_at_once() {
     let srv = start_server(|c| c.max_connections_per_ip = 64).await;

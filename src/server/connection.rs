@@ -13,10 +13,11 @@ use futures_util::StreamExt;
 use rand::SeedableRng;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::time::{Instant, timeout_at};
+use tokio::time::Instant;
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -69,19 +70,29 @@ pub async fn serve(
             limits.idle_timeout
         };
         let idle_deadline = Instant::now() + idle;
-        let read = async {
-            if framed.read_buffer().is_empty() {
-                // peek waits for a byte (or EOF) without consuming it;
-                // readiness alone can be reported spuriously.
-                let mut first = [0u8; 1];
-                let got = timeout_at(idle_deadline, framed.get_ref().peek(&mut first)).await;
-                if got.is_err() {
-                    return Err("idle timeout");
+        let read_timeout = limits.read_timeout;
+        let framed_ref = &mut framed;
+        let read = async move {
+            // One timer: the idle deadline until the first bytes of a PDU are
+            // buffered, then read_timeout from that moment for the rest.
+            let timer = tokio::time::sleep_until(idle_deadline);
+            tokio::pin!(timer);
+            let mut reading = false;
+            std::future::poll_fn(|cx| {
+                if let Poll::Ready(next) = framed_ref.poll_next_unpin(cx) {
+                    return Poll::Ready(Ok(next));
                 }
-            }
-            timeout_at(Instant::now() + limits.read_timeout, framed.next())
-                .await
-                .map_err(|_| "read timeout (PDU incomplete)")
+                if !reading && !framed_ref.read_buffer().is_empty() {
+                    reading = true;
+                    timer.as_mut().reset(Instant::now() + read_timeout);
+                }
+                match timer.as_mut().poll(cx) {
+                    Poll::Ready(()) if reading => Poll::Ready(Err("read timeout (PDU incomplete)")),
+                    Poll::Ready(()) => Poll::Ready(Err("idle timeout")),
+                    Poll::Pending => Poll::Pending,
+                }
+            })
+            .await
         };
         let next = if shutdown.is_cancelled() {
             read.await
