@@ -639,11 +639,27 @@ pub fn fold(conn: &mut Connection, max: i64, keep_records: Option<u64>) -> Resul
 /// [`fold`] without waiting for the disk: everything it writes can be
 /// folded again from the log, and the next synchronous commit (WAL frames
 /// are written in order) makes it durable too.
+/// The caller must not commit a record while this fails: its commits would
+/// no longer wait for the disk.
 fn fold_unsynced(conn: &mut Connection, max: i64, keep_records: u64) -> Result<u64, StoreError> {
     conn.execute_batch("PRAGMA synchronous=OFF")?;
     let folded = fold(conn, max, Some(keep_records));
-    conn.execute_batch("PRAGMA synchronous=FULL")?;
+    full_sync(conn)?;
     folded
+}
+
+/// Sets `synchronous=FULL` and checks that it took: a record is only
+/// acknowledged after a commit that waited for the disk.
+fn full_sync(conn: &Connection) -> Result<(), StoreError> {
+    conn.execute_batch("PRAGMA synchronous=FULL")?;
+    let level: i64 = conn.query_row("PRAGMA synchronous", [], |r| r.get(0))?;
+    if level == 2 {
+        Ok(())
+    } else {
+        Err(StoreError::Sqlite(format!(
+            "synchronous is {level} where FULL (2) was set"
+        )))
+    }
 }
 
 /// Folds the whole unfolded tail (at start-up and shutdown).
@@ -756,6 +772,8 @@ fn writer(
     let mut since_prune = 0u64;
     let mut last_prune = Instant::now();
     let mut unfolded = 0u64;
+    // False when a fold may have left the connection not syncing commits.
+    let mut synced = true;
     while let Some(first) = rx.blocking_recv() {
         jobs.push(first);
         while jobs.len() < MAX_BATCH {
@@ -773,7 +791,12 @@ fn writer(
             .collect();
         let result = if records.is_empty() {
             Ok(())
+        } else if !synced && let Err(e) = full_sync(&conn) {
+            // Never acknowledge a record from a commit that did not wait
+            // for the disk.
+            Err(e)
         } else {
+            synced = true;
             let t = Instant::now();
             let r = commit_batch(&mut conn, &records);
             metrics
@@ -824,6 +847,8 @@ fn writer(
                 Ok(n) if n < chunk as u64 => unfolded = 0, // the whole tail
                 Ok(n) => unfolded = unfolded.saturating_sub(n),
                 Err(e) => {
+                    // Checked again before the next commit.
+                    synced = false;
                     tracing::warn!(error = %e, "folding the activation log failed; will retry")
                 }
             }
@@ -1199,6 +1224,22 @@ mod tests {
         assert_eq!(span(&conn), (51, 50));
         fold_unsynced(&mut conn, 50, 10).unwrap();
         assert_eq!(span(&conn), (91, 10), "keeps keep_records");
+    }
+
+    #[test]
+    fn commits_after_a_fold_wait_for_the_disk_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = open_rw(&dir.path().join("db")).unwrap();
+        let level = |c: &Connection| -> i64 {
+            c.query_row("PRAGMA synchronous", [], |r| r.get(0)).unwrap()
+        };
+        assert_eq!(level(&conn), 2);
+        commit_batch(&mut conn, &[&record(1, 0)]).unwrap();
+        fold_unsynced(&mut conn, 64, 1_000_000).unwrap();
+        assert_eq!(level(&conn), 2, "FULL again after an unsynced fold");
+        conn.execute_batch("PRAGMA synchronous=OFF").unwrap();
+        full_sync(&conn).unwrap();
+        assert_eq!(level(&conn), 2);
     }
 
     #[tokio::test]
