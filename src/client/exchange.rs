@@ -106,7 +106,9 @@ pub struct Connection {
     opts: ClientOptions,
 }
 
-async fn read_pdu(
+/// Reads one whole reply PDU (one fragment, no auth trailer) within
+/// `deadline`; `what` names the wait in a timeout or close error.
+pub(crate) async fn read_pdu(
     framed: &mut Framed<TcpStream, RpcPduCodec>,
     deadline: Duration,
     what: &'static str,

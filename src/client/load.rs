@@ -16,7 +16,7 @@
 //! does no KMS work can answer with canned bytes that still verify; the
 //! client does the same work per activation either way.
 
-use crate::client::exchange::filetime_now;
+use crate::client::exchange::{ClientError, filetime_now};
 use crate::protocol::guid::Guid;
 use crate::protocol::kms::{self, RequestBase, VerifyError, Version, Workstation, products};
 use crate::protocol::rpc::bind::{AckError, AckResult, check_ack, encode_bind};
@@ -26,7 +26,7 @@ use crate::protocol::rpc::{BTFN_PREFIX, Syntax};
 use crate::server::codec::{CodecError, RpcPduCodec};
 use anyhow::{Context, bail};
 use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use hdrhistogram::Histogram;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
@@ -555,15 +555,14 @@ async fn read_pdu(
     deadline: Duration,
     what: &'static str,
 ) -> Result<(Header, Bytes), Failure> {
-    let pdu = tokio::time::timeout(deadline, framed.next())
+    super::exchange::read_pdu(framed, deadline, what)
         .await
-        .map_err(|_| Failure::Timeout(what))?
-        .ok_or(Failure::Closed(what))??;
-    let header = Header::peek(&pdu, MAX_PDU_LEN)?.ok_or(Failure::Rpc)?;
-    if header.flags & flags::FIRST_LAST != flags::FIRST_LAST || header.auth_len != 0 {
-        return Err(Failure::Rpc);
-    }
-    Ok((header, pdu))
+        .map_err(|e| match e {
+            ClientError::Timeout(w) => Failure::Timeout(w),
+            ClientError::Closed(w) => Failure::Closed(w),
+            ClientError::Io(_) | ClientError::Connect { .. } => Failure::Io,
+            _ => Failure::Rpc,
+        })
 }
 
 /// The results of a bind_ack / alter_context_resp after the checks of
