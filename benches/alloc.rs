@@ -2,7 +2,7 @@
 //! the host's per-request path with a counting global allocator.
 //!
 //! The claim checked: once a connection is bound, answering a request
-//! (`protocol::host::handle_pdu`: RPC session step, stub unmarshalling, KMS
+//! (`protocol::server::handle_pdu`: RPC session step, stub unmarshalling, KMS
 //! decode + MAC/AES check, the response build with its SHA-256 / HMAC / AES)
 //! allocates nothing when the response buffer already has room. It exits
 //! non-zero if that is not so. The bind path and the client side are
@@ -12,10 +12,10 @@
 
 mod common;
 
-use kmsd::protocol::host::{self, Decision};
 use kmsd::protocol::kms::{self, ResponseRandom, SentRequest};
 use kmsd::protocol::rpc::bind::BindPolicy;
 use kmsd::protocol::rpc::session::Session;
+use kmsd::protocol::server::{self, Decision};
 use rand::SeedableRng;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
@@ -95,7 +95,7 @@ fn main() {
                 session = Session::new(BindPolicy::default(), 1688, 0x55);
                 for pdu in &pdus[..2] {
                     out.clear();
-                    let _ = black_box(host::handle_pdu(
+                    let _ = black_box(server::handle_pdu(
                         &mut session,
                         pdu,
                         |_| Decision::Answer(answer),
@@ -111,14 +111,14 @@ fn main() {
                 format!("v{major} {name} request -> response (handle_pdu)"),
                 per_call(|| {
                     out.clear();
-                    let o = host::handle_pdu(
+                    let o = server::handle_pdu(
                         &mut session,
                         black_box(pdu),
                         |_| Decision::Answer(answer),
                         &mut rng,
                         &mut out,
                     );
-                    assert!(matches!(o, Ok(host::Outcome::Answered { .. })));
+                    assert!(matches!(o, Ok(server::Outcome::Answered { .. })));
                 }),
                 true,
             );
@@ -164,7 +164,7 @@ fn main() {
             format!("v{major} handle_pdu into a new Vec"),
             per_call(|| {
                 let mut fresh = Vec::new();
-                let _ = black_box(host::handle_pdu(
+                let _ = black_box(server::handle_pdu(
                     &mut session,
                     &pdus[2],
                     |_| Decision::Answer(answer),

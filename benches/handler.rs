@@ -1,14 +1,14 @@
 //! The full host step without sockets or store: a captured request PDU in,
-//! the signed/encrypted response PDU out (`protocol::host::handle_pdu` with
+//! the signed/encrypted response PDU out (`protocol::server::handle_pdu` with
 //! a decision that answers at once). `handler/v6_ndr32` is the "< 10 µs per
 //! v6 request on one core" figure.
 
 mod common;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use kmsd::protocol::host::{self, Decision, Outcome};
 use kmsd::protocol::rpc::bind::BindPolicy;
 use kmsd::protocol::rpc::session::Session;
+use kmsd::protocol::server::{self, Decision, Outcome};
 use rand::SeedableRng;
 use std::hint::black_box;
 
@@ -19,7 +19,7 @@ fn bound(pdus: &[Vec<u8>]) -> Session {
     let mut rng = rand::rngs::StdRng::seed_from_u64(1);
     for pdu in &pdus[..2] {
         out.clear();
-        let o = host::handle_pdu(
+        let o = server::handle_pdu(
             &mut session,
             pdu,
             |_| unreachable!("no request here"),
@@ -44,7 +44,7 @@ fn requests(c: &mut Criterion) {
             let mut rng = rand::rngs::StdRng::seed_from_u64(7);
             let mut out = Vec::with_capacity(512);
             // Check once that this is an answered request.
-            let o = host::handle_pdu(
+            let o = server::handle_pdu(
                 &mut session,
                 pdu,
                 |_| Decision::Answer(answer),
@@ -56,7 +56,7 @@ fn requests(c: &mut Criterion) {
             g.bench_function(format!("v{major}_{name}"), |b| {
                 b.iter(|| {
                     out.clear();
-                    let o = host::handle_pdu(
+                    let o = server::handle_pdu(
                         &mut session,
                         black_box(pdu),
                         |_| Decision::Answer(answer),
@@ -78,7 +78,7 @@ fn requests(c: &mut Criterion) {
                 let mut session = Session::new(BindPolicy::default(), 1688, 0x1234_5679);
                 for pdu in &pdus[..3] {
                     out.clear();
-                    let o = host::handle_pdu(
+                    let o = server::handle_pdu(
                         &mut session,
                         black_box(pdu),
                         |_| Decision::Answer(answer),

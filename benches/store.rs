@@ -10,7 +10,8 @@
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use kmsd::protocol::guid::Guid;
 use kmsd::protocol::kms::products::{self, Pool};
-use kmsd::store::{self, Durable, Record, sqlite};
+use kmsd::store::sqlite::{self, Writer};
+use kmsd::store::{self, Record};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Distinct client machine IDs the records cycle over.
@@ -48,7 +49,7 @@ fn group_commit(c: &mut Criterion) {
     let path = dir.path().join(store::DB_FILE);
     let conn = sqlite::open_rw(&path).expect("database");
     let metrics = std::sync::Arc::new(kmsd::metrics::Metrics::default());
-    let durable = Durable::start(conn, path, 1_000_000, metrics).expect("writer thread");
+    let durable = Writer::start(conn, 1_000_000, metrics).expect("writer thread");
     let next = AtomicU64::new(0);
     let mut g = c.benchmark_group("store");
     for n in [1u64, 64, 512] {

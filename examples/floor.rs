@@ -28,6 +28,7 @@
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use futures_util::{SinkExt, StreamExt};
+use kmsd::app::App;
 use kmsd::client::load::{self, Clients, ConnectionMode, LoadOptions, LoadReport, Pinned};
 use kmsd::config::ServeConfig;
 use kmsd::protocol::kms::{self, Answer, Epid, ResponseRandom, Version, products};
@@ -35,8 +36,8 @@ use kmsd::protocol::rpc::bind::BindPolicy;
 use kmsd::protocol::rpc::pdu::{DEFAULT_MAX_PDU_LEN, ptype};
 use kmsd::protocol::rpc::request as rpc_request;
 use kmsd::protocol::rpc::session::Session;
+use kmsd::server;
 use kmsd::server::codec::RpcPduCodec;
-use kmsd::server::{self, Server, handler::Host};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -369,7 +370,10 @@ fn compare(a: &CompareArgs) -> Result<()> {
         max_connections_per_ip: a.max_connections_per_ip,
         ..ServeConfig::default()
     };
-    let host = Arc::new(Host::open(&cfg).context("cannot open the kmsd host")?);
+    let app = server_rt
+        .block_on(App::start(cfg, Default::default()))
+        .context("cannot start the kmsd host")?;
+    let host = app.host().clone();
     let group = products::kms_group(&opts.sku.kms_id)
         .map(|g| g.epid_group)
         .context("SKU without a group")?;
@@ -377,9 +381,7 @@ fn compare(a: &CompareArgs) -> Result<()> {
     let stop = CancellationToken::new();
     let (kmsd_addr, floor_addr) = {
         let _guard = server_rt.enter();
-        let server = Server::new(server::bind_all(&cfg)?, host.clone(), cfg.clone());
-        let kmsd_addr = *server.local_addrs().first().context("no listener")?;
-        server_rt.spawn(server.run(stop.clone()));
+        let kmsd_addr = *app.kms_addrs().first().context("no listener")?;
         let listener = server::bind(SocketAddr::from(([127, 0, 0, 1], 0)))?;
         let floor_addr = listener.local_addr()?;
         let canned = Arc::new(Canned::new(floor_addr.port(), &opts, &epid)?);
@@ -474,8 +476,10 @@ fn compare(a: &CompareArgs) -> Result<()> {
         runs,
     };
     // Let the store finish and the host stop before the temp dir goes.
+    stop.cancel();
+    drop(host);
     server_rt.block_on(async {
-        let _ = tokio::time::timeout(Duration::from_secs(10), host.flush()).await;
+        let _ = tokio::time::timeout(Duration::from_secs(10), app.stop()).await;
     });
     if a.json {
         println!("{}", serde_json::to_string_pretty(&c)?);

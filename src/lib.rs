@@ -5,10 +5,14 @@
 //! * [`store`]: count pools in memory over a durable SQLite store.
 //! * [`client`]: the activation client behind `kmsd activate` and `kmsd load`.
 //! * [`config`]: typed configuration with validation.
+pub mod app;
 pub mod cli;
 pub mod client;
+pub mod commands;
 pub mod config;
+pub mod host;
 pub mod http;
+pub mod logging;
 pub mod metrics;
 pub mod protocol;
 pub mod report;

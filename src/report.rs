@@ -1,13 +1,11 @@
-//! What `kmsd status` and `kmsd clients` print, read from a data dir (the
-//! database a running host writes; WAL lets this read beside it).
+//! What `kmsd status` and `kmsd clients` print (and the admin API serves):
+//! the store's typed answers ([`crate::store`]) formatted for people and
+//! JSON. No queries here.
 
-use crate::protocol::guid::Guid;
 use crate::protocol::kms::products::{self, Date, Pool};
-use crate::store::{StoreError, sqlite, window};
-use rusqlite::{Connection, OptionalExtension, params};
+use crate::store::{Client, Note, StoreStatus};
 use serde::Serialize;
 use std::fmt::Write as _;
-use std::path::Path;
 
 /// ISO 8601 UTC of unix milliseconds.
 pub fn iso_utc(ms: i64) -> String {
@@ -101,113 +99,65 @@ pub fn license_status_name(s: u32) -> String {
     }
 }
 
-fn result_name(hr: u32) -> String {
-    if hr == 0 {
-        "answered".into()
-    } else {
-        format!("refused {hr:#010X}")
+impl StatusReport {
+    /// Formats what the store holds.
+    pub fn new(st: StoreStatus) -> Self {
+        let list = |n: Note| -> Vec<String> {
+            st.note(n)
+                .map(|s| {
+                    s.split(',')
+                        .filter(|x| !x.is_empty())
+                        .map(str::to_owned)
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let served = list(Note::ServedGroups);
+        let note = |n: Note| st.note(n).map(str::to_owned);
+        Self {
+            database: st.location.clone(),
+            schema_version: st.schema_version,
+            started: st
+                .note(Note::StartedMs)
+                .and_then(|s| s.parse().ok())
+                .map(iso_utc),
+            pid: note(Note::Pid),
+            listen: list(Note::Listen),
+            count_mode: note(Note::CountMode),
+            host_build: note(Note::HostBuild),
+            hwid: note(Note::Hwid),
+            pools: st
+                .pools
+                .iter()
+                .map(|p| PoolReport {
+                    pool: p.pool.name(),
+                    count: p.count,
+                    capacity: p.capacity,
+                    thresholds: thresholds(p.pool, p.count),
+                })
+                .collect(),
+            epids: st
+                .epids
+                .iter()
+                .map(|(group, epid)| EpidReport {
+                    served: served.contains(group),
+                    group: group.clone(),
+                    epid: epid.clone(),
+                })
+                .collect(),
+            totals: st
+                .totals
+                .iter()
+                .map(|t| TotalReport {
+                    result: t.hresult.to_string(),
+                    license_status: license_status_name(t.license_status),
+                    requests: t.requests,
+                })
+                .collect(),
+            inventory: st.inventory,
+            records_kept: st.records_kept,
+        }
     }
-}
-
-fn meta(conn: &Connection, key: &str) -> Result<Option<String>, StoreError> {
-    Ok(conn
-        .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
-        .optional()?)
-}
-
-/// Live entries of each pool at `now_ms`, as the host holds them.
-pub fn pool_counts(conn: &Connection, now_ms: i64) -> Result<Vec<(Pool, u32, u32)>, StoreError> {
-    let loaded = sqlite::load(conn, now_ms)?;
-    Ok(loaded
-        .pools
-        .iter()
-        .map(|p| (p.pool, p.entries.len() as u32, p.capacity))
-        .collect())
-}
-
-/// Reads the status of the host whose data dir is `dir`.
-pub fn status(dir: &Path, now_ms: i64) -> Result<StatusReport, StoreError> {
-    let path = dir.join(crate::store::DB_FILE);
-    let conn = sqlite::open_ro(&path)?;
-    // One read transaction: the folded tables and the log tail agree.
-    let _snapshot = conn.unchecked_transaction()?;
-    let served: Vec<String> = meta(&conn, "served_groups")?
-        .map(|s| {
-            s.split(',')
-                .filter(|x| !x.is_empty())
-                .map(str::to_owned)
-                .collect()
-        })
-        .unwrap_or_default();
-    let pools = pool_counts(&conn, now_ms)?
-        .into_iter()
-        .map(|(pool, count, capacity)| PoolReport {
-            pool: pool.name(),
-            count,
-            capacity,
-            thresholds: thresholds(pool, count),
-        })
-        .collect();
-    let mut epids = Vec::new();
-    let mut stmt = conn.prepare("SELECT grp, epid FROM epids ORDER BY grp")?;
-    for row in stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))? {
-        let (group, epid) = row?;
-        epids.push(EpidReport {
-            served: served.contains(&group),
-            group,
-            epid,
-        });
-    }
-    let mut totals = Vec::new();
-    let mut stmt = conn.prepare(
-        "SELECT hresult, license_status, n FROM totals ORDER BY hresult, license_status",
-    )?;
-    for row in stmt.query_map([], |r| {
-        Ok((
-            r.get::<_, u32>(0)?,
-            r.get::<_, u32>(1)?,
-            r.get::<_, i64>(2)? as u64,
-        ))
-    })? {
-        let (hr, ls, n) = row?;
-        totals.push(TotalReport {
-            result: result_name(hr),
-            license_status: license_status_name(ls),
-            requests: n,
-        });
-    }
-    let inventory = sqlite::inventory_size(&conn)?;
-    let records_kept = conn.query_row(
-        // Two sub-selects: SQLite answers each from the rowid b-tree's ends,
-        // where MAX(id) - MIN(id) in one select scans the table.
-        "SELECT COALESCE((SELECT MAX(id) FROM activations) - (SELECT MIN(id) FROM activations) + 1, 0)",
-        [],
-        |r| r.get::<_, i64>(0),
-    )? as u64;
-    Ok(StatusReport {
-        database: path.display().to_string(),
-        schema_version: sqlite::SCHEMA_VERSION,
-        started: meta(&conn, "started_ms")?
-            .and_then(|s| s.parse().ok())
-            .map(iso_utc),
-        pid: meta(&conn, "pid")?,
-        listen: meta(&conn, "listen")?
-            .map(|s| {
-                s.split(',')
-                    .filter(|x| !x.is_empty())
-                    .map(str::to_owned)
-                    .collect()
-            })
-            .unwrap_or_default(),
-        count_mode: meta(&conn, "count_mode")?,
-        host_build: meta(&conn, "host_build")?,
-        hwid: meta(&conn, "hwid")?,
-        pools,
-        epids,
-        totals,
-        inventory,
-        records_kept,
-    })
 }
 
 impl std::fmt::Display for StatusReport {
@@ -312,125 +262,68 @@ pub struct ClientRow {
     pub live: bool,
 }
 
-/// Lists the inventory, newest first: optionally one pool, and only
-/// machines seen at or after `since_ms`.
-pub fn clients(
-    dir: &Path,
-    now_ms: i64,
-    pool: Option<Pool>,
-    since_ms: Option<i64>,
-    limit: usize,
-) -> Result<Vec<ClientRow>, StoreError> {
-    let conn = sqlite::open_ro(&dir.join(crate::store::DB_FILE))?;
-    // One read transaction: the folded tables and the log tail agree.
-    let _snapshot = conn.unchecked_transaction()?;
-    let loaded = sqlite::load(&conn, now_ms)?;
-    let tail = sqlite::read_tail(&conn, sqlite::folded_upto(&conn)?, i64::MAX)?;
-    let live = |p: Pool, g: &Guid| {
-        loaded
-            .pools
-            .iter()
-            .any(|lp| lp.pool == p && lp.entries.iter().any(|(c, _)| c == g))
-    };
-    let since = since_ms.unwrap_or(i64::MIN);
-    let app_filter: Option<Guid> = pool.map(Pool::app_id);
-    let wanted = |m: &Machine| m.last >= since && app_filter.is_none_or(|a| a == m.app);
-    let guid = |b: &[u8]| Guid(<[u8; 16]>::try_from(b).unwrap_or([0; 16]));
-    let machine = |r: &rusqlite::Row<'_>| -> rusqlite::Result<Machine> {
-        Ok(Machine {
-            cmid: guid(&r.get::<_, Vec<u8>>(0)?),
-            app: guid(&r.get::<_, Vec<u8>>(1)?),
-            workstation: r.get(2)?,
-            sku: guid(&r.get::<_, Vec<u8>>(3)?),
-            address: r.get(4)?,
-            first: r.get(5)?,
-            last: r.get(6)?,
-            requests: r.get::<_, i64>(7)? as u64,
-            hresult: r.get(8)?,
-            count: r.get(9)?,
-        })
-    };
-    const COLUMNS: &str = "cmid, app_id, workstation, sku_id, address, first_seen_ms, last_seen_ms,
-                requests, last_hresult, last_count";
-    // Stored rows, newest first; machines with requests in the tail are
-    // taken from the merge below instead, so fetch that many more.
-    let mut stmt = conn.prepare(&format!(
-        "SELECT {COLUMNS} FROM clients WHERE last_seen_ms >= ?1 AND (?2 IS NULL OR app_id = ?2)
-         ORDER BY last_seen_ms DESC LIMIT ?3"
-    ))?;
-    let fetch = limit
-        .saturating_add(tail.clients.len())
-        .min(i64::MAX as usize) as i64;
-    let mut machines = Vec::new();
-    for m in stmt.query_map(
-        params![since, app_filter.map(|a| a.0.to_vec()), fetch],
-        machine,
-    )? {
-        let m = m?;
-        if !tail.clients.contains_key(&(m.cmid, m.app)) {
-            machines.push(m);
+impl ClientRow {
+    /// Formats one machine of the inventory.
+    pub fn new(m: &Client) -> Self {
+        let p = Pool::from_app_id(&m.app_id);
+        Self {
+            cmid: m.cmid.to_string(),
+            pool: p.map_or_else(|| m.app_id.to_string(), |p| p.name().to_owned()),
+            workstation: m.workstation.clone(),
+            product: products::sku(&m.sku_id)
+                .map_or_else(|| "unknown SKU".into(), |s| s.name.to_owned()),
+            sku_id: m.sku_id.to_string(),
+            address: m.address.clone(),
+            first_seen: iso_utc(m.first_seen_ms),
+            last_seen: iso_utc(m.last_seen_ms),
+            requests: m.requests,
+            last_result: m.last_result.to_string(),
+            last_count: m.last_count,
+            live: m.live,
         }
     }
-    let mut stored = conn.prepare(&format!(
-        "SELECT {COLUMNS} FROM clients WHERE cmid = ?1 AND app_id = ?2"
-    ))?;
-    for ((cmid, app), t) in &tail.clients {
-        let before = stored
-            .query_row(params![&cmid.0[..], &app.0[..]], machine)
-            .optional()?;
-        let m = Machine {
-            cmid: *cmid,
-            app: *app,
-            workstation: t.workstation.clone(),
-            sku: t.sku_id,
-            address: t.address.clone(),
-            first: before.as_ref().map_or(t.first_ms, |b| b.first),
-            last: before.as_ref().map_or(t.last_ms, |b| b.last.max(t.last_ms)),
-            requests: before.as_ref().map_or(0, |b| b.requests) + t.requests,
-            hresult: t.last_hresult,
-            count: t.last_count,
-        };
-        if wanted(&m) {
-            machines.push(m);
-        }
-    }
-    machines.sort_by_key(|m| std::cmp::Reverse(m.last));
-    machines.truncate(limit);
-    Ok(machines
-        .into_iter()
-        .map(|m| {
-            let p = Pool::from_app_id(&m.app);
-            ClientRow {
-                cmid: m.cmid.to_string(),
-                pool: p.map_or_else(|| m.app.to_string(), |p| p.name().to_owned()),
-                workstation: m.workstation,
-                product: products::sku(&m.sku)
-                    .map_or_else(|| "unknown SKU".into(), |s| s.name.to_owned()),
-                sku_id: m.sku.to_string(),
-                address: m.address,
-                first_seen: iso_utc(m.first),
-                last_seen: iso_utc(m.last),
-                requests: m.requests,
-                last_result: result_name(m.hresult),
-                last_count: m.count,
-                live: p.is_some_and(|p| live(p, &m.cmid)) && m.last > now_ms - window::TTL_MS,
-            }
-        })
-        .collect())
 }
 
-/// One inventory row, stored or folded from the log tail.
-struct Machine {
-    cmid: Guid,
-    app: Guid,
-    workstation: String,
-    sku: Guid,
-    address: String,
-    first: i64,
-    last: i64,
-    requests: u64,
-    hresult: u32,
-    count: u32,
+/// `--since` / `since=`: unix milliseconds (all digits), a UTC date
+/// `YYYY-MM-DD`, or a span back from `now_ms` such as `7d`, `12h`, `30m`.
+pub fn parse_since(v: &str, now_ms: i64) -> Result<i64, String> {
+    let v = v.trim();
+    if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) {
+        return v
+            .parse::<i64>()
+            .map_err(|_| format!("since {v:?}: number too large"));
+    }
+    if let Some(unit) = v.chars().last()
+        && unit.is_ascii_alphabetic()
+        && let Ok(n) = v[..v.len() - 1].parse::<u32>()
+    {
+        let ms = match unit {
+            'd' => 86_400_000,
+            'h' => 3_600_000,
+            'm' => 60_000,
+            _ => return Err(format!("since {v:?}: the unit must be d, h or m")),
+        };
+        return Ok(now_ms - i64::from(n) * ms);
+    }
+    let bad =
+        || format!("since {v:?}: expected YYYY-MM-DD, a span like 7d or 12h, or unix milliseconds");
+    let parts: Vec<&str> = v.split('-').collect();
+    let [y, m, d] = parts.as_slice() else {
+        return Err(bad());
+    };
+    if y.len() != 4 || m.len() != 2 || d.len() != 2 {
+        return Err(bad());
+    }
+    let date = Date {
+        year: y.parse().map_err(|_| bad())?,
+        month: m.parse().map_err(|_| bad())?,
+        day: d.parse().map_err(|_| bad())?,
+    };
+    let days = date.days_since_unix_epoch();
+    if !(1..=12).contains(&date.month) || Date::from_days_since_unix_epoch(days) != date {
+        return Err(format!("since {v:?}: no such date"));
+    }
+    Ok(days * 86_400_000)
 }
 
 #[cfg(test)]
@@ -442,6 +335,27 @@ mod tests {
         assert_eq!(iso_utc(0), "1970-01-01T00:00:00Z");
         assert_eq!(iso_utc(1_704_067_200_000), "2024-01-01T00:00:00Z");
         assert_eq!(iso_utc(1_709_210_096_000), "2024-02-29T12:34:56Z");
+    }
+
+    #[test]
+    fn since_takes_ms_a_date_or_a_span() {
+        let now = 1_704_067_200_000;
+        assert_eq!(parse_since("1700000000000", now), Ok(1_700_000_000_000));
+        assert_eq!(parse_since("2024-01-01", now), Ok(1_704_067_200_000));
+        assert_eq!(parse_since("7d", now), Ok(now - 7 * 86_400_000));
+        assert_eq!(parse_since("12h", now), Ok(now - 12 * 3_600_000));
+        assert_eq!(parse_since("30m", now), Ok(now - 30 * 60_000));
+        for bad in [
+            "2024-02-30",
+            "2024-13-01",
+            "2024-1-1",
+            "yesterday",
+            "7w",
+            "",
+            "-5d",
+        ] {
+            assert!(parse_since(bad, now).is_err(), "{bad}");
+        }
     }
 
     #[test]

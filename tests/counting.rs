@@ -105,7 +105,7 @@ async fn capacity_is_twice_the_highest_threshold_and_entries_expire_after_thirty
     assert_eq!(one(srv.addr, &opts, new_cmid()).await.unwrap(), 3);
     srv.host.flush().await.unwrap();
     // `kmsd status` reads the same pools from disk.
-    let status = kmsd::report::status(srv.dir.path(), clock.clock()()).unwrap();
+    let status = common::status(srv.dir.path(), clock.clock()());
     let w = status.pools.iter().find(|p| p.pool == "windows").unwrap();
     assert_eq!((w.count, w.capacity), (3, 50));
     srv.stop().await;
@@ -194,7 +194,7 @@ async fn product_policy_refusals_carry_the_right_hresult_and_count_nothing() {
     // None of that was counted.
     assert_eq!(one(srv.addr, &win10_opts(), new_cmid()).await.unwrap(), 1);
     srv.host.flush().await.unwrap();
-    let status = kmsd::report::status(srv.dir.path(), kmsd::store::unix_ms_now()).unwrap();
+    let status = common::status(srv.dir.path(), kmsd::store::unix_ms_now());
     let refusals: u64 = status
         .totals
         .iter()
@@ -259,7 +259,7 @@ async fn inventory_lists_every_machine_with_its_live_flag() {
     let b = new_cmid();
     one(srv.addr, &opts, b).await.unwrap();
     srv.host.flush().await.unwrap();
-    let rows = kmsd::report::clients(srv.dir.path(), clock.clock()(), None, None, 100).unwrap();
+    let rows = common::clients(srv.dir.path(), clock.clock()(), 100);
     assert_eq!(rows.len(), 2);
     let row = |g: Guid| rows.iter().find(|r| r.cmid == g.to_string()).unwrap();
     assert_eq!(row(a).requests, 2);
@@ -270,13 +270,14 @@ async fn inventory_lists_every_machine_with_its_live_flag() {
     srv.stop().await;
 }
 
-#[test]
-fn a_corrupt_database_is_a_clear_error_not_a_reset() {
+#[tokio::test]
+async fn a_corrupt_database_is_a_clear_error_not_a_reset() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join(kmsd::store::DB_FILE);
     std::fs::write(&db, vec![0x42u8; 8192]).unwrap();
     let cfg = test_config(dir.path());
-    let err = kmsd::server::handler::Host::open(&cfg)
+    let err = kmsd::host::Host::open(&cfg, kmsd::host::system_clock())
+        .await
         .err()
         .expect("must refuse");
     let msg = err.to_string();

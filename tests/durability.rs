@@ -91,17 +91,11 @@ async fn kill_9_during_a_load_loses_no_acknowledged_client() {
     // activation log, and the reports (which fold the log's tail the host
     // had no time to fold) list it.
     let log = stored(dir.path(), "activations");
-    let listed: std::collections::HashSet<String> = kmsd::report::clients(
-        dir.path(),
-        kmsd::store::unix_ms_now(),
-        None,
-        None,
-        usize::MAX,
-    )
-    .unwrap()
-    .into_iter()
-    .map(|c| c.cmid)
-    .collect();
+    let listed: std::collections::HashSet<String> =
+        common::clients(dir.path(), kmsd::store::unix_ms_now(), usize::MAX)
+            .into_iter()
+            .map(|c| c.cmid)
+            .collect();
     for c in &acked {
         assert!(log.contains(c), "acknowledged {c} missing from the log");
         assert!(
@@ -145,13 +139,10 @@ async fn kill_9_during_a_load_loses_no_acknowledged_client() {
             "acknowledged {c} missing from the inventory"
         );
     }
-    let live = kmsd::store::sqlite::load(
-        &kmsd::store::sqlite::open_ro(&dir.path().join(kmsd::store::DB_FILE)).unwrap(),
-        kmsd::store::unix_ms_now(),
-    )
-    .unwrap();
+    let live = kmsd::store::Reader::open(dir.path())
+        .pools(kmsd::store::unix_ms_now())
+        .unwrap();
     let windows = live
-        .pools
         .iter()
         .find(|p| p.pool == kmsd::protocol::kms::products::Pool::Windows)
         .unwrap();

@@ -130,7 +130,6 @@ async fn host_with_activations() -> common::TestServer {
 fn state(srv: &common::TestServer) -> AdminState {
     AdminState {
         host: srv.host.clone(),
-        data_dir: srv.dir.path().to_owned(),
         kms_addrs: vec![srv.addr],
     }
 }
@@ -325,9 +324,9 @@ async fn api_metrics_probes_and_search() {
     assert!(!h.body.contains("store:"), "{}", h.body);
 
     // A database that cannot be read is a 500 with a message, not a panic.
+    std::fs::remove_file(dir.path().join(kmsd::store::DB_FILE)).unwrap();
     let (broken, broken_token, broken_task) = start_admin(AdminState {
         host: host.clone(),
-        data_dir: dir.path().join("missing"),
         kms_addrs: vec![],
     })
     .await;

@@ -14,7 +14,6 @@ mod common;
 use bytes::{Bytes, BytesMut};
 use common::{Replay, read_bin, split_pdus};
 use kmsd::protocol::guid::Guid;
-use kmsd::protocol::host::{Decision, Outcome, handle_pdu};
 use kmsd::protocol::kms::request::WORKSTATION_LEN;
 use kmsd::protocol::kms::{
     self, Answer, Epid, RequestBase, ResponseRandom, SentRequest, Version, Workstation,
@@ -27,6 +26,7 @@ use kmsd::protocol::rpc::pdu::{
 use kmsd::protocol::rpc::request::{self as rpc, Reply, decode_call, decode_reply, decode_stub};
 use kmsd::protocol::rpc::session::Session;
 use kmsd::protocol::rpc::{KMS_INTERFACE, Syntax};
+use kmsd::protocol::server::{Decision, Outcome, handle_pdu};
 use kmsd::server::codec::RpcPduCodec;
 use kmsd::store::window::{TTL_MS, Window};
 use proptest::prelude::*;
@@ -748,7 +748,7 @@ fn bind_ack_never_exceeds_the_largest_pdu() {
 /// builds (overflow check) and gets a wrapped, meaningless skew in release.
 #[test]
 fn filetime_of_any_client_time_converts_without_overflow() {
-    use kmsd::server::handler::filetime_to_unix_ms;
+    use kmsd::protocol::policy::filetime_to_unix_ms;
     for ft in [
         0x8000_0000_0000_0000u64,
         0x8000_0000_0000_0001,

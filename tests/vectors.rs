@@ -6,13 +6,13 @@ mod common;
 
 use common::*;
 use kmsd::protocol::guid::Guid;
-use kmsd::protocol::host::{self, Decision, Outcome};
 use kmsd::protocol::kms::{self, Answer, Epid, KmsError, ResponseRandom, SentRequest, Version};
 use kmsd::protocol::rpc::bind::BindPolicy;
 use kmsd::protocol::rpc::pdu::{Header, MAX_PDU_LEN, ptype};
 use kmsd::protocol::rpc::request::{Reply, decode_reply};
 use kmsd::protocol::rpc::session::Session;
 use kmsd::protocol::rpc::{Syntax, status};
+use kmsd::protocol::server::{self, Decision, Outcome};
 use serde_json::Value;
 
 fn scenarios() -> Vec<Value> {
@@ -307,7 +307,7 @@ fn the_host_core_replays_every_capture_byte_for_byte() {
                 Replay([r.salt, r.iv_seed].concat(), 0)
             };
             let mut out = Vec::new();
-            let outcome = host::handle_pdu(
+            let outcome = server::handle_pdu(
                 &mut session,
                 pdu,
                 |_req| {
@@ -406,7 +406,7 @@ fn edge_case_probes_get_strict_answers() {
                 Err(e) => Err(e.to_string()),
                 Ok(None) => Err("short".into()),
                 Ok(Some(h)) if usize::from(h.frag_len) != bytes.len() => Err("length".into()),
-                Ok(Some(_)) => host::handle_pdu(
+                Ok(Some(_)) => server::handle_pdu(
                     &mut session,
                     &bytes,
                     |_| Decision::Refuse {
@@ -523,12 +523,13 @@ fn probe_requests_on_a_negotiated_context() {
         };
         for pdu in [bind.clone(), hex(ALTER_NDR32)] {
             out.clear();
-            let o = host::handle_pdu(&mut session, &pdu, refuse, &mut Replay(vec![], 0), &mut out);
+            let o =
+                server::handle_pdu(&mut session, &pdu, refuse, &mut Replay(vec![], 0), &mut out);
             assert!(matches!(o, Ok(Outcome::Negotiated { .. })), "{name}: {o:?}");
         }
         assert_eq!(session.context(0), Some(Syntax::Ndr32));
         out.clear();
-        let o = host::handle_pdu(
+        let o = server::handle_pdu(
             &mut session,
             request,
             refuse,

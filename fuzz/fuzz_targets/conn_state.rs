@@ -14,7 +14,7 @@
 //! decoded, with the count, ePID and (v6) HwId it was given.
 #![no_main]
 
-use kmsd::protocol::host::{Decision, Outcome, handle_pdu};
+use kmsd::protocol::server::{Decision, Outcome, handle_pdu};
 use kmsd::protocol::kms::{Answer, Epid, SentRequest, Version, hresult, verify_response};
 use kmsd::protocol::rpc::bind::BindPolicy;
 use kmsd::protocol::rpc::pdu::{Header, ptype};

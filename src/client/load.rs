@@ -933,12 +933,10 @@ mod tests {
             data_dir: dir.path().to_owned(),
             ..Default::default()
         };
-        let host = Arc::new(crate::server::handler::Host::open(&cfg).unwrap());
-        let server =
-            crate::server::Server::new(crate::server::bind_all(&cfg).unwrap(), host.clone(), cfg);
-        let addr = server.local_addrs()[0];
-        let token = tokio_util::sync::CancellationToken::new();
-        let task = tokio::spawn(server.run(token.clone()));
+        let app = crate::app::App::start(cfg, Default::default())
+            .await
+            .unwrap();
+        let addr = app.kms_addrs()[0];
         for (version, connection, clients) in [
             (
                 Version::V6,
@@ -966,7 +964,6 @@ mod tests {
             assert!(expect_conns.contains(&r.connections), "{r}");
             assert!(r.latency_us.p50 > 0 && r.latency_us.max >= r.latency_us.p99);
         }
-        token.cancel();
-        task.await.unwrap();
+        app.stop().await.unwrap();
     }
 }

@@ -1,12 +1,10 @@
-//! What the admin API reads from the database, and its query parameters.
+//! What the admin API shows of the store's answers, and its query
+//! parameters.
 
-use crate::protocol::guid::Guid;
-use crate::protocol::kms::products::{self, Date, Pool};
+use crate::protocol::kms::products::{self, Pool};
 use crate::report::{self, ClientRow};
-use crate::store::{StoreError, sqlite};
-use rusqlite::params;
+use crate::store::{ClientQuery, Store, StoreError, StoredActivation};
 use serde::Serialize;
-use std::path::Path;
 
 /// One activation record, as `/api/activations` and the page show it.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -38,86 +36,43 @@ pub struct ActivationRow {
     pub result: String,
 }
 
-fn guid(b: &[u8]) -> Guid {
-    Guid(<[u8; 16]>::try_from(b).unwrap_or([0; 16]))
+impl ActivationRow {
+    /// Formats one stored activation record.
+    pub fn new(a: &StoredActivation) -> Self {
+        Self {
+            id: a.id,
+            time: report::iso_utc(a.time_ms),
+            time_ms: a.time_ms,
+            address: a.address.clone(),
+            workstation: a.workstation.clone(),
+            cmid: a.cmid.to_string(),
+            product: products::sku(&a.sku_id)
+                .map_or_else(|| "unknown SKU".into(), |s| s.name.into()),
+            sku_id: a.sku_id.to_string(),
+            kms_id: a.kms_id.to_string(),
+            kms_group: products::kms_group(&a.kms_id).map(|g| g.name.to_owned()),
+            pool: Pool::from_app_id(&a.app_id).map(|p| p.name().to_owned()),
+            protocol: a.protocol,
+            n_policy: a.n_policy,
+            license_status: report::license_status_name(a.license_status),
+            vm: a.vm,
+            count: a.count,
+            result: a.result.to_string(),
+        }
+    }
 }
 
-/// The `limit` most recent activation records in the database at `db`,
-/// newest first.
-pub fn recent_activations(db: &Path, limit: usize) -> Result<Vec<ActivationRow>, StoreError> {
-    let conn = sqlite::open_ro(db)?;
-    let mut stmt = conn.prepare(
-        "SELECT id, time_ms, address, workstation, cmid, app_id, sku_id, kms_id, n_policy,
-                license_status, vm, protocol, count, hresult
-         FROM activations ORDER BY id DESC LIMIT ?1",
-    )?;
-    let rows = stmt.query_map(params![i64::try_from(limit).unwrap_or(i64::MAX)], |r| {
-        Ok((
-            r.get::<_, i64>(0)?,
-            r.get::<_, i64>(1)?,
-            r.get::<_, String>(2)?,
-            r.get::<_, String>(3)?,
-            r.get::<_, Vec<u8>>(4)?,
-            r.get::<_, Vec<u8>>(5)?,
-            r.get::<_, Vec<u8>>(6)?,
-            r.get::<_, Vec<u8>>(7)?,
-            r.get::<_, u32>(8)?,
-            r.get::<_, u32>(9)?,
-            r.get::<_, bool>(10)?,
-            r.get::<_, u16>(11)?,
-            r.get::<_, u32>(12)?,
-            r.get::<_, u32>(13)?,
-        ))
-    })?;
-    let mut out = Vec::new();
-    for row in rows {
-        let (
-            id,
-            time_ms,
-            address,
-            workstation,
-            cmid,
-            app,
-            sku,
-            kms,
-            n_policy,
-            ls,
-            vm,
-            proto,
-            count,
-            hr,
-        ) = row?;
-        let (cmid, app, sku, kms) = (guid(&cmid), guid(&app), guid(&sku), guid(&kms));
-        out.push(ActivationRow {
-            id,
-            time: report::iso_utc(time_ms),
-            time_ms,
-            address,
-            workstation,
-            cmid: cmid.to_string(),
-            product: products::sku(&sku).map_or_else(|| "unknown SKU".into(), |s| s.name.into()),
-            sku_id: sku.to_string(),
-            kms_id: kms.to_string(),
-            kms_group: products::kms_group(&kms).map(|g| g.name.to_owned()),
-            pool: Pool::from_app_id(&app).map(|p| p.name().to_owned()),
-            protocol: proto,
-            n_policy,
-            license_status: report::license_status_name(ls),
-            vm,
-            count,
-            result: result_name(hr),
-        });
-    }
-    Ok(out)
-}
-
-/// "answered" or the HRESULT as 0x%08X.
-pub fn result_name(hr: u32) -> String {
-    if hr == 0 {
-        "answered".into()
-    } else {
-        format!("0x{hr:08X}")
-    }
+/// The `limit` most recent activation records, newest first.
+pub async fn recent_activations(
+    store: &Store,
+    limit: usize,
+) -> Result<Vec<ActivationRow>, StoreError> {
+    Ok(store
+        .recent(limit)
+        .await?
+        .iter()
+        .map(ActivationRow::new)
+        .collect())
 }
 
 /// Whether an inventory row matches a search: a case-insensitive substring
@@ -142,19 +97,22 @@ pub fn needle(q: &str) -> String {
 const SEARCH_SCAN: usize = 1_000_000;
 
 /// The inventory (newest first), filtered by `q`, at most `limit` rows.
-pub fn clients(
-    dir: &Path,
-    now_ms: i64,
-    pool: Option<Pool>,
-    since_ms: Option<i64>,
+pub async fn clients(
+    store: &Store,
+    mut query: ClientQuery,
     q: &str,
-    limit: usize,
 ) -> Result<Vec<ClientRow>, StoreError> {
     let needle = needle(q);
-    if needle.is_empty() {
-        return report::clients(dir, now_ms, pool, since_ms, limit);
+    let limit = query.limit;
+    if !needle.is_empty() {
+        query.limit = SEARCH_SCAN;
     }
-    let mut rows = report::clients(dir, now_ms, pool, since_ms, SEARCH_SCAN)?;
+    let mut rows: Vec<ClientRow> = store
+        .clients(query)
+        .await?
+        .iter()
+        .map(ClientRow::new)
+        .collect();
     rows.retain(|r| client_matches(r, &needle));
     rows.truncate(limit);
     Ok(rows)
@@ -186,32 +144,11 @@ pub fn parse_pool(v: Option<&str>) -> Result<Option<Pool>, String> {
     }
 }
 
-/// `since=`: unix milliseconds or a UTC date `YYYY-MM-DD`.
-pub fn parse_since(v: Option<&str>) -> Result<Option<i64>, String> {
-    let Some(v) = present(v) else {
-        return Ok(None);
-    };
-    if let Ok(ms) = v.parse::<i64>() {
-        return Ok(Some(ms));
-    }
-    let bad = || format!("since {v:?}: expected unix milliseconds or YYYY-MM-DD");
-    let parts: Vec<&str> = v.split('-').collect();
-    let [y, m, d] = parts.as_slice() else {
-        return Err(bad());
-    };
-    if y.len() != 4 || m.len() != 2 || d.len() != 2 {
-        return Err(bad());
-    }
-    let date = Date {
-        year: y.parse().map_err(|_| bad())?,
-        month: m.parse().map_err(|_| bad())?,
-        day: d.parse().map_err(|_| bad())?,
-    };
-    let days = date.days_since_unix_epoch();
-    if !(1..=12).contains(&date.month) || Date::from_days_since_unix_epoch(days) != date {
-        return Err(format!("since {v:?}: no such date"));
-    }
-    Ok(Some(days * 86_400_000))
+/// `since=`: see [`report::parse_since`].
+pub fn parse_since(v: Option<&str>, now_ms: i64) -> Result<Option<i64>, String> {
+    present(v)
+        .map(|v| report::parse_since(v, now_ms))
+        .transpose()
 }
 
 /// `limit=`: a count, `default` when absent, at most `max`.
@@ -231,17 +168,20 @@ mod tests {
 
     #[test]
     fn since_takes_ms_or_a_date() {
-        assert_eq!(parse_since(None), Ok(None));
-        assert_eq!(parse_since(Some(" ")), Ok(None));
+        assert_eq!(parse_since(None, 0), Ok(None));
+        assert_eq!(parse_since(Some(" "), 0), Ok(None));
         assert_eq!(
-            parse_since(Some("1700000000000")),
+            parse_since(Some("1700000000000"), 0),
             Ok(Some(1_700_000_000_000))
         );
-        assert_eq!(parse_since(Some("2024-01-01")), Ok(Some(1_704_067_200_000)));
-        assert!(parse_since(Some("2024-02-30")).is_err());
-        assert!(parse_since(Some("2024-13-01")).is_err());
-        assert!(parse_since(Some("2024-1-1")).is_err());
-        assert!(parse_since(Some("yesterday")).is_err());
+        assert_eq!(
+            parse_since(Some("2024-01-01"), 0),
+            Ok(Some(1_704_067_200_000))
+        );
+        assert!(parse_since(Some("2024-02-30"), 0).is_err());
+        assert!(parse_since(Some("2024-13-01"), 0).is_err());
+        assert!(parse_since(Some("2024-1-1"), 0).is_err());
+        assert!(parse_since(Some("yesterday"), 0).is_err());
     }
 
     #[test]
@@ -270,12 +210,6 @@ mod tests {
         assert_eq!(parse_limit(Some("99999999999999999"), 200, 5000), Ok(5000));
         assert!(parse_limit(Some("-1"), 200, 5000).is_err());
         assert!(parse_limit(Some("ten"), 200, 5000).is_err());
-    }
-
-    #[test]
-    fn results_are_named_or_hex() {
-        assert_eq!(result_name(0), "answered");
-        assert_eq!(result_name(0xC004_F042), "0xC004F042");
     }
 
     #[test]

@@ -23,7 +23,7 @@ mod page;
 pub use data::ActivationRow;
 pub use page::escape_html;
 
-use crate::server::handler::Host;
+use crate::host::Host;
 use axum::Router;
 use axum::extract::{Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
@@ -31,7 +31,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::Deserialize;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -39,8 +38,6 @@ use tokio_util::sync::CancellationToken;
 /// What the admin API reads.
 pub struct AdminState {
     pub host: Arc<Host>,
-    /// The host's data dir (the database lives in it).
-    pub data_dir: PathBuf,
     /// The KMS listeners' actual addresses.
     pub kms_addrs: Vec<SocketAddr>,
 }
@@ -142,20 +139,10 @@ fn text(status: StatusCode, body: String) -> Response {
         .into_response()
 }
 
-/// Runs blocking (SQLite) work off the async threads.
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
-) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| ApiError::internal(format!("internal error: {e}")))?
-}
-
 async fn metrics(State(s): S) -> Response {
     let host = &s.st.host;
     let pools: Vec<_> = host
-        .pools()
-        .status(host.now_ms())
+        .pools_now()
         .into_iter()
         .map(|p| (p.pool, p.count, p.capacity))
         .collect();
@@ -177,13 +164,12 @@ async fn healthz(State(s): S) -> Response {
             None => Err("no KMS listener".to_owned()),
         }
     };
-    let host = s.st.host.clone();
-    let store = async move {
-        match tokio::task::spawn_blocking(move || host.probe_store()).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(format!("not writable: {e}")),
-            Err(e) => Err(format!("probe failed: {e}")),
-        }
+    let store = async {
+        s.st.host
+            .store()
+            .probe()
+            .await
+            .map_err(|e| format!("not writable: {e}"))
     };
     let (kms, store) = tokio::join!(kms, store);
     let mut problems = String::new();
@@ -212,10 +198,9 @@ async fn readyz(State(s): S) -> Response {
 }
 
 async fn api_status(State(s): S) -> Result<Response, ApiError> {
-    let dir = s.st.data_dir.clone();
     let now = s.st.host.now_ms();
-    let report =
-        blocking(move || crate::report::status(&dir, now).map_err(ApiError::internal)).await?;
+    let status = s.st.host.store().status(now).await;
+    let report = crate::report::StatusReport::new(status.map_err(ApiError::internal)?);
     Ok(json(&report))
 }
 
@@ -231,15 +216,19 @@ struct ClientsQuery {
 
 async fn api_clients(State(s): S, Query(p): Query<ClientsQuery>) -> Result<Response, ApiError> {
     let pool = data::parse_pool(p.pool.as_deref()).map_err(ApiError::bad)?;
-    let since = data::parse_since(p.since.as_deref()).map_err(ApiError::bad)?;
+    let now = s.st.host.now_ms();
+    let since = data::parse_since(p.since.as_deref(), now).map_err(ApiError::bad)?;
     let limit = data::parse_limit(p.limit.as_deref(), 200, 5000).map_err(ApiError::bad)?;
     let q = p.q.unwrap_or_default();
-    let dir = s.st.data_dir.clone();
-    let now = s.st.host.now_ms();
-    let rows = blocking(move || {
-        data::clients(&dir, now, pool, since, &q, limit).map_err(ApiError::internal)
-    })
-    .await?;
+    let query = crate::store::ClientQuery {
+        now_ms: now,
+        pool,
+        since_ms: since,
+        limit,
+    };
+    let rows = data::clients(s.st.host.store(), query, &q)
+        .await
+        .map_err(ApiError::internal)?;
     Ok(json(&rows))
 }
 
@@ -250,9 +239,9 @@ struct LimitQuery {
 
 async fn api_activations(State(s): S, Query(p): Query<LimitQuery>) -> Result<Response, ApiError> {
     let limit = data::parse_limit(p.limit.as_deref(), 50, 1000).map_err(ApiError::bad)?;
-    let db = s.st.data_dir.join(crate::store::DB_FILE);
-    let rows =
-        blocking(move || data::recent_activations(&db, limit).map_err(ApiError::internal)).await?;
+    let rows = data::recent_activations(s.st.host.store(), limit)
+        .await
+        .map_err(ApiError::internal)?;
     Ok(json(&rows))
 }
 
@@ -277,10 +266,10 @@ struct PageQuery {
 
 async fn index(State(s): S, Query(p): Query<PageQuery>) -> Response {
     let q = p.q.unwrap_or_default();
-    let dir = s.st.data_dir.clone();
     let now = s.st.host.now_ms();
-    let query = q.clone();
-    let loaded = blocking(move || page::load(&dir, now, &query).map_err(ApiError::internal)).await;
+    let loaded = page::load(s.st.host.store(), now, &q)
+        .await
+        .map_err(ApiError::internal);
     let (status, body) = match loaded {
         Ok(db) => {
             let view = page::View {

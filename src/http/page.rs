@@ -2,14 +2,13 @@
 //! external assets. Every interpolated string goes through [`Esc`].
 
 use super::data::{self, ActivationRow};
+use crate::host::Host;
 use crate::protocol::kms::products::{self, Pool};
 use crate::report::{self, ClientRow, StatusReport};
-use crate::server::handler::Host;
-use crate::store::{CountMode, StoreError};
+use crate::store::{ClientQuery, CountMode, Store, StoreError};
 use axum::http::StatusCode;
 use std::fmt::{self, Write as _};
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::atomic::Ordering;
 
 /// Recent activations shown.
@@ -54,17 +53,25 @@ pub struct PageDb {
 }
 
 /// Reads what the page shows.
-pub fn load(dir: &Path, now_ms: i64, q: &str) -> Result<PageDb, StoreError> {
-    let status = report::status(dir, now_ms)?;
-    let activations = data::recent_activations(&dir.join(crate::store::DB_FILE), RECENT)?;
+pub async fn load(store: &Store, now_ms: i64, q: &str) -> Result<PageDb, StoreError> {
+    let status = StatusReport::new(store.status(now_ms).await?);
+    let activations = data::recent_activations(store, RECENT).await?;
     let needle = data::needle(q);
+    let query = ClientQuery {
+        now_ms,
+        pool: None,
+        since_ms: None,
+        limit: INVENTORY_ROWS,
+    };
     let (clients, matching) = if needle.is_empty() {
-        (
-            report::clients(dir, now_ms, None, None, INVENTORY_ROWS)?,
-            status.inventory,
-        )
+        let rows = store.clients(query).await?;
+        (rows.iter().map(ClientRow::new).collect(), status.inventory)
     } else {
-        let mut all = data::clients(dir, now_ms, None, None, q, usize::MAX)?;
+        let query = ClientQuery {
+            limit: usize::MAX,
+            ..query
+        };
+        let mut all = data::clients(store, query, q).await?;
         let n = all.len() as u64;
         all.truncate(INVENTORY_ROWS);
         (all, n)
@@ -361,7 +368,7 @@ fn write_pools(h: &mut String, v: &View<'_>) -> fmt::Result {
          last 30 days. A client activates once the count it is told reaches its product's threshold.</p>\
          <div class=\"pools\">",
     );
-    for p in v.host.pools().status(v.now_ms) {
+    for p in v.host.pools_now() {
         let key = pool_key(p.pool);
         write!(
             h,

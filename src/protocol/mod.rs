@@ -20,7 +20,8 @@
 
 pub mod crypto;
 pub mod guid;
-pub mod host;
 pub mod kms;
+pub mod policy;
 pub mod rpc;
+pub mod server;
 pub mod wire;

@@ -3,12 +3,12 @@
 //! are answered one at a time, in order.
 
 use super::codec::{CodecError, RpcPduCodec};
-use super::handler::Host;
+use crate::host::Host;
 use crate::metrics::ConnEvent;
-use crate::protocol::host::Outcome;
 use crate::protocol::kms::products;
 use crate::protocol::rpc::bind::BindPolicy;
 use crate::protocol::rpc::session::Session;
+use crate::protocol::server::Outcome;
 use futures_util::StreamExt;
 use rand::SeedableRng;
 use std::net::SocketAddr;

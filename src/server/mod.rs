@@ -4,14 +4,13 @@
 pub mod access;
 pub mod codec;
 pub mod connection;
-pub mod handler;
 pub mod signal;
 
 use crate::config::ServeConfig;
+use crate::host::Host;
 use crate::protocol::rpc::bind::BindPolicy;
 use connection::ConnLimits;
 use dashmap::DashMap;
-use handler::Host;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -1,20 +1,25 @@
-//! Counting and durability: the in-memory count pools on the hot path
-//! ([`window`], sharded by pool in a `DashMap`) over one SQLite file
-//! ([`sqlite`]) that holds the pools, the ePIDs, the client inventory and the
-//! activation log. A count is revealed to a client only once the record that
-//! produced it is committed.
+//! All state behind one interface. [`Store`] is what the host decides with:
+//! start-up (pools, ePIDs), count-and-commit (a request gets its count only
+//! once its record is durable), refusal records, notes about the running
+//! host, typed queries for reports and the admin API, a health probe, and a
+//! clean close. [`Reader`] is the same queries for a process that is not
+//! the host (`kmsd status`, `kmsd clients`).
+//!
+//! Backends: the embedded SQLite file ([`sqlite`], the default). The
+//! interface assumes nothing about where the pools live: a backend gets a
+//! batch of activations and gives back their counts.
 
+mod pools;
 pub mod sqlite;
 pub mod window;
 
 use crate::protocol::guid::Guid;
+use crate::protocol::kms::Hresult;
 use crate::protocol::kms::products::Pool;
-use dashmap::DashMap;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
-use window::{Observed, Window};
 
-pub use sqlite::{Durable, Loaded, Record};
+pub use pools::{CountMode, PoolStatus, Pools, Ticket};
 
 /// File name of the database inside the data dir.
 pub const DB_FILE: &str = "kmsd.sqlite3";
@@ -30,15 +35,6 @@ pub enum StoreError {
     Closed,
 }
 
-impl StoreError {
-    fn open(path: &Path, e: rusqlite::Error) -> Self {
-        Self::Open {
-            path: path.to_owned(),
-            detail: e.to_string(),
-        }
-    }
-}
-
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
         Self::Sqlite(e.to_string())
@@ -52,143 +48,351 @@ pub fn unix_ms_now() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-/// How the host reports counts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CountMode {
-    /// Count distinct client machine IDs as a Microsoft host does (default).
-    Real,
-    /// Always report this count and remember no pool (an emulator's answer;
-    /// every client at or below it activates at once).
-    Fixed(u32),
-}
-
-impl std::str::FromStr for CountMode {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "real" => Ok(Self::Real),
-            _ => s
-                .strip_prefix("fixed:")
-                .and_then(|n| n.parse().ok())
-                .filter(|n| (1..=window::MAX_N_POLICY * 2).contains(n))
-                .map(Self::Fixed)
-                .ok_or_else(|| {
-                    format!("count mode {s:?}: expected `real` or `fixed:N` with N in 1..=2000")
-                }),
-        }
-    }
-}
-
-impl std::fmt::Display for CountMode {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Real => f.write_str("real"),
-            Self::Fixed(n) => write!(f, "fixed:{n}"),
-        }
-    }
-}
-
-/// A counted observation, with what is needed to take it back.
-#[derive(Debug, Clone, Copy)]
-pub struct Ticket {
-    pub pool: Pool,
-    pub cmid: Guid,
-    pub count: u32,
-    pub capacity: u32,
-    observed: Option<Observed>,
-}
-
-/// Snapshot of one pool.
+/// One request as the host saw it: the activation record, from which the
+/// inventory row and (when it was counted) the pool entry follow.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PoolStatus {
-    pub pool: Pool,
+pub struct Record {
+    pub time_ms: i64,
+    pub address: String,
+    pub workstation: String,
+    pub cmid: Guid,
+    pub app_id: Guid,
+    pub sku_id: Guid,
+    pub kms_id: Guid,
+    /// The pool the CMID was counted in (None when refused or not counted).
+    pub counted_in: Option<Pool>,
+    /// The pool's capacity after this request.
+    pub capacity: u32,
+    pub n_policy: u32,
+    pub license_status: u32,
+    pub binding_expiration: u32,
+    pub vm: bool,
+    pub protocol: u16,
     pub count: u32,
+    /// 0 for an answered request, else the HRESULT sent.
+    pub hresult: u32,
+}
+
+/// A request to count: its record, with the pool to count its CMID in.
+/// The store fills in the count, the capacity and `counted_in`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Activation {
+    pub pool: Pool,
+    pub record: Record,
+}
+
+/// What counting one request gave, once its record is durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Counted {
+    /// Live entries in the pool after this request (what the client is told).
+    pub count: u32,
+    /// The pool's capacity after this request (0 when nothing is counted).
     pub capacity: u32,
 }
 
-/// The count pools in memory.
-#[derive(Debug)]
-pub struct Pools {
-    mode: CountMode,
-    pools: DashMap<Pool, Window>,
+/// One pool as stored: its capacity and live entries (CMID, last seen ms).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadedPool {
+    pub pool: Pool,
+    pub capacity: u32,
+    pub entries: Vec<(Guid, i64)>,
 }
 
-impl Pools {
-    pub fn new(mode: CountMode) -> Self {
-        Self {
-            mode,
-            pools: DashMap::new(),
+/// Facts about the running host that reports show.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Note {
+    StartedMs,
+    Pid,
+    Listen,
+    ServedGroups,
+    CountMode,
+    HostBuild,
+    Hwid,
+}
+
+impl Note {
+    pub const ALL: [Note; 7] = [
+        Note::StartedMs,
+        Note::Pid,
+        Note::Listen,
+        Note::ServedGroups,
+        Note::CountMode,
+        Note::HostBuild,
+        Note::Hwid,
+    ];
+
+    /// The key it is stored under.
+    pub fn key(self) -> &'static str {
+        match self {
+            Note::StartedMs => "started_ms",
+            Note::Pid => "pid",
+            Note::Listen => "listen",
+            Note::ServedGroups => "served_groups",
+            Note::CountMode => "count_mode",
+            Note::HostBuild => "host_build",
+            Note::Hwid => "hwid",
         }
     }
+}
 
-    pub fn mode(&self) -> CountMode {
-        self.mode
-    }
+/// Requests since the store was created, by result and license state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Total {
+    pub hresult: Hresult,
+    pub license_status: u32,
+    pub requests: u64,
+}
 
-    /// Fills the pools from what the store held.
-    pub fn restore(&self, loaded: &Loaded) {
-        for p in &loaded.pools {
-            let mut w = self.pools.entry(p.pool).or_default();
-            w.grow_to(p.capacity as usize);
-            for (g, t) in &p.entries {
-                w.restore(*g, *t);
-            }
-        }
-    }
+/// What `kmsd status` shows, as the store holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreStatus {
+    /// Where the store is (a file path, a database URL without secrets).
+    pub location: String,
+    pub schema_version: i64,
+    /// Notes by [`Note`], as the host wrote them.
+    pub notes: Vec<(Note, String)>,
+    /// Live entries and capacity per pool.
+    pub pools: Vec<PoolStatus>,
+    /// ePIDs by group name.
+    pub epids: Vec<(String, String)>,
+    pub totals: Vec<Total>,
+    /// Machines in the inventory.
+    pub inventory: u64,
+    /// Activation records kept.
+    pub records_kept: u64,
+}
 
-    /// Counts `cmid` in `pool` at `now_ms`.
-    pub fn observe(&self, pool: Pool, cmid: Guid, now_ms: i64, n_policy: u32) -> Ticket {
-        if let CountMode::Fixed(n) = self.mode {
-            return Ticket {
-                pool,
-                cmid,
-                count: n,
-                capacity: 0,
-                observed: None,
-            };
-        }
-        let mut w = self.pools.entry(pool).or_default();
-        let o = w.observe(cmid, now_ms, n_policy);
-        Ticket {
-            pool,
-            cmid,
-            count: o.count,
-            capacity: w.capacity() as u32,
-            observed: Some(o),
-        }
-    }
-
-    /// Takes back an observation whose record could not be committed.
-    pub fn undo(&self, t: &Ticket) {
-        if let (Some(o), Some(mut w)) = (t.observed, self.pools.get_mut(&t.pool)) {
-            w.undo(t.cmid, &o);
-        }
-    }
-
-    /// Current count and capacity of every pool at `now_ms`.
-    pub fn status(&self, now_ms: i64) -> Vec<PoolStatus> {
-        Pool::ALL
+impl StoreStatus {
+    pub fn note(&self, n: Note) -> Option<&str> {
+        self.notes
             .iter()
-            .map(|&pool| match self.mode {
-                CountMode::Fixed(n) => PoolStatus {
-                    pool,
-                    count: n,
-                    capacity: 0,
-                },
-                CountMode::Real => {
-                    let mut w = self.pools.entry(pool).or_default();
-                    PoolStatus {
-                        pool,
-                        count: w.count_at(now_ms),
-                        capacity: w.capacity() as u32,
-                    }
-                }
-            })
-            .collect()
+            .find(|(k, _)| *k == n)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Which machines of the inventory to list (newest first).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientQuery {
+    pub now_ms: i64,
+    pub pool: Option<Pool>,
+    /// Only machines seen at or after this.
+    pub since_ms: Option<i64>,
+    pub limit: usize,
+}
+
+/// One machine of the inventory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Client {
+    pub cmid: Guid,
+    pub app_id: Guid,
+    pub workstation: String,
+    pub sku_id: Guid,
+    pub address: String,
+    pub first_seen_ms: i64,
+    pub last_seen_ms: i64,
+    pub requests: u64,
+    pub last_result: Hresult,
+    pub last_count: u32,
+    /// Counted in its pool right now.
+    pub live: bool,
+}
+
+/// One activation record as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredActivation {
+    pub id: i64,
+    pub time_ms: i64,
+    pub address: String,
+    pub workstation: String,
+    pub cmid: Guid,
+    pub app_id: Guid,
+    pub sku_id: Guid,
+    pub kms_id: Guid,
+    pub n_policy: u32,
+    pub license_status: u32,
+    pub vm: bool,
+    pub protocol: u16,
+    pub count: u32,
+    pub result: Hresult,
+}
+
+/// How a store is opened for the host.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    pub data_dir: PathBuf,
+    pub count_mode: CountMode,
+    pub keep_records: u64,
+    pub busy_timeout: std::time::Duration,
+}
+
+/// The host's store.
+pub enum Store {
+    Sqlite(sqlite::SqliteStore),
+}
+
+impl Store {
+    /// Opens the store for a host (creating or migrating it), brings its
+    /// derived tables up to date, and loads the pools live at `now_ms`.
+    /// Blocking: call it off the async threads.
+    pub fn open(
+        opts: &StoreOptions,
+        now_ms: i64,
+        metrics: std::sync::Arc<crate::metrics::Metrics>,
+    ) -> Result<Self, StoreError> {
+        sqlite::SqliteStore::open(opts, now_ms, metrics).map(Self::Sqlite)
     }
 
-    /// Whether `cmid` is live in `pool` (as of the last observation).
-    pub fn contains(&self, pool: Pool, cmid: &Guid) -> bool {
-        self.pools.get(&pool).is_some_and(|w| w.contains(cmid))
+    /// Where the store is, for logs and reports.
+    pub fn location(&self) -> String {
+        match self {
+            Self::Sqlite(s) => s.path().display().to_string(),
+        }
+    }
+
+    pub fn count_mode(&self) -> CountMode {
+        match self {
+            Self::Sqlite(s) => s.pools().mode(),
+        }
+    }
+
+    /// The ePID for `group`: the stored one, else `candidate` stored now.
+    /// With `configured`, the operator's ePID replaces any stored one.
+    /// Blocking: call it off the async threads (at start-up).
+    pub fn epid(
+        &self,
+        group: &str,
+        candidate: &str,
+        configured: bool,
+        now_ms: i64,
+    ) -> Result<String, StoreError> {
+        match self {
+            Self::Sqlite(s) => s.epid(group, candidate, configured, now_ms),
+        }
+    }
+
+    /// Counts `act` and returns its count once its record is durable. On
+    /// `Err` nothing was counted.
+    pub async fn count(&self, act: Activation) -> Result<Counted, StoreError> {
+        match self {
+            Self::Sqlite(s) => s.count(act).await,
+        }
+    }
+
+    /// Records a request that was refused (nothing is counted).
+    pub async fn record(&self, rec: Record) -> Result<(), StoreError> {
+        match self {
+            Self::Sqlite(s) => s.record(rec).await,
+        }
+    }
+
+    /// The pools' counts and capacities at `now_ms`, as the host counts
+    /// (cheap: for metrics and the status page).
+    pub fn pools_now(&self, now_ms: i64) -> Vec<PoolStatus> {
+        match self {
+            Self::Sqlite(s) => s.pools().status(now_ms),
+        }
+    }
+
+    /// Writes notes about the running host.
+    pub async fn note(&self, notes: Vec<(Note, String)>) -> Result<(), StoreError> {
+        match self {
+            Self::Sqlite(s) => s.note(notes).await,
+        }
+    }
+
+    /// Checks that the store can be written right now.
+    pub async fn probe(&self) -> Result<(), StoreError> {
+        match self {
+            Self::Sqlite(s) => s.probe().await,
+        }
+    }
+
+    /// The reads of reports and the admin API.
+    pub fn reader(&self) -> Reader {
+        match self {
+            Self::Sqlite(s) => Reader::Sqlite(s.reader()),
+        }
+    }
+
+    /// [`Reader::status`] off the async threads.
+    pub async fn status(&self, now_ms: i64) -> Result<StoreStatus, StoreError> {
+        let r = self.reader();
+        blocking(move || r.status(now_ms)).await
+    }
+
+    /// [`Reader::clients`] off the async threads.
+    pub async fn clients(&self, q: ClientQuery) -> Result<Vec<Client>, StoreError> {
+        let r = self.reader();
+        blocking(move || r.clients(&q)).await
+    }
+
+    /// [`Reader::recent`] off the async threads.
+    pub async fn recent(&self, limit: usize) -> Result<Vec<StoredActivation>, StoreError> {
+        let r = self.reader();
+        blocking(move || r.recent(limit)).await
+    }
+
+    /// Waits until every record queued so far is durable.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        match self {
+            Self::Sqlite(s) => s.flush().await,
+        }
+    }
+
+    /// Stops the store cleanly (commits what is queued, brings derived
+    /// tables up to date). Call once no request is in flight.
+    pub async fn close(&self) -> Result<(), StoreError> {
+        match self {
+            Self::Sqlite(s) => s.close().await,
+        }
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| StoreError::Sqlite(format!("store task failed: {e}")))?
+}
+
+/// The queries of reports, for a process that is not the host (or for the
+/// host, through [`Store::reader`]). Blocking.
+#[derive(Debug, Clone)]
+pub enum Reader {
+    Sqlite(sqlite::Reader),
+}
+
+impl Reader {
+    /// The store of the host whose data dir is `dir`.
+    pub fn open(dir: &Path) -> Self {
+        Self::Sqlite(sqlite::Reader::new(dir.join(DB_FILE)))
+    }
+
+    pub fn status(&self, now_ms: i64) -> Result<StoreStatus, StoreError> {
+        match self {
+            Self::Sqlite(r) => r.status(now_ms),
+        }
+    }
+
+    pub fn clients(&self, q: &ClientQuery) -> Result<Vec<Client>, StoreError> {
+        match self {
+            Self::Sqlite(r) => r.clients(q),
+        }
+    }
+
+    /// The `limit` most recent activation records, newest first.
+    pub fn recent(&self, limit: usize) -> Result<Vec<StoredActivation>, StoreError> {
+        match self {
+            Self::Sqlite(r) => r.recent(limit),
+        }
+    }
+
+    /// The pools as a host starting now would load them.
+    pub fn pools(&self, now_ms: i64) -> Result<Vec<LoadedPool>, StoreError> {
+        match self {
+            Self::Sqlite(r) => r.pools(now_ms),
+        }
     }
 }

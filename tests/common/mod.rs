@@ -76,9 +76,8 @@ impl rand::TryCryptoRng for Replay {}
 /// A host running in this process on 127.0.0.1 with its own data dir.
 pub struct TestServer {
     pub addr: std::net::SocketAddr,
-    pub host: std::sync::Arc<kmsd::server::handler::Host>,
-    pub token: tokio_util::sync::CancellationToken,
-    pub task: tokio::task::JoinHandle<()>,
+    pub host: std::sync::Arc<kmsd::host::Host>,
+    pub app: kmsd::app::App,
     pub dir: tempfile::TempDir,
 }
 
@@ -102,7 +101,7 @@ pub async fn start_server_in(
     dir: tempfile::TempDir,
     tweak: impl FnOnce(&mut kmsd::config::ServeConfig),
 ) -> TestServer {
-    start_server_with_clock(dir, std::sync::Arc::new(kmsd::store::unix_ms_now), tweak).await
+    start_server_with_clock(dir, kmsd::host::system_clock(), tweak).await
 }
 
 /// A clock tests can move: real time plus an offset in milliseconds.
@@ -114,7 +113,7 @@ impl TestClock {
         self.0
             .fetch_add(days * 86_400_000, std::sync::atomic::Ordering::SeqCst);
     }
-    pub fn clock(&self) -> kmsd::server::handler::Clock {
+    pub fn clock(&self) -> kmsd::host::Clock {
         let off = self.0.clone();
         std::sync::Arc::new(move || {
             kmsd::store::unix_ms_now() + off.load(std::sync::atomic::Ordering::SeqCst)
@@ -125,35 +124,47 @@ impl TestClock {
 /// Starts a host with an explicit clock.
 pub async fn start_server_with_clock(
     dir: tempfile::TempDir,
-    clock: kmsd::server::handler::Clock,
+    clock: kmsd::host::Clock,
     tweak: impl FnOnce(&mut kmsd::config::ServeConfig),
 ) -> TestServer {
     let mut cfg = test_config(dir.path());
     tweak(&mut cfg);
-    let host =
-        std::sync::Arc::new(kmsd::server::handler::Host::open_with_clock(&cfg, clock).unwrap());
-    let listeners = kmsd::server::bind_all(&cfg).unwrap();
-    let server = kmsd::server::Server::new(listeners, host.clone(), cfg);
-    let addr = server.local_addrs()[0];
-    let token = tokio_util::sync::CancellationToken::new();
-    let task = tokio::spawn(server.run(token.clone()));
+    let opts = kmsd::app::Options {
+        clock,
+        ..Default::default()
+    };
+    let app = kmsd::app::App::start(cfg, opts).await.unwrap();
     TestServer {
-        addr,
-        host,
-        token,
-        task,
+        addr: app.kms_addrs()[0],
+        host: app.host().clone(),
+        app,
         dir,
     }
+}
+
+/// `kmsd status` of the host whose data dir is `dir`.
+pub fn status(dir: &std::path::Path, now_ms: i64) -> kmsd::report::StatusReport {
+    kmsd::report::StatusReport::new(kmsd::store::Reader::open(dir).status(now_ms).unwrap())
+}
+
+/// `kmsd clients` of the host whose data dir is `dir`, at most `limit`.
+pub fn clients(dir: &std::path::Path, now_ms: i64, limit: usize) -> Vec<kmsd::report::ClientRow> {
+    let q = kmsd::store::ClientQuery {
+        now_ms,
+        pool: None,
+        since_ms: None,
+        limit,
+    };
+    let rows = kmsd::store::Reader::open(dir).clients(&q).unwrap();
+    rows.iter().map(kmsd::report::ClientRow::new).collect()
 }
 
 impl TestServer {
     /// Stops the host and returns its data dir for a restart.
     pub async fn stop(self) -> tempfile::TempDir {
-        self.token.cancel();
-        tokio::time::timeout(std::time::Duration::from_secs(20), self.task)
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(20), self.app.stop())
             .await
-            .expect("server stops in time")
-            .unwrap();
+            .expect("server stops in time");
         // Let the store thread release the database.
         drop(self.host);
         self.dir

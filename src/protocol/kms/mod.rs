@@ -26,6 +26,36 @@ pub mod hresult {
     pub const FAIL: u32 = 0x8000_4005;
 }
 
+/// The result of a request as the host recorded it: 0 for an answer, else
+/// the HRESULT sent in its place. One naming everywhere (CLI, page, API):
+/// `answered`, or the code as `0x%08X`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Hresult(pub u32);
+
+impl Hresult {
+    pub const ANSWERED: Hresult = Hresult(0);
+
+    pub fn is_answered(self) -> bool {
+        self.0 == 0
+    }
+}
+
+impl std::fmt::Display for Hresult {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.is_answered() {
+            f.write_str("answered")
+        } else {
+            write!(f, "0x{:08X}", self.0)
+        }
+    }
+}
+
+impl serde::Serialize for Hresult {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
 /// Why the host refused a KMS request (each maps to an HRESULT).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KmsError {
@@ -43,6 +73,18 @@ pub enum KmsError {
     WorkstationName,
     #[error("ePID {0:?} is not 1 to 63 printable ASCII characters")]
     InvalidEpid(String),
+}
+
+#[cfg(test)]
+mod hresult_tests {
+    use super::Hresult;
+
+    #[test]
+    fn results_are_named_or_hex() {
+        assert_eq!(Hresult(0).to_string(), "answered");
+        assert_eq!(Hresult(0xC004_F042).to_string(), "0xC004F042");
+        assert_eq!(Hresult(0x8007_000D).to_string(), "0x8007000D");
+    }
 }
 
 impl KmsError {

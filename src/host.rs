@@ -1,0 +1,391 @@
+//! The host: what an activation is decided with (product policy, ePIDs,
+//! HwId, intervals), the store it is counted in, and the hot path that runs
+//! one PDU through them in a straight line:
+//!
+//! decode and verify ([`server::decode`]) → product policy
+//! ([`policy::decide`]) → count and durable commit ([`Store::count`],
+//! awaited) → encode the answer or the refusal ([`server::answer`],
+//! [`server::refuse`]).
+//!
+//! Nothing is encrypted before the count is durable; a failed commit is
+//! answered E_FAIL and counts nothing.
+
+use crate::config::ServeConfig;
+use crate::metrics::{Metrics, RequestResult};
+use crate::protocol::kms::epid::EpidParts;
+use crate::protocol::kms::products::{self, Date, Pool};
+use crate::protocol::kms::{Answer, Epid, Request, hresult};
+use crate::protocol::policy::{self, Decision, ProductPolicy};
+use crate::protocol::rpc::pdu::PduError;
+use crate::protocol::rpc::session::Session;
+use crate::protocol::server::{self, Decoded, Outcome, Pending};
+use crate::store::{
+    Activation, CountMode, Note, PoolStatus, Record, Store, StoreError, StoreOptions,
+};
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+/// Running totals since start.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub answered: AtomicU64,
+    pub refused: AtomicU64,
+    pub invalid: AtomicU64,
+    pub faults: AtomicU64,
+    pub store_failures: AtomicU64,
+}
+
+/// What a SIGHUP can change about how requests are decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    pub product: ProductPolicy,
+    pub activation_interval: u32,
+    pub renewal_interval: u32,
+}
+
+impl Policy {
+    pub fn from_config(cfg: &ServeConfig) -> Self {
+        Self {
+            product: ProductPolicy {
+                served: products::epid_groups()
+                    .iter()
+                    .map(|g| g.name)
+                    .filter(|n| cfg.served_groups.iter().any(|s| s.eq_ignore_ascii_case(n)))
+                    .collect(),
+                strict_products: cfg.strict_products,
+                max_clock_skew_ms: cfg
+                    .max_clock_skew
+                    .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            },
+            activation_interval: cfg.activation_interval,
+            renewal_interval: cfg.renewal_interval,
+        }
+    }
+}
+
+/// The host's wall clock in unix milliseconds (injected so tests can move
+/// time).
+pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
+
+/// The system clock.
+pub fn system_clock() -> Clock {
+    Arc::new(crate::store::unix_ms_now)
+}
+
+/// Why the host could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error("cannot start: {0}")]
+    Internal(String),
+}
+
+/// Everything the host decides with.
+pub struct Host {
+    clock: Clock,
+    epids: HashMap<&'static str, Epid>,
+    policy: RwLock<Policy>,
+    hwid: [u8; 8],
+    store: Store,
+    pub stats: Stats,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Host {
+    /// Opens the store (creating it), loads the pools, gets or makes an
+    /// ePID for every group, and notes the host's facts for reports.
+    pub async fn open(cfg: &ServeConfig, clock: Clock) -> Result<Self, StartError> {
+        cfg.validate()?;
+        let metrics = Arc::new(Metrics::default());
+        let (cfg2, clock2, metrics2) = (cfg.clone(), clock.clone(), metrics.clone());
+        let (store, epids) =
+            tokio::task::spawn_blocking(move || Self::open_store(&cfg2, clock2(), metrics2))
+                .await
+                .map_err(|e| StartError::Internal(e.to_string()))??;
+        let host = Self {
+            clock,
+            epids,
+            policy: RwLock::new(Policy::from_config(cfg)),
+            hwid: cfg.hwid,
+            store,
+            stats: Stats::default(),
+            metrics,
+        };
+        host.store
+            .note(vec![
+                (Note::StartedMs, host.now_ms().to_string()),
+                (Note::ServedGroups, host.served_groups().join(",")),
+                (Note::CountMode, cfg.count_mode.to_string()),
+                (Note::HostBuild, cfg.host_build.to_string()),
+                (
+                    Note::Hwid,
+                    cfg.hwid.iter().map(|b| format!("{b:02X}")).collect(),
+                ),
+                (Note::Pid, std::process::id().to_string()),
+                (Note::Listen, String::new()),
+            ])
+            .await?;
+        Ok(host)
+    }
+
+    /// The blocking part of [`Host::open`].
+    fn open_store(
+        cfg: &ServeConfig,
+        now: i64,
+        metrics: Arc<Metrics>,
+    ) -> Result<(Store, HashMap<&'static str, Epid>), StartError> {
+        let opts = StoreOptions {
+            data_dir: cfg.data_dir.clone(),
+            count_mode: cfg.count_mode,
+            keep_records: cfg.keep_records,
+            busy_timeout: cfg.store_busy_timeout,
+        };
+        let store = Store::open(&opts, now, metrics)?;
+        let today = Date::from_days_since_unix_epoch(now.div_euclid(86_400_000));
+        let build = products::win_build(cfg.host_build).ok_or(crate::config::ConfigError {
+            key: "host_build",
+            problem: "unknown".into(),
+        })?;
+        let mut rng = rand::rng();
+        let mut epids = HashMap::new();
+        for g in products::epid_groups() {
+            let text = match cfg.epids.get(g.name) {
+                Some(e) => store.epid(g.name, e, true, now)?,
+                None => {
+                    let fresh =
+                        EpidParts::generate(g, build, cfg.lcid, today, &mut rng).to_string();
+                    store.epid(g.name, &fresh, false, now)?
+                }
+            };
+            let epid = Epid::new(&text).map_err(|e| StoreError::Open {
+                path: store.location().into(),
+                detail: format!("stored ePID for {} is unusable: {e}", g.name),
+            })?;
+            if EpidParts::parse(&text).is_none_or(|p| p.build != cfg.host_build) {
+                tracing::warn!(group = g.name, epid = %text, host_build = cfg.host_build,
+                    "ePID does not name the configured host build; clients accept it, a careful observer may notice");
+            }
+            epids.insert(g.name, epid);
+        }
+        Ok((store, epids))
+    }
+
+    pub fn epid(&self, group: &str) -> Option<&Epid> {
+        self.epids.get(group)
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The pools' counts and capacities right now.
+    pub fn pools_now(&self) -> Vec<PoolStatus> {
+        self.store.pools_now(self.now_ms())
+    }
+
+    /// The ePID groups served right now.
+    pub fn served_groups(&self) -> Vec<&'static str> {
+        self.policy().product.served
+    }
+
+    /// The decision policy in force.
+    pub fn policy(&self) -> Policy {
+        self.policy
+            .read()
+            .map(|p| p.clone())
+            .unwrap_or_else(|e| e.into_inner().clone())
+    }
+
+    /// Replaces the decision policy (SIGHUP) and notes the served groups
+    /// for `kmsd status`.
+    pub async fn set_policy(&self, p: Policy) {
+        let served = p.product.served.join(",");
+        match self.policy.write() {
+            Ok(mut g) => *g = p,
+            Err(e) => *e.into_inner() = p,
+        }
+        if let Err(e) = self.store.note(vec![(Note::ServedGroups, served)]).await {
+            tracing::warn!(error = %e, "cannot note the served groups");
+        }
+    }
+
+    /// Notes the addresses actually listened on, for `kmsd status`.
+    pub async fn note_listening(&self, addrs: &[std::net::SocketAddr]) -> Result<(), StoreError> {
+        let list = addrs
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
+        self.store.note(vec![(Note::Listen, list)]).await
+    }
+
+    pub fn count_mode(&self) -> CountMode {
+        self.store.count_mode()
+    }
+
+    /// The host clock, unix milliseconds.
+    pub fn now_ms(&self) -> i64 {
+        (self.clock)()
+    }
+
+    /// Answers one PDU from `peer`. The reply (if any) is in `out` when this
+    /// returns; a count it reveals is already durable. `Err`: close.
+    pub async fn handle(
+        &self,
+        session: &mut Session,
+        pdu: &[u8],
+        peer: IpAddr,
+        rng: &mut impl rand::CryptoRng,
+        out: &mut Vec<u8>,
+    ) -> Result<Outcome, PduError> {
+        let started = Instant::now();
+        let p = match server::decode(session, pdu, out)? {
+            Decoded::Done(outcome) => {
+                self.count_other(&outcome, started.elapsed());
+                return Ok(outcome);
+            }
+            Decoded::Request(p) => p,
+        };
+        let now = self.now_ms();
+        let policy = self.policy();
+        let decision = policy::decide(&policy.product, &p.request.base, now);
+        let version = p.request.base.version.major();
+        let (outcome, result, pool) = match decision {
+            Decision::Refuse(r) => (
+                self.refuse(&p, r.hresult, r.why, peer, now, out).await,
+                RequestResult::Refused,
+                None,
+            ),
+            Decision::Count(c) => match self.epids.get(c.epid_group) {
+                None => (
+                    self.refuse(
+                        &p,
+                        hresult::KMS_ID_MISMATCH,
+                        "no ePID for the product group",
+                        peer,
+                        now,
+                        out,
+                    )
+                    .await,
+                    RequestResult::Refused,
+                    None,
+                ),
+                Some(epid) => {
+                    let act = Activation {
+                        pool: c.pool,
+                        record: record(&p.request, peer, now, 0),
+                    };
+                    match self.store.count(act).await {
+                        Ok(counted) => {
+                            self.stats.answered.fetch_add(1, Ordering::Relaxed);
+                            let answer = Answer {
+                                epid,
+                                hwid: self.hwid,
+                                count: counted.count,
+                                activation_interval: policy.activation_interval,
+                                renewal_interval: policy.renewal_interval,
+                            };
+                            (
+                                server::answer(&p, &answer, rng, out),
+                                RequestResult::Answered,
+                                Some(c.pool),
+                            )
+                        }
+                        Err(e) => {
+                            self.stats.store_failures.fetch_add(1, Ordering::Relaxed);
+                            tracing::error!(error = %e, cmid = %p.request.base.cmid,
+                                "record not committed; answering E_FAIL so the client retries");
+                            (
+                                server::refuse(&p, hresult::FAIL, "store unavailable", out),
+                                RequestResult::StoreError,
+                                None,
+                            )
+                        }
+                    }
+                }
+            },
+        };
+        self.metrics
+            .request(version, result, pool, started.elapsed());
+        Ok(outcome)
+    }
+
+    /// Refuses `p`: records the refusal, then writes the error stub.
+    async fn refuse(
+        &self,
+        p: &Pending,
+        hr: u32,
+        why: &'static str,
+        peer: IpAddr,
+        now: i64,
+        out: &mut Vec<u8>,
+    ) -> Outcome {
+        self.stats.refused.fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = self.store.record(record(&p.request, peer, now, hr)).await {
+            tracing::warn!(error = %e, "refusal record not committed");
+        }
+        server::refuse(p, hr, why, out)
+    }
+
+    /// Counts an outcome that needed no decision.
+    fn count_other(&self, outcome: &Outcome, took: Duration) {
+        let (version, result) = match outcome {
+            Outcome::Invalid { error, .. } => {
+                self.stats.invalid.fetch_add(1, Ordering::Relaxed);
+                let v = match error {
+                    crate::protocol::kms::KmsError::UnsupportedVersion { major, .. } => *major,
+                    _ => 0,
+                };
+                (v, RequestResult::Invalid)
+            }
+            Outcome::Fault { .. } | Outcome::BadStub { .. } => {
+                self.stats.faults.fetch_add(1, Ordering::Relaxed);
+                (0, RequestResult::Fault)
+            }
+            Outcome::Negotiated { .. } | Outcome::Answered { .. } | Outcome::Refused { .. } => {
+                return;
+            }
+        };
+        self.metrics.request(version, result, None::<Pool>, took);
+    }
+
+    /// Waits until every record queued so far is durable.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.store.flush().await
+    }
+
+    /// Stops the store cleanly. Call once no connection is left.
+    pub async fn close_store(&self) -> Result<(), StoreError> {
+        self.store.close().await
+    }
+}
+
+/// The record of `req` from `peer` at `now` (the store fills in the count
+/// of a counted request).
+fn record(req: &Request, peer: IpAddr, now_ms: i64, hr: u32) -> Record {
+    let b = &req.base;
+    Record {
+        time_ms: now_ms,
+        address: peer.to_string(),
+        workstation: b.workstation.name(),
+        cmid: b.cmid,
+        app_id: b.app_id,
+        sku_id: b.sku_id,
+        kms_id: b.kms_id,
+        counted_in: None,
+        capacity: 0,
+        n_policy: b.n_policy,
+        license_status: b.license_status,
+        binding_expiration: b.binding_expiration,
+        vm: b.vm_info != 0,
+        protocol: b.version.major(),
+        count: 0,
+        hresult: hr,
+    }
+}

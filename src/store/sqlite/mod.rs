@@ -1,0 +1,217 @@
+//! The embedded store: one SQLite file in the data dir, written by one
+//! thread that batches whatever is waiting into one transaction (group
+//! commit), so each client's record is on disk before its response leaves
+//! without each response paying for its own fsync. The pools are counted in
+//! memory ([`Pools`]) and restored from the file at start-up.
+//!
+//! The hot commit only appends: the activation log (which names the pool a
+//! request was counted in), the pools' capacities and the running totals.
+//! The inventory (`clients`) and the stored pools (`pool_entries`) are keyed
+//! by CMID, so updating them inside the hot commit would dirty a random page
+//! per record and make every client wait for those pages' fsync. They are
+//! instead folded from the log ([`fold`]) by the same thread after commits:
+//! a short chunk when no commit is waiting, a longer one once the tail
+//! passes [`FOLD_BACKLOG`] records, and all of it at shutdown and start-up.
+//! A fold does not wait for the disk (the log can always be folded again;
+//! the next synchronous commit carries its pages to disk anyway);
+//! `folded.upto` says how far. Readers fold the unfolded tail in memory
+//! ([`read_tail`]), so nothing acknowledged is ever missing from a report,
+//! and a crash loses nothing.
+//!
+//! Files by concern: [`schema`] (open, migrations), [`writer`] (the writer
+//! thread and the hot commit), [`fold`], [`prune`], [`reads`].
+
+pub mod fold;
+pub mod prune;
+pub mod reads;
+pub mod schema;
+#[cfg(test)]
+mod tests;
+pub mod writer;
+
+pub use fold::{FOLD_BACKLOG, Tail, TailClient, fold, fold_all, folded_upto, read_tail};
+pub use prune::prune;
+pub use reads::{ensure_epid, inventory_size, load, set_epid, set_meta};
+pub use schema::{SCHEMA_VERSION, open_ro, open_rw};
+pub use writer::Writer;
+
+use super::{
+    Activation, Client, ClientQuery, Counted, LoadedPool, Note, Pools, Record, StoreError,
+    StoreOptions, StoreStatus, StoredActivation,
+};
+use crate::protocol::guid::Guid;
+use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// GUIDs are stored as their 16 wire bytes.
+impl ToSql for Guid {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::Borrowed(ValueRef::Blob(&self.0)))
+    }
+}
+
+impl FromSql for Guid {
+    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
+        let b = value.as_blob()?;
+        <[u8; 16]>::try_from(b)
+            .map(Guid)
+            .map_err(|_| FromSqlError::InvalidBlobSize {
+                expected_size: 16,
+                blob_size: b.len(),
+            })
+    }
+}
+
+/// The SQLite store of a running host.
+pub struct SqliteStore {
+    path: PathBuf,
+    pools: Pools,
+    writer: Writer,
+}
+
+impl SqliteStore {
+    /// Opens (creating or migrating) the database in the data dir, folds a
+    /// log tail left by a crash, loads the pools live at `now_ms` and starts
+    /// the writer thread.
+    pub fn open(
+        opts: &StoreOptions,
+        now_ms: i64,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(&opts.data_dir).map_err(|e| StoreError::Open {
+            path: opts.data_dir.clone(),
+            detail: format!("cannot create the data dir: {e}"),
+        })?;
+        let path = opts.data_dir.join(super::DB_FILE);
+        let mut conn = open_rw(&path)?;
+        conn.busy_timeout(opts.busy_timeout)
+            .map_err(|e| StoreError::open(&path, e))?;
+        // Records committed after the last fold (a crash, a kill -9) go into
+        // the inventory and the stored pools before anything else reads them.
+        let folded = fold_all(&mut conn)?;
+        if folded > 0 {
+            tracing::info!(
+                records = folded,
+                "folded the activation log's tail into the inventory (the last stop was not clean)"
+            );
+        }
+        let pools = Pools::new(opts.count_mode);
+        pools.restore(&load(&conn, now_ms)?);
+        let writer = Writer::start(conn, opts.keep_records, metrics)?;
+        Ok(Self {
+            path,
+            pools,
+            writer,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn pools(&self) -> &Pools {
+        &self.pools
+    }
+
+    /// See [`super::Store::epid`].
+    pub fn epid(
+        &self,
+        group: &str,
+        candidate: &str,
+        configured: bool,
+        now_ms: i64,
+    ) -> Result<String, StoreError> {
+        let conn = open_rw(&self.path)?;
+        if configured {
+            set_epid(&conn, group, candidate, now_ms)?;
+            Ok(candidate.to_owned())
+        } else {
+            ensure_epid(&conn, group, candidate, now_ms)
+        }
+    }
+
+    /// Counts in memory, commits the record, and takes the count back if
+    /// the commit fails.
+    pub async fn count(&self, act: Activation) -> Result<Counted, StoreError> {
+        let Activation { pool, mut record } = act;
+        let t = self
+            .pools
+            .observe(pool, record.cmid, record.time_ms, record.n_policy);
+        record.count = t.count;
+        record.capacity = t.capacity;
+        record.counted_in = (t.capacity > 0).then_some(pool);
+        match self.writer.write(record).await {
+            Ok(()) => Ok(Counted {
+                count: t.count,
+                capacity: t.capacity,
+            }),
+            Err(e) => {
+                self.pools.undo(&t);
+                Err(e)
+            }
+        }
+    }
+
+    pub async fn record(&self, rec: Record) -> Result<(), StoreError> {
+        self.writer.write(rec).await
+    }
+
+    pub async fn note(&self, notes: Vec<(Note, String)>) -> Result<(), StoreError> {
+        self.writer.note(notes).await
+    }
+
+    /// Takes and releases the write lock on a separate connection.
+    pub async fn probe(&self) -> Result<(), StoreError> {
+        let path = self.path.clone();
+        super::blocking(move || {
+            let conn = open_rw(&path)?;
+            conn.busy_timeout(std::time::Duration::from_millis(500))?;
+            conn.execute_batch("BEGIN IMMEDIATE; ROLLBACK;")?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub fn reader(&self) -> Reader {
+        Reader::new(self.path.clone())
+    }
+
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.writer.barrier().await
+    }
+
+    pub async fn close(&self) -> Result<(), StoreError> {
+        self.writer.close().await
+    }
+}
+
+/// Read-only queries on a database file, beside a running host or not
+/// (WAL lets readers run beside the writer).
+#[derive(Debug, Clone)]
+pub struct Reader {
+    path: PathBuf,
+}
+
+impl Reader {
+    pub fn new(path: PathBuf) -> Self {
+        Self { path }
+    }
+
+    pub fn status(&self, now_ms: i64) -> Result<StoreStatus, StoreError> {
+        let conn = open_ro(&self.path)?;
+        reads::status(&conn, self.path.display().to_string(), now_ms)
+    }
+
+    pub fn clients(&self, q: &ClientQuery) -> Result<Vec<Client>, StoreError> {
+        reads::clients(&open_ro(&self.path)?, q)
+    }
+
+    pub fn recent(&self, limit: usize) -> Result<Vec<StoredActivation>, StoreError> {
+        reads::recent(&open_ro(&self.path)?, limit)
+    }
+
+    pub fn pools(&self, now_ms: i64) -> Result<Vec<LoadedPool>, StoreError> {
+        load(&open_ro(&self.path)?, now_ms)
+    }
+}

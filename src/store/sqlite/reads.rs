@@ -1,0 +1,312 @@
+//! Reads: the pools and ePIDs at start-up, the host's notes, and the typed
+//! queries behind `kmsd status`, `kmsd clients` and the admin API.
+
+use super::fold::{Tail, folded_upto, read_tail};
+use super::schema::SCHEMA_VERSION;
+use crate::protocol::guid::Guid;
+use crate::protocol::kms::Hresult;
+use crate::protocol::kms::products::Pool;
+use crate::store::{
+    Client, ClientQuery, LoadedPool, Note, PoolStatus, StoreError, StoreStatus, StoredActivation,
+    Total, window,
+};
+use rusqlite::{Connection, OptionalExtension, params};
+use std::collections::HashMap;
+
+/// Records facts about the running host (listen addresses, served groups...).
+pub fn set_meta(conn: &Connection, entries: &[(&str, String)]) -> Result<(), StoreError> {
+    for (k, v) in entries {
+        conn.execute(
+            "INSERT INTO meta (key, value) VALUES (?1, ?2)
+             ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            params![k, v],
+        )?;
+    }
+    Ok(())
+}
+
+pub(super) fn capacity(conn: &Connection, pool: Pool) -> rusqlite::Result<u32> {
+    Ok(conn
+        .prepare_cached("SELECT capacity FROM pools WHERE pool = ?1")?
+        .query_row([pool.name()], |r| r.get(0))
+        .optional()?
+        .unwrap_or(0))
+}
+
+/// The newest `capacity` entries of `pool` seen after `cutoff`, stored or in
+/// `tail`, newest first. A tail entry only moves a CMID's time forward, so
+/// the newest `capacity` of the union are among the newest `capacity`
+/// stored ones and the tail's.
+pub(super) fn newest_entries(
+    conn: &Connection,
+    pool: Pool,
+    capacity: u32,
+    cutoff: i64,
+    tail: &Tail,
+) -> rusqlite::Result<Vec<(Guid, i64)>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT cmid, last_seen_ms FROM pool_entries
+         WHERE pool = ?1 AND last_seen_ms > ?2
+         ORDER BY last_seen_ms DESC, cmid DESC LIMIT ?3",
+    )?;
+    let rows = stmt.query_map(params![pool.name(), cutoff, capacity], |r| {
+        Ok((r.get::<_, Guid>(0)?, r.get::<_, i64>(1)?))
+    })?;
+    let mut newest: HashMap<Guid, i64> = HashMap::new();
+    for row in rows {
+        let (cmid, t) = row?;
+        newest.insert(cmid, t);
+    }
+    for ((p, cmid), t) in &tail.pool_entries {
+        if *p == pool && *t > cutoff {
+            let e = newest.entry(*cmid).or_insert(*t);
+            *e = (*e).max(*t);
+        }
+    }
+    let mut entries: Vec<(Guid, i64)> = newest.into_iter().collect();
+    entries.sort_unstable_by_key(|&(g, t)| std::cmp::Reverse((t, g.0)));
+    entries.truncate(capacity as usize);
+    Ok(entries)
+}
+
+/// Reads the pools (entries live at `now_ms`), the unfolded log tail
+/// included. Runs in one read transaction, so the tail and the folded
+/// tables agree.
+pub fn load(conn: &Connection, now_ms: i64) -> Result<Vec<LoadedPool>, StoreError> {
+    // Inside the caller's transaction if there is one, else in our own.
+    let _snapshot = if conn.is_autocommit() {
+        Some(conn.unchecked_transaction()?)
+    } else {
+        None
+    };
+    let tail = read_tail(conn, folded_upto(conn)?, i64::MAX)?;
+    let cutoff = now_ms - window::TTL_MS;
+    let mut pools = Vec::new();
+    for pool in Pool::ALL {
+        let capacity = capacity(conn, pool)?;
+        let entries = newest_entries(conn, pool, capacity, cutoff, &tail)?;
+        pools.push(LoadedPool {
+            pool,
+            capacity,
+            entries,
+        });
+    }
+    Ok(pools)
+}
+
+/// Machines in the inventory, those only in the unfolded log tail included.
+pub fn inventory_size(conn: &Connection) -> Result<u64, StoreError> {
+    let stored: i64 = conn.query_row("SELECT COUNT(*) FROM clients", [], |r| r.get(0))?;
+    let tail = read_tail(conn, folded_upto(conn)?, i64::MAX)?;
+    let mut known = conn.prepare("SELECT 1 FROM clients WHERE cmid = ?1 AND app_id = ?2")?;
+    let mut new = 0u64;
+    for (cmid, app) in tail.clients.keys() {
+        if !known.exists(params![cmid, app])? {
+            new += 1;
+        }
+    }
+    Ok(stored as u64 + new)
+}
+
+/// Stores an ePID for `group` unless one is there; returns the stored one.
+pub fn ensure_epid(
+    conn: &Connection,
+    group: &str,
+    epid: &str,
+    now_ms: i64,
+) -> Result<String, StoreError> {
+    conn.execute(
+        "INSERT INTO epids (grp, epid, created_ms) VALUES (?1, ?2, ?3) ON CONFLICT(grp) DO NOTHING",
+        params![group, epid, now_ms],
+    )?;
+    Ok(
+        conn.query_row("SELECT epid FROM epids WHERE grp = ?1", [group], |r| {
+            r.get(0)
+        })?,
+    )
+}
+
+/// Replaces the stored ePID for `group` (an operator override).
+pub fn set_epid(conn: &Connection, group: &str, epid: &str, now_ms: i64) -> Result<(), StoreError> {
+    conn.execute(
+        "INSERT INTO epids (grp, epid, created_ms) VALUES (?1, ?2, ?3)
+         ON CONFLICT(grp) DO UPDATE SET epid = excluded.epid, created_ms = excluded.created_ms",
+        params![group, epid, now_ms],
+    )?;
+    Ok(())
+}
+
+/// The host's notes.
+fn notes(conn: &Connection) -> Result<Vec<(Note, String)>, StoreError> {
+    let mut stmt = conn.prepare("SELECT key, value FROM meta")?;
+    let mut out = Vec::new();
+    for row in stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))? {
+        let (k, v) = row?;
+        if let Some(n) = Note::ALL.iter().find(|n| n.key() == k) {
+            out.push((*n, v));
+        }
+    }
+    Ok(out)
+}
+
+/// What `kmsd status` shows, in one read transaction (the folded tables
+/// and the log tail agree).
+pub fn status(conn: &Connection, location: String, now_ms: i64) -> Result<StoreStatus, StoreError> {
+    let _snapshot = conn.unchecked_transaction()?;
+    let pools = load(conn, now_ms)?
+        .into_iter()
+        .map(|p| PoolStatus {
+            pool: p.pool,
+            count: p.entries.len() as u32,
+            capacity: p.capacity,
+        })
+        .collect();
+    let mut epids = Vec::new();
+    let mut stmt = conn.prepare("SELECT grp, epid FROM epids ORDER BY grp")?;
+    for row in stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))? {
+        epids.push(row?);
+    }
+    let mut totals = Vec::new();
+    let mut stmt = conn.prepare(
+        "SELECT hresult, license_status, n FROM totals ORDER BY hresult, license_status",
+    )?;
+    for row in stmt.query_map([], |r| {
+        Ok(Total {
+            hresult: Hresult(r.get(0)?),
+            license_status: r.get(1)?,
+            requests: r.get::<_, i64>(2)? as u64,
+        })
+    })? {
+        totals.push(row?);
+    }
+    let inventory = inventory_size(conn)?;
+    let records_kept = conn.query_row(
+        // Two sub-selects: SQLite answers each from the rowid b-tree's ends,
+        // where MAX(id) - MIN(id) in one select scans the table.
+        "SELECT COALESCE((SELECT MAX(id) FROM activations) - (SELECT MIN(id) FROM activations) + 1, 0)",
+        [],
+        |r| r.get::<_, i64>(0),
+    )? as u64;
+    Ok(StoreStatus {
+        location,
+        schema_version: SCHEMA_VERSION,
+        notes: notes(conn)?,
+        pools,
+        epids,
+        totals,
+        inventory,
+        records_kept,
+    })
+}
+
+const CLIENT_COLUMNS: &str = "cmid, app_id, workstation, sku_id, address, first_seen_ms,
+    last_seen_ms, requests, last_hresult, last_count";
+
+fn client_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Client> {
+    Ok(Client {
+        cmid: r.get(0)?,
+        app_id: r.get(1)?,
+        workstation: r.get(2)?,
+        sku_id: r.get(3)?,
+        address: r.get(4)?,
+        first_seen_ms: r.get(5)?,
+        last_seen_ms: r.get(6)?,
+        requests: r.get::<_, i64>(7)? as u64,
+        last_result: Hresult(r.get(8)?),
+        last_count: r.get(9)?,
+        live: false,
+    })
+}
+
+/// The inventory, newest first, the unfolded log tail merged in, in one
+/// read transaction.
+pub fn clients(conn: &Connection, q: &ClientQuery) -> Result<Vec<Client>, StoreError> {
+    let _snapshot = conn.unchecked_transaction()?;
+    let pools = load(conn, q.now_ms)?;
+    let tail = read_tail(conn, folded_upto(conn)?, i64::MAX)?;
+    let since = q.since_ms.unwrap_or(i64::MIN);
+    let app_filter: Option<Guid> = q.pool.map(Pool::app_id);
+    let wanted = |m: &Client| m.last_seen_ms >= since && app_filter.is_none_or(|a| a == m.app_id);
+    // Stored rows, newest first; machines with requests in the tail are
+    // taken from the merge below instead, so fetch that many more.
+    let mut stmt = conn.prepare(&format!(
+        "SELECT {CLIENT_COLUMNS} FROM clients
+         WHERE last_seen_ms >= ?1 AND (?2 IS NULL OR app_id = ?2)
+         ORDER BY last_seen_ms DESC LIMIT ?3"
+    ))?;
+    let fetch = q
+        .limit
+        .saturating_add(tail.clients.len())
+        .min(i64::MAX as usize) as i64;
+    let mut machines = Vec::new();
+    for m in stmt.query_map(params![since, app_filter, fetch], client_row)? {
+        let m = m?;
+        if !tail.clients.contains_key(&(m.cmid, m.app_id)) {
+            machines.push(m);
+        }
+    }
+    let mut stored = conn.prepare(&format!(
+        "SELECT {CLIENT_COLUMNS} FROM clients WHERE cmid = ?1 AND app_id = ?2"
+    ))?;
+    for ((cmid, app), t) in &tail.clients {
+        let before = stored
+            .query_row(params![cmid, app], client_row)
+            .optional()?;
+        let m = Client {
+            cmid: *cmid,
+            app_id: *app,
+            workstation: t.workstation.clone(),
+            sku_id: t.sku_id,
+            address: t.address.clone(),
+            first_seen_ms: before.as_ref().map_or(t.first_ms, |b| b.first_seen_ms),
+            last_seen_ms: before
+                .as_ref()
+                .map_or(t.last_ms, |b| b.last_seen_ms.max(t.last_ms)),
+            requests: before.as_ref().map_or(0, |b| b.requests) + t.requests,
+            last_result: Hresult(t.last_hresult),
+            last_count: t.last_count,
+            live: false,
+        };
+        if wanted(&m) {
+            machines.push(m);
+        }
+    }
+    machines.sort_by_key(|m| std::cmp::Reverse(m.last_seen_ms));
+    machines.truncate(q.limit);
+    for m in &mut machines {
+        let pool = Pool::from_app_id(&m.app_id);
+        m.live = m.last_seen_ms > q.now_ms - window::TTL_MS
+            && pools
+                .iter()
+                .any(|lp| Some(lp.pool) == pool && lp.entries.iter().any(|(c, _)| *c == m.cmid));
+    }
+    Ok(machines)
+}
+
+/// The `limit` most recent activation records, newest first.
+pub fn recent(conn: &Connection, limit: usize) -> Result<Vec<StoredActivation>, StoreError> {
+    let mut stmt = conn.prepare(
+        "SELECT id, time_ms, address, workstation, cmid, app_id, sku_id, kms_id, n_policy,
+                license_status, vm, protocol, count, hresult
+         FROM activations ORDER BY id DESC LIMIT ?1",
+    )?;
+    let rows = stmt.query_map(params![i64::try_from(limit).unwrap_or(i64::MAX)], |r| {
+        Ok(StoredActivation {
+            id: r.get(0)?,
+            time_ms: r.get(1)?,
+            address: r.get(2)?,
+            workstation: r.get(3)?,
+            cmid: r.get(4)?,
+            app_id: r.get(5)?,
+            sku_id: r.get(6)?,
+            kms_id: r.get(7)?,
+            n_policy: r.get(8)?,
+            license_status: r.get(9)?,
+            vm: r.get(10)?,
+            protocol: r.get(11)?,
+            count: r.get(12)?,
+            result: Hresult(r.get(13)?),
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}

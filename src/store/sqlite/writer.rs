@@ -1,0 +1,261 @@
+//! The writer thread: every record goes through one thread that batches
+//! whatever is waiting into one transaction (group commit), then folds and
+//! prunes in the gaps.
+
+use super::fold::{FOLD_BACKLOG, FOLD_CHUNK, FOLD_IDLE_CHUNK, fold_all, fold_unsynced, full_sync};
+use super::prune::prune;
+use super::reads::set_meta;
+use crate::protocol::kms::products::Pool;
+use crate::store::StoreError;
+use crate::store::{Note, Record};
+use rusqlite::{Connection, params};
+use std::time::Instant;
+use tokio::sync::{mpsc, oneshot};
+
+/// Most records committed in one transaction.
+const MAX_BATCH: usize = 512;
+
+type Reply = oneshot::Sender<Result<(), StoreError>>;
+
+enum Job {
+    Write(Box<Record>, Reply),
+    /// Completes once everything queued before it is committed.
+    Barrier(Reply),
+    /// Commits what is queued before it, folds the whole log tail, and
+    /// stops the writer.
+    Close(Reply),
+    /// Writes notes about the running host (after the batch before it).
+    Note(Vec<(Note, String)>, Reply),
+}
+
+/// Handle to the writer thread.
+#[derive(Clone)]
+pub struct Writer {
+    tx: mpsc::Sender<Job>,
+}
+
+fn write_record(tx: &rusqlite::Transaction<'_>, r: &Record) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "INSERT INTO activations (time_ms, address, workstation, cmid, app_id, sku_id, kms_id,
+             n_policy, license_status, binding_expiration, vm, protocol, count, hresult, pool)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+    )?
+    .execute(params![
+        r.time_ms,
+        r.address,
+        r.workstation,
+        r.cmid,
+        r.app_id,
+        r.sku_id,
+        r.kms_id,
+        r.n_policy,
+        r.license_status,
+        r.binding_expiration,
+        r.vm,
+        r.protocol,
+        r.count,
+        r.hresult,
+        r.counted_in.map(Pool::name),
+    ])?;
+    Ok(())
+}
+
+/// Writes a batch in one transaction: per record the activation record
+/// (an append); per batch the pools' capacities and the running totals (one
+/// statement per distinct key, not per record).
+pub(super) fn commit_batch(conn: &mut Connection, batch: &[&Record]) -> Result<(), StoreError> {
+    let tx = conn.transaction()?;
+    let mut capacities: Vec<(Pool, u32)> = Vec::new();
+    let mut totals: Vec<((u32, u32), i64)> = Vec::new();
+    for r in batch {
+        write_record(&tx, r)?;
+        if let Some(pool) = r.counted_in {
+            match capacities.iter_mut().find(|(p, _)| *p == pool) {
+                Some((_, c)) => *c = (*c).max(r.capacity),
+                None => capacities.push((pool, r.capacity)),
+            }
+        }
+        let key = (r.hresult, r.license_status);
+        match totals.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, n)) => *n += 1,
+            None => totals.push((key, 1)),
+        }
+    }
+    for (pool, capacity) in capacities {
+        tx.prepare_cached(
+            "INSERT INTO pools (pool, capacity) VALUES (?1, ?2)
+             ON CONFLICT(pool) DO UPDATE SET capacity = MAX(capacity, excluded.capacity)",
+        )?
+        .execute(params![pool.name(), capacity])?;
+    }
+    for ((hresult, status), n) in totals {
+        tx.prepare_cached(
+            "INSERT INTO totals (hresult, license_status, n) VALUES (?1, ?2, ?3)
+             ON CONFLICT(hresult, license_status) DO UPDATE SET n = n + excluded.n",
+        )?
+        .execute(params![hresult, status, n])?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+impl Writer {
+    /// Starts the writer thread on `conn` (already opened and migrated).
+    /// `keep_records` bounds the activation log.
+    pub fn start(
+        conn: Connection,
+        keep_records: u64,
+        metrics: std::sync::Arc<crate::metrics::Metrics>,
+    ) -> Result<Self, StoreError> {
+        let (tx, rx) = mpsc::channel(4096);
+        std::thread::Builder::new()
+            .name("kmsd-store".into())
+            .spawn(move || writer(conn, rx, keep_records, &metrics))
+            .map_err(|e| StoreError::Sqlite(format!("cannot start the store thread: {e}")))?;
+        Ok(Self { tx })
+    }
+
+    /// Queues `record` and waits until it is committed.
+    pub async fn write(&self, record: Record) -> Result<(), StoreError> {
+        self.ask(|done| Job::Write(Box::new(record), done)).await
+    }
+
+    /// Commits everything queued so far, folds the log tail into the
+    /// inventory and stops the writer (a clean shutdown). Writes after this
+    /// fail with [`StoreError::Closed`].
+    pub async fn close(&self) -> Result<(), StoreError> {
+        self.ask(Job::Close).await
+    }
+
+    /// Writes notes about the running host for reports.
+    pub async fn note(&self, notes: Vec<(Note, String)>) -> Result<(), StoreError> {
+        self.ask(|done| Job::Note(notes, done)).await
+    }
+
+    /// Waits until everything queued so far is committed.
+    pub async fn barrier(&self) -> Result<(), StoreError> {
+        self.ask(Job::Barrier).await
+    }
+
+    /// Queues a job and waits for the writer's answer to it.
+    async fn ask(&self, job: impl FnOnce(Reply) -> Job) -> Result<(), StoreError> {
+        let (done, wait) = oneshot::channel();
+        self.tx
+            .send(job(done))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        wait.await.map_err(|_| StoreError::Closed)?
+    }
+}
+
+fn writer(
+    mut conn: Connection,
+    mut rx: mpsc::Receiver<Job>,
+    keep_records: u64,
+    metrics: &crate::metrics::Metrics,
+) {
+    let mut jobs: Vec<Job> = Vec::with_capacity(MAX_BATCH);
+    let mut since_prune = 0u64;
+    let mut last_prune = Instant::now();
+    let mut unfolded = 0u64;
+    // False when a fold may have left the connection not syncing commits.
+    let mut synced = true;
+    while let Some(first) = rx.blocking_recv() {
+        jobs.push(first);
+        while jobs.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(j) => jobs.push(j),
+                Err(_) => break,
+            }
+        }
+        let records: Vec<&Record> = jobs
+            .iter()
+            .filter_map(|j| match j {
+                Job::Write(r, _) => Some(&**r),
+                Job::Barrier(_) | Job::Close(_) | Job::Note(..) => None,
+            })
+            .collect();
+        let result = if records.is_empty() {
+            Ok(())
+        } else if !synced && let Err(e) = full_sync(&conn) {
+            // Never acknowledge a record from a commit that did not wait
+            // for the disk.
+            Err(e)
+        } else {
+            synced = true;
+            let t = Instant::now();
+            let r = commit_batch(&mut conn, &records);
+            metrics
+                .store_commit_latency
+                .observe(t.elapsed().as_secs_f64());
+            metrics.store_batch_size.observe(records.len() as f64);
+            r
+        };
+        if let Err(e) = &result {
+            tracing::error!(error = %e, records = records.len(), "store commit failed; these clients get an error answer");
+        } else {
+            tracing::trace!(records = records.len(), "store batch committed");
+            since_prune += records.len() as u64;
+            unfolded += records.len() as u64;
+        }
+        let mut close = None;
+        for j in jobs.drain(..) {
+            let reply = match j {
+                Job::Write(_, r) | Job::Barrier(r) => r,
+                Job::Note(notes, r) => {
+                    let entries: Vec<(&str, String)> =
+                        notes.into_iter().map(|(n, v)| (n.key(), v)).collect();
+                    let _ = r.send(set_meta(&conn, &entries));
+                    continue;
+                }
+                Job::Close(r) => {
+                    close = Some(r);
+                    continue;
+                }
+            };
+            let _ = reply.send(result.clone());
+        }
+        if let Some(reply) = close {
+            let _ = reply.send(fold_all(&mut conn).map(|n| {
+                tracing::debug!(records = n, "log tail folded at shutdown");
+            }));
+            return;
+        }
+        // Folding and pruning run after the replies, so the clients whose
+        // records were just committed do not wait for them. One fold chunk
+        // per commit at most: a short one when no commit is waiting, a
+        // longer one once the tail has grown long (or before a prune, which
+        // only deletes folded records).
+        let prune_due = since_prune >= 10_000 || last_prune.elapsed().as_secs() >= 3600;
+        let chunk = if unfolded >= FOLD_BACKLOG || prune_due {
+            FOLD_CHUNK
+        } else if unfolded > 0 && rx.is_empty() {
+            FOLD_IDLE_CHUNK
+        } else {
+            0
+        };
+        if chunk > 0 {
+            match fold_unsynced(&mut conn, chunk, keep_records) {
+                Ok(n) if n < chunk as u64 => unfolded = 0, // the whole tail
+                Ok(n) => unfolded = unfolded.saturating_sub(n),
+                Err(e) => {
+                    // Checked again before the next commit.
+                    synced = false;
+                    tracing::warn!(error = %e, "folding the activation log failed; will retry")
+                }
+            }
+        }
+        if prune_due {
+            let now = crate::store::unix_ms_now();
+            if let Err(e) = prune(&conn, now, keep_records) {
+                tracing::warn!(error = %e, "store pruning failed; will retry later");
+            }
+            since_prune = 0;
+            last_prune = Instant::now();
+        }
+    }
+    // Every sender is gone without a Close: leave the tables folded anyway.
+    if let Err(e) = fold_all(&mut conn) {
+        tracing::warn!(error = %e, "folding the activation log at shutdown failed; the next start folds it");
+    }
+}
