@@ -124,78 +124,8 @@ fn plural(n: u64, one: &str, many: &str) -> String {
     format!("{n} {}", if n == 1 { one } else { many })
 }
 
-const CSS: &str = r#"
-:root{--bg:#f3f5f8;--card:#fff;--ink:#1d2433;--muted:#667085;--line:#e4e7ec;--ok:#12b76a;--wait:#f79009;--bad:#d92d20;--accent:#3557e0;--head:#17203a}
-*{box-sizing:border-box}
-body{margin:0;background:var(--bg);color:var(--ink);font:15px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,"Helvetica Neue",Arial,sans-serif}
-.wrap{max-width:1200px;margin:0 auto;padding:0 24px}
-.mono{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,"Liberation Mono",monospace;font-size:.86em}
-.muted{color:var(--muted)}
-header.top{background:linear-gradient(135deg,#17203a,#25336b);color:#e8ecf8;padding:22px 0 20px}
-.brand{display:flex;align-items:center;gap:12px;flex-wrap:wrap}
-.brand h1{margin:0;font-size:24px;letter-spacing:.02em}
-.brand .tag{color:#aab4d6;font-size:15px}
-.state{margin-left:auto;padding:4px 12px;border-radius:999px;font-size:13px;font-weight:600}
-.state.ok{background:rgba(18,183,106,.18);color:#6ce9a6}
-.state.down{background:rgba(217,45,32,.22);color:#fda29b}
-.facts{display:grid;grid-template-columns:repeat(auto-fit,minmax(190px,1fr));gap:10px 24px;margin:18px 0 0}
-.facts div{min-width:0}
-.facts dt{font-size:11px;text-transform:uppercase;letter-spacing:.08em;color:#97a3c9}
-.facts dd{margin:2px 0 0;font-weight:600;overflow-wrap:anywhere}
-.facts dd small{display:block;font-weight:400;color:#aab4d6}
-main.wrap{padding:8px 24px 24px}
-section{margin-top:26px}
-h2{font-size:18px;margin:0 0 4px}
-.sub{margin:0 0 14px;color:var(--muted);font-size:14px}
-.tiles{display:grid;grid-template-columns:repeat(auto-fit,minmax(150px,1fr));gap:12px}
-.tile{background:var(--card);border:1px solid var(--line);border-radius:12px;padding:12px 16px}
-.tile .v{font-size:26px;font-weight:700}
-.tile .k{font-size:13px;color:var(--muted)}
-.tile.bad .v{color:var(--bad)}
-.pools{display:grid;grid-template-columns:repeat(auto-fit,minmax(300px,1fr));gap:16px}
-.pool{background:var(--card);border:1px solid var(--line);border-radius:14px;padding:18px 20px;box-shadow:0 1px 2px rgba(16,24,40,.05)}
-.pool-head{display:flex;justify-content:space-between;align-items:baseline;gap:8px}
-.pool h3{margin:0;font-size:16px}
-.pool .count{font-size:44px;font-weight:750;line-height:1.1;margin:6px 0 0}
-.pool .count small{font-size:14px;font-weight:500;color:var(--muted);margin-left:6px}
-.threshold{margin-top:14px}
-.t-head{display:flex;align-items:center;gap:8px;font-size:14px}
-.t-head .who{font-weight:600}
-.t-head .num{margin-left:auto;font-variant-numeric:tabular-nums;font-weight:600}
-.bar{height:10px;background:#eaecf0;border-radius:999px;overflow:hidden;margin-top:6px}
-.bar .fill{height:100%;background:var(--wait);border-radius:999px}
-.threshold.reached .fill{background:var(--ok)}
-.threshold .hint{font-size:12px;color:var(--muted);margin-top:4px}
-.pool .foot{margin-top:14px;padding-top:10px;border-top:1px dashed var(--line);font-size:12px;color:var(--muted)}
-.badge{display:inline-block;padding:1px 9px;border-radius:999px;font-size:12px;font-weight:600;white-space:nowrap}
-.badge.ok{background:#dcfae6;color:#067647}
-.badge.wait{background:#fef0c7;color:#93370d}
-.badge.bad{background:#fee4e2;color:#b42318}
-.badge.dim{background:#f2f4f7;color:#475467}
-.card{background:var(--card);border:1px solid var(--line);border-radius:14px;overflow:hidden}
-.scroll{overflow-x:auto}
-table{width:100%;border-collapse:collapse;font-size:14px}
-th{text-align:left;font-size:11px;text-transform:uppercase;letter-spacing:.06em;color:var(--muted);font-weight:600;background:#f9fafb;padding:9px 12px;border-bottom:1px solid var(--line);white-space:nowrap}
-td{padding:8px 12px;border-bottom:1px solid var(--line);vertical-align:top}
-tr:last-child td{border-bottom:0}
-tbody tr:hover td{background:#f8f9fc}
-td.num{text-align:right;font-variant-numeric:tabular-nums}
-td .second{display:block;font-size:12px;color:var(--muted)}
-td.empty{text-align:center;color:var(--muted);padding:22px}
-.dot{display:inline-block;width:8px;height:8px;border-radius:50%;background:#98a2b3;margin-right:7px;vertical-align:middle}
-tr.live .dot{background:var(--ok);box-shadow:0 0 0 3px #dcfae6}
-.search{display:flex;gap:8px;align-items:center;flex-wrap:wrap;padding:12px;border-bottom:1px solid var(--line);background:#fcfcfd}
-.search input{flex:1;min-width:220px;padding:8px 12px;border:1px solid #d0d5dd;border-radius:8px;font:inherit}
-.search input:focus{outline:2px solid #b2c3ff;border-color:var(--accent)}
-.search button{padding:8px 16px;border:0;border-radius:8px;background:var(--accent);color:#fff;font:inherit;font-weight:600;cursor:pointer}
-.search a{color:var(--muted);font-size:14px}
-.search .info{margin-left:auto;color:var(--muted);font-size:13px}
-.groups td:first-child{font-weight:600}
-footer.wrap{padding:18px 24px 40px;color:var(--muted);font-size:13px}
-footer a{color:var(--accent);text-decoration:none;margin-right:14px}
-footer .meta{margin-top:8px}
-td.when{white-space:nowrap}
-"#;
+/// The stylesheet, inlined in a `<style>` element.
+const CSS: &str = include_str!("page.css");
 
 /// The page.
 pub fn render(v: &View<'_>) -> String {
