@@ -21,7 +21,6 @@ mod health;
 mod page;
 
 pub use data::ActivationRow;
-pub use page::escape_html;
 
 use crate::server::handler::Host;
 use axum::Router;
