@@ -764,6 +764,213 @@ fn plural(n: u64, one: &str, many: &str) -> String {
 mod tests {
     use super::*;
 
+    /// A hostile text that tells where it was put.
+    fn evil(place: &str) -> String {
+        format!("{place}<script>alert(1)</script>\"&'")
+    }
+
+    /// How [`evil`] must come out.
+    fn escaped(place: &str) -> String {
+        format!("{place}&lt;script&gt;alert(1)&lt;/script&gt;&quot;&amp;'")
+    }
+
+    /// Hostile text in every field that comes from the network, the
+    /// database or the request, rendered.
+    fn hostile_page(q: &str) -> String {
+        let t = |place: &str| Box::leak(evil(place).into_boxed_str()) as &'static str;
+        let activation = ActivationLine {
+            id: 7,
+            time: t("time"),
+            ago: evil("ago"),
+            workstation: t("a-workstation"),
+            cmid: t("a-cmid"),
+            address: t("a-address"),
+            product: t("a-product"),
+            sku_id: t("a-sku"),
+            group: t("a-group"),
+            protocol: 6,
+            vm: true,
+            count: 3,
+            needs: 5,
+            license_status: t("a-license"),
+            result: result_badge(t("a-result")),
+        };
+        let client = ClientLine {
+            live: true,
+            cmid: t("c-cmid"),
+            workstation: t("c-workstation"),
+            product: t("c-product"),
+            pool: t("c-pool"),
+            address: t("c-address"),
+            first_seen: t("c-first"),
+            last_seen: t("c-last"),
+            requests: 2,
+            last_result: result_badge(t("c-result")),
+            last_count: 4,
+        };
+        let view = StatusView {
+            head: Head {
+                shutting_down: false,
+                listen: evil("listen"),
+                count_mode: evil("mode"),
+                count_mode_note: evil("note"),
+                host_build: t("build"),
+                host_build_name: "",
+                hwid: t("hwid"),
+                started: evil("started"),
+                pid: t("pid"),
+            },
+            tiles: vec![],
+            pools: vec![PoolCard {
+                pool: Pool::Windows,
+                count: 3,
+                capacity: 10,
+                fixed: false,
+                thresholds: vec![Bar {
+                    who: t("who"),
+                    needs: 5,
+                    reached: false,
+                }],
+            }],
+            groups: vec![GroupRow {
+                group: t("group"),
+                pool: "Windows",
+                epid: t("epid"),
+            }],
+            not_served: vec![t("not-served")],
+            activations: vec![activation],
+            inventory: Inventory {
+                q,
+                matching: 1,
+                rows: vec![client],
+            },
+            foot: Foot {
+                database: t("database"),
+                schema_version: 1,
+                rendered: evil("rendered"),
+            },
+        };
+        view.render().into_string()
+    }
+
+    #[test]
+    fn hostile_text_is_escaped_everywhere() {
+        let q = evil("q");
+        let page = hostile_page(&q);
+        assert!(!page.contains("<script"), "{page}");
+        assert!(!page.contains("</script"), "{page}");
+        for place in [
+            "time",
+            "ago",
+            "a-workstation",
+            "a-cmid",
+            "a-address",
+            "a-product",
+            "a-sku",
+            "a-group",
+            "a-license",
+            "a-result",
+            "c-cmid",
+            "c-workstation",
+            "c-product",
+            "c-pool",
+            "c-address",
+            "c-first",
+            "c-last",
+            "c-result",
+            "listen",
+            "mode",
+            "note",
+            "build",
+            "hwid",
+            "started",
+            "pid",
+            "who",
+            "group",
+            "epid",
+            "not-served",
+            "database",
+            "rendered",
+            "q",
+        ] {
+            assert!(
+                page.contains(&escaped(place)),
+                "{place} not escaped in {page}"
+            );
+        }
+        // In attributes too: nothing closes the quotes.
+        for attr in [
+            format!("value=\"{}\"", escaped("q")),
+            format!("data-cmid=\"{}\"", escaped("c-cmid")),
+            format!("data-cmid=\"{}\"", escaped("a-cmid")),
+            format!("data-group=\"{}\"", escaped("group")),
+            format!("title=\"{}\"", escaped("a-sku")),
+            format!("aria-label=\"{}\"", escaped("who")),
+        ] {
+            assert!(page.contains(&attr), "{attr} not in {page}");
+        }
+        let error = render_error(StatusCode::INTERNAL_SERVER_ERROR, &evil("error"));
+        assert!(!error.contains("<script"), "{error}");
+        assert!(error.contains(&escaped("error")), "{error}");
+    }
+
+    #[test]
+    fn the_page_has_no_script_and_inlines_its_css() {
+        let page = hostile_page("");
+        assert!(page.starts_with("<!DOCTYPE html>"));
+        assert!(page.contains(&format!("<style>{CSS}</style>")));
+        for banned in ["<script", "<link", "<img", "src="] {
+            assert!(!page.contains(banned), "{banned} in {page}");
+        }
+        assert!(
+            !page.contains("href=\"/\">clear"),
+            "no clear link without a search"
+        );
+        assert!(hostile_page("x").contains("<a href=\"/\">clear</a>"));
+    }
+
+    #[test]
+    fn inventory_info_counts() {
+        let info = |q, matching, shown| {
+            let row = || ClientLine {
+                live: false,
+                cmid: "",
+                workstation: "",
+                product: "",
+                pool: "",
+                address: "",
+                first_seen: "",
+                last_seen: "",
+                requests: 0,
+                last_result: result_badge("answered"),
+                last_count: 0,
+            };
+            Inventory {
+                q,
+                matching,
+                rows: (0..shown).map(|_| row()).collect(),
+            }
+            .info()
+        };
+        assert_eq!(info("", 1, 1), "1 machine");
+        assert_eq!(info(" ", 4, 4), "4 machines");
+        assert_eq!(info("", 300, 200), "newest 200 of 300 machines");
+        assert_eq!(info("srv", 0, 0), "0 machines match");
+        assert_eq!(info("srv", 1, 1), "1 machine match");
+        assert_eq!(info("srv", 300, 200), "300 match; newest 200 shown");
+    }
+
+    #[test]
+    fn result_badges() {
+        let ok = result_badge("answered");
+        assert_eq!((ok.class, ok.label.as_str()), ("ok", "answered"));
+        let bad = result_badge("0xC004F042");
+        assert_eq!(
+            (bad.class, bad.label.as_str()),
+            ("bad", "refused 0xC004F042")
+        );
+    }
+
     #[test]
     fn ages_read_naturally() {
         assert_eq!(ago(100_000, 99_000), "just now");
