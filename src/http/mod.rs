@@ -21,7 +21,6 @@ mod health;
 mod page;
 
 pub use data::ActivationRow;
-pub use page::escape_html;
 
 use crate::host::Host;
 use axum::Router;

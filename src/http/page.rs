@@ -1,5 +1,11 @@
 //! The status page: server-rendered HTML with inline CSS, no scripts and no
-//! external assets. Every interpolated string goes through [`Esc`].
+//! external assets.
+//!
+//! [`load`] reads the database, [`StatusView::new`] turns what the page shows
+//! into plain values (no markup), and [`maud`] renders them. Maud escapes
+//! every spliced value, so text from the network (workstation names,
+//! addresses, the search box) cannot become markup; the stylesheet is the
+//! only text inserted raw.
 
 use super::data::{self, ActivationRow};
 use crate::host::Host;
@@ -7,7 +13,7 @@ use crate::protocol::kms::products::{self, Pool};
 use crate::report::{self, ClientRow, StatusReport};
 use crate::store::{ClientQuery, CountMode, Store, StoreError};
 use axum::http::StatusCode;
-use std::fmt::{self, Write as _};
+use maud::{DOCTYPE, Markup, PreEscaped, display, html};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 
@@ -16,33 +22,10 @@ const RECENT: usize = 25;
 /// Inventory rows shown.
 const INVENTORY_ROWS: usize = 200;
 
-/// Escapes text for HTML element content and quoted attribute values.
-pub fn escape_html(s: &str) -> String {
-    Esc(s).to_string()
-}
+/// The stylesheet, inlined in a `<style>` element.
+const CSS: &str = include_str!("page.css");
 
-/// Displays a string HTML-escaped.
-pub struct Esc<'a>(pub &'a str);
-
-impl fmt::Display for Esc<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut rest = self.0;
-        while let Some(i) = rest.find(['&', '<', '>', '"', '\'']) {
-            f.write_str(&rest[..i])?;
-            f.write_str(match rest.as_bytes()[i] {
-                b'&' => "&amp;",
-                b'<' => "&lt;",
-                b'>' => "&gt;",
-                b'"' => "&quot;",
-                _ => "&#39;",
-            })?;
-            rest = &rest[i + 1..];
-        }
-        f.write_str(rest)
-    }
-}
-
-/// What the page reads from the database (one blocking call).
+/// What the page reads from the store.
 pub struct PageDb {
     pub status: StatusReport,
     pub activations: Vec<ActivationRow>,
@@ -94,6 +77,658 @@ pub struct View<'a> {
     pub db: &'a PageDb,
 }
 
+/// The page.
+pub fn render(v: &View<'_>) -> String {
+    StatusView::new(v).render().into_string()
+}
+
+/// The page when the database cannot be read.
+pub fn render_error(status: StatusCode, msg: &str) -> String {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                title { "kmsd · error" }
+                style { (PreEscaped(CSS)) }
+            }
+            body {
+                header.top { .wrap { .brand {
+                    h1 { "kmsd" }
+                    span.tag { "KMS host" }
+                    span.state.down { (status.to_string()) }
+                } } }
+                main.wrap { section {
+                    h2 { "The database cannot be read" }
+                    p.sub #error { (msg) }
+                } }
+            }
+        }
+    }
+    .into_string()
+}
+
+// ---------------------------------------------------------------------------
+// The typed view: what the page says, as plain values.
+
+/// The whole page's content.
+struct StatusView<'a> {
+    head: Head<'a>,
+    tiles: Vec<Tile>,
+    pools: Vec<PoolCard>,
+    groups: Vec<GroupRow<'a>>,
+    /// ePID groups in the database that this host does not serve.
+    not_served: Vec<&'a str>,
+    activations: Vec<ActivationLine<'a>>,
+    inventory: Inventory<'a>,
+    foot: Foot<'a>,
+}
+
+/// The header's facts about the host.
+struct Head<'a> {
+    shutting_down: bool,
+    listen: String,
+    count_mode: String,
+    count_mode_note: String,
+    host_build: &'a str,
+    host_build_name: &'static str,
+    hwid: &'a str,
+    started: String,
+    pid: &'a str,
+}
+
+/// One counter tile.
+struct Tile {
+    id: &'static str,
+    label: &'static str,
+    value: u64,
+    /// Shown in red when not zero.
+    alarm: bool,
+}
+
+/// One count pool.
+struct PoolCard {
+    pool: Pool,
+    count: u32,
+    capacity: u32,
+    /// Fixed count mode: the count is what every client is told.
+    fixed: bool,
+    thresholds: Vec<Bar>,
+}
+
+/// One product threshold of a pool.
+struct Bar {
+    who: &'static str,
+    needs: u32,
+    reached: bool,
+}
+
+/// One served product group.
+struct GroupRow<'a> {
+    group: &'static str,
+    pool: &'static str,
+    epid: &'a str,
+}
+
+/// One recent activation.
+struct ActivationLine<'a> {
+    id: i64,
+    /// ISO 8601 UTC.
+    time: &'a str,
+    ago: String,
+    workstation: &'a str,
+    cmid: &'a str,
+    address: &'a str,
+    product: &'a str,
+    sku_id: &'a str,
+    /// The KMS group's name, or its ID when the catalog has none.
+    group: &'a str,
+    protocol: u16,
+    vm: bool,
+    count: u32,
+    needs: u32,
+    license_status: &'a str,
+    result: Badge,
+}
+
+/// The inventory and its search box.
+struct Inventory<'a> {
+    q: &'a str,
+    matching: u64,
+    rows: Vec<ClientLine<'a>>,
+}
+
+/// One machine of the inventory.
+struct ClientLine<'a> {
+    live: bool,
+    cmid: &'a str,
+    workstation: &'a str,
+    product: &'a str,
+    pool: &'a str,
+    address: &'a str,
+    first_seen: &'a str,
+    last_seen: &'a str,
+    requests: u64,
+    last_result: Badge,
+    last_count: u32,
+}
+
+struct Foot<'a> {
+    database: &'a str,
+    schema_version: i64,
+    rendered: String,
+}
+
+/// A result as a coloured badge: its CSS class and its text.
+struct Badge {
+    class: &'static str,
+    label: String,
+}
+
+/// How a stored result ("answered", or the HRESULT refused with) reads.
+fn result_badge(result: &str) -> Badge {
+    if result == "answered" {
+        Badge {
+            class: "ok",
+            label: "answered".into(),
+        }
+    } else {
+        Badge {
+            class: "bad",
+            label: format!("refused {result}"),
+        }
+    }
+}
+
+impl<'a> StatusView<'a> {
+    fn new(v: &View<'a>) -> Self {
+        let host = v.host;
+        let s = &v.db.status;
+        let mode = host.count_mode();
+        let listen = if v.kms_addrs.is_empty() {
+            "none".to_owned()
+        } else {
+            let addrs: Vec<String> = v.kms_addrs.iter().map(ToString::to_string).collect();
+            addrs.join(", ")
+        };
+        let host_build = s.host_build.as_deref().unwrap_or("-");
+        let head = Head {
+            shutting_down: v.shutting_down,
+            listen,
+            count_mode: mode.to_string(),
+            count_mode_note: match mode {
+                CountMode::Real => "distinct clients, 30-day window".to_owned(),
+                CountMode::Fixed(n) => format!("every client is told {n}"),
+            },
+            host_build,
+            host_build_name: host_build
+                .parse::<u32>()
+                .ok()
+                .and_then(products::win_build)
+                .map_or("", |b| b.name),
+            hwid: s.hwid.as_deref().unwrap_or("-"),
+            started: s.started.as_deref().map_or_else(|| "-".into(), short_time),
+            pid: s.pid.as_deref().unwrap_or("-"),
+        };
+
+        let st = &host.stats;
+        let n = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+        let tile = |id, label, value, alarm| Tile {
+            id,
+            label,
+            value,
+            alarm,
+        };
+        let tiles = vec![
+            tile("answered", "answered since start", n(&st.answered), false),
+            tile("refused", "refused since start", n(&st.refused), false),
+            tile(
+                "invalid",
+                "invalid or faulted",
+                n(&st.invalid) + n(&st.faults),
+                false,
+            ),
+            tile(
+                "store-failures",
+                "store failures",
+                n(&st.store_failures),
+                true,
+            ),
+            tile("inventory", "machines in the inventory", s.inventory, false),
+            tile("records", "activation records kept", s.records_kept, false),
+        ];
+
+        let fixed = matches!(mode, CountMode::Fixed(_));
+        let pools = host
+            .pools_now()
+            .into_iter()
+            .map(|p| PoolCard {
+                pool: p.pool,
+                count: p.count,
+                capacity: p.capacity,
+                fixed,
+                thresholds: report::thresholds(p.pool, p.count)
+                    .into_iter()
+                    .map(|t| Bar {
+                        who: t.who,
+                        needs: t.needs,
+                        reached: t.reached,
+                    })
+                    .collect(),
+            })
+            .collect();
+
+        let served = host.served_groups();
+        let groups = served
+            .iter()
+            .map(|&g| GroupRow {
+                group: g,
+                pool: products::epid_group(g).map_or("", |e| pool_title(e.pool)),
+                epid: host.epid(g).map_or("-", |e| e.as_str()),
+            })
+            .collect();
+        let not_served = s
+            .epids
+            .iter()
+            .filter(|e| !served.contains(&e.group.as_str()))
+            .map(|e| e.group.as_str())
+            .collect();
+
+        let activations =
+            v.db.activations
+                .iter()
+                .map(|a| ActivationLine {
+                    id: a.id,
+                    time: &a.time,
+                    ago: ago(v.now_ms, a.time_ms),
+                    workstation: &a.workstation,
+                    cmid: &a.cmid,
+                    address: &a.address,
+                    product: &a.product,
+                    sku_id: &a.sku_id,
+                    group: a.kms_group.as_deref().unwrap_or(&a.kms_id),
+                    protocol: a.protocol,
+                    vm: a.vm,
+                    count: a.count,
+                    needs: a.n_policy,
+                    license_status: &a.license_status,
+                    result: result_badge(&a.result),
+                })
+                .collect();
+
+        let rows =
+            v.db.clients
+                .iter()
+                .map(|c| ClientLine {
+                    live: c.live,
+                    cmid: &c.cmid,
+                    workstation: &c.workstation,
+                    product: &c.product,
+                    pool: &c.pool,
+                    address: &c.address,
+                    first_seen: &c.first_seen,
+                    last_seen: &c.last_seen,
+                    requests: c.requests,
+                    last_result: result_badge(&c.last_result),
+                    last_count: c.last_count,
+                })
+                .collect();
+
+        StatusView {
+            head,
+            tiles,
+            pools,
+            groups,
+            not_served,
+            activations,
+            inventory: Inventory {
+                q: v.q,
+                matching: v.db.matching,
+                rows,
+            },
+            foot: Foot {
+                database: &s.database,
+                schema_version: s.schema_version,
+                rendered: short_time(&report::iso_utc(v.now_ms)),
+            },
+        }
+    }
+
+    fn render(&self) -> Markup {
+        html! {
+            (DOCTYPE)
+            html lang="en" {
+                head {
+                    meta charset="utf-8";
+                    meta name="viewport" content="width=device-width, initial-scale=1";
+                    title { "kmsd · KMS host status" }
+                    style { (PreEscaped(CSS)) }
+                }
+                body {
+                    (self.head.render())
+                    main.wrap {
+                        section.tiles #tiles {
+                            @for t in &self.tiles { (t.render()) }
+                        }
+                        (self.render_pools())
+                        (self.render_groups())
+                        (self.render_activations())
+                        (self.inventory.render())
+                    }
+                    (self.foot.render())
+                }
+            }
+        }
+    }
+
+    fn render_pools(&self) -> Markup {
+        html! {
+            section #pools {
+                h2 { "Count pools" }
+                p.sub {
+                    "Distinct client machines seen in the last 30 days. A client activates once \
+                     the count it is told reaches its product's threshold."
+                }
+                .pools { @for p in &self.pools { (p.render()) } }
+            }
+        }
+    }
+
+    fn render_groups(&self) -> Markup {
+        html! {
+            section #groups {
+                h2 { "Served product groups" }
+                p.sub { "The host key (ePID) answered to each product group this host serves." }
+                .card.scroll { table.groups {
+                    thead { tr { th { "Group" } th { "Pool" } th { "ePID" } } }
+                    tbody {
+                        @if self.groups.is_empty() {
+                            tr { td.empty colspan="3" { "No product group is served." } }
+                        }
+                        @for g in &self.groups {
+                            tr.group data-group=(g.group) {
+                                td { (g.group) }
+                                td { (g.pool) }
+                                td.mono { (g.epid) }
+                            }
+                        }
+                    }
+                } }
+                @if !self.not_served.is_empty() {
+                    p.sub style="margin-top:8px" {
+                        "Not served (refused): " (self.not_served.join(", "))
+                    }
+                }
+            }
+        }
+    }
+
+    fn render_activations(&self) -> Markup {
+        html! {
+            section #activations {
+                h2 { "Recent activations" }
+                p.sub { "The last " (RECENT) " requests, newest first." }
+                .card.scroll { table {
+                    thead { tr {
+                        th { "When" } th { "Workstation" } th { "Address" } th { "Product" }
+                        th { "Protocol" } th { "Count" } th { "License status" } th { "Result" }
+                    } }
+                    tbody {
+                        @if self.activations.is_empty() {
+                            tr { td.empty colspan="8" { "No activations yet." } }
+                        }
+                        @for a in &self.activations { (a.render()) }
+                    }
+                } }
+            }
+        }
+    }
+}
+
+impl Head<'_> {
+    fn render(&self) -> Markup {
+        let (state_class, state) = if self.shutting_down {
+            ("down", "shutting down")
+        } else {
+            ("ok", "serving")
+        };
+        html! {
+            header.top { .wrap {
+                .brand {
+                    h1 { "kmsd" }
+                    span.tag { "KMS host · version " (env!("CARGO_PKG_VERSION")) }
+                    span.state.(state_class) #state { (state) }
+                }
+                dl.facts #host-facts {
+                    div { dt { "Listening on" } dd.mono #listen { (self.listen) } }
+                    div { dt { "Count mode" } dd #count-mode {
+                        (self.count_mode) small { (self.count_mode_note) }
+                    } }
+                    div { dt { "Host build" } dd #host-build {
+                        (self.host_build) small { (self.host_build_name) }
+                    } }
+                    div { dt { "HwID" } dd.mono { (self.hwid) } }
+                    div { dt { "Started (UTC)" } dd {
+                        (self.started) small { "pid " (self.pid) }
+                    } }
+                }
+            } }
+        }
+    }
+}
+
+impl Tile {
+    fn render(&self) -> Markup {
+        html! {
+            .tile.bad[self.alarm && self.value > 0] id={ "stat-" (self.id) } data-value=(self.value) {
+                .v { (self.value) }
+                .k { (self.label) }
+            }
+        }
+    }
+}
+
+impl PoolCard {
+    fn render(&self) -> Markup {
+        let counted = if self.fixed {
+            "reported to every client"
+        } else if self.count == 1 {
+            "client counted"
+        } else {
+            "clients counted"
+        };
+        let foot = if self.fixed {
+            "Fixed count mode: no pool is kept.".to_owned()
+        } else if self.capacity == 0 {
+            "No client seen yet.".to_owned()
+        } else {
+            format!(
+                "Capacity {} (twice the highest threshold seen)",
+                self.capacity
+            )
+        };
+        html! {
+            article.pool id={ "pool-" (pool_key(self.pool)) } data-pool=(self.pool.name())
+                data-count=(self.count) data-capacity=(self.capacity) {
+                .pool-head {
+                    h3 { (pool_title(self.pool)) }
+                    span.mono.muted { (self.pool.name()) }
+                }
+                .count { span.value { (self.count) } small { (counted) } }
+                @for t in &self.thresholds { (t.render(self.count)) }
+                .foot { (foot) }
+            }
+        }
+    }
+}
+
+impl Bar {
+    fn render(&self, count: u32) -> Markup {
+        let now = count.min(self.needs);
+        let pct = if self.needs == 0 {
+            100
+        } else {
+            u64::from(now) * 100 / u64::from(self.needs)
+        };
+        let (class, label) = if self.reached {
+            ("ok", "activating")
+        } else {
+            ("wait", "waiting")
+        };
+        let hint = if self.reached {
+            format!("{} clients activate", self.who)
+        } else {
+            let more = u64::from(self.needs - count);
+            format!(
+                "{more} more {} needed",
+                if more == 1 { "client" } else { "clients" }
+            )
+        };
+        html! {
+            .threshold.reached[self.reached] data-needs=(self.needs) data-reached=(display(self.reached)) {
+                .t-head {
+                    span.who { (self.who) }
+                    span.num { (count) " / " (self.needs) }
+                    span.badge.(class) { (label) }
+                }
+                .bar role="progressbar" aria-label=(self.who) aria-valuemin="0"
+                    aria-valuemax=(self.needs) aria-valuenow=(now) {
+                    .fill style={ "width:" (pct) "%" } {}
+                }
+                .hint { (hint) }
+            }
+        }
+    }
+}
+
+impl ActivationLine<'_> {
+    fn render(&self) -> Markup {
+        let short_cmid = self.cmid.get(..8).unwrap_or(self.cmid);
+        html! {
+            tr.activation data-id=(self.id) data-cmid=(self.cmid) {
+                td.when {
+                    time datetime=(self.time) title=(self.time) { (self.ago) }
+                    span.second { (short_time(self.time)) }
+                }
+                td.workstation {
+                    (self.workstation)
+                    span.second.mono title=(self.cmid) { (short_cmid) "…" }
+                }
+                td.mono { (self.address) }
+                td.product title=(self.sku_id) {
+                    (self.product) span.second { (self.group) }
+                }
+                td { "v" (self.protocol) @if self.vm { " · VM" } }
+                td.num { (self.count) span.second { "needs " (self.needs) } }
+                td { (self.license_status) }
+                td { (self.result.render()) }
+            }
+        }
+    }
+}
+
+impl Inventory<'_> {
+    /// "4 machines", "newest 200 of 1,000 machines", "3 match"...
+    fn info(&self) -> String {
+        let shown = self.rows.len() as u64;
+        let machines = plural(self.matching, "machine", "machines");
+        match (self.q.trim().is_empty(), shown < self.matching) {
+            (true, true) => format!("newest {shown} of {machines}"),
+            (true, false) => machines,
+            (false, true) => format!("{} match; newest {shown} shown", self.matching),
+            (false, false) => format!("{machines} match"),
+        }
+    }
+
+    fn render(&self) -> Markup {
+        html! {
+            section #inventory {
+                h2 { "Client inventory" }
+                p.sub {
+                    "Every machine that has asked, newest first. "
+                    span.dot style="background:var(--ok)" {}
+                    "live: counted in its pool now."
+                }
+                .card {
+                    form.search method="get" action="/" role="search" {
+                        input #q type="search" name="q" value=(self.q)
+                            placeholder="Search workstation, CMID, address or product"
+                            aria-label="Search the inventory";
+                        button type="submit" { "Search" }
+                        @if !self.q.is_empty() { a href="/" { "clear" } }
+                        span.info #inventory-info data-matching=(self.matching) { (self.info()) }
+                    }
+                    .scroll { table {
+                        thead { tr {
+                            th { "Status" } th { "Workstation" } th { "Product" } th { "Address" }
+                            th { "CMID" } th { "Last seen" } th { "Requests" } th { "Last result" }
+                        } }
+                        tbody {
+                            @if self.rows.is_empty() {
+                                tr { td.empty colspan="8" {
+                                    @if self.q.trim().is_empty() {
+                                        "No clients yet."
+                                    } @else {
+                                        "No machine matches the search."
+                                    }
+                                } }
+                            }
+                            @for c in &self.rows { (c.render()) }
+                        }
+                    } }
+                }
+            }
+        }
+    }
+}
+
+impl ClientLine<'_> {
+    fn render(&self) -> Markup {
+        html! {
+            tr.client.live[self.live] data-live=(display(self.live)) data-cmid=(self.cmid) {
+                td { span.dot {} (if self.live { "live" } else { "not counted" }) }
+                td.workstation { (self.workstation) }
+                td.product { (self.product) span.second { (self.pool) } }
+                td.mono { (self.address) }
+                td.mono { (self.cmid) }
+                td.when {
+                    (short_time(self.last_seen))
+                    span.second { "first " (short_time(self.first_seen)) }
+                }
+                td.num { (self.requests) }
+                td {
+                    (self.last_result.render())
+                    span.second { "count " (self.last_count) }
+                }
+            }
+        }
+    }
+}
+
+impl Foot<'_> {
+    fn render(&self) -> Markup {
+        html! {
+            footer.wrap {
+                a href="/metrics" { "metrics" }
+                a href="/api/status" { "status JSON" }
+                a href="/api/clients" { "clients JSON" }
+                a href="/api/activations" { "activations JSON" }
+                a href="/healthz" { "health" }
+                .meta {
+                    "Database " span.mono { (self.database) }
+                    " · schema " (self.schema_version) " · rendered " (self.rendered) " UTC"
+                }
+            }
+        }
+    }
+}
+
+impl Badge {
+    fn render(&self) -> Markup {
+        html! { span.badge.(self.class) { (self.label) } }
+    }
+}
+
 fn pool_title(p: Pool) -> &'static str {
     match p {
         Pool::Windows => "Windows",
@@ -131,520 +766,215 @@ fn plural(n: u64, one: &str, many: &str) -> String {
     format!("{n} {}", if n == 1 { one } else { many })
 }
 
-const CSS: &str = r#"
-:root{--bg:#f3f5f8;--card:#fff;--ink:#1d2433;--muted:#667085;--line:#e4e7ec;--ok:#12b76a;--wait:#f79009;--bad:#d92d20;--accent:#3557e0;--head:#17203a}
-*{box-sizing:border-box}
-body{margin:0;background:var(--bg);color:var(--ink);font:15px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,"Helvetica Neue",Arial,sans-serif}
-.wrap{max-width:1200px;margin:0 auto;padding:0 24px}
-.mono{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,"Liberation Mono",monospace;font-size:.86em}
-.muted{color:var(--muted)}
-header.top{background:linear-gradient(135deg,#17203a,#25336b);color:#e8ecf8;padding:22px 0 20px}
-.brand{display:flex;align-items:center;gap:12px;flex-wrap:wrap}
-.brand h1{margin:0;font-size:24px;letter-spacing:.02em}
-.brand .tag{color:#aab4d6;font-size:15px}
-.state{margin-left:auto;padding:4px 12px;border-radius:999px;font-size:13px;font-weight:600}
-.state.ok{background:rgba(18,183,106,.18);color:#6ce9a6}
-.state.down{background:rgba(217,45,32,.22);color:#fda29b}
-.facts{display:grid;grid-template-columns:repeat(auto-fit,minmax(190px,1fr));gap:10px 24px;margin:18px 0 0}
-.facts div{min-width:0}
-.facts dt{font-size:11px;text-transform:uppercase;letter-spacing:.08em;color:#97a3c9}
-.facts dd{margin:2px 0 0;font-weight:600;overflow-wrap:anywhere}
-.facts dd small{display:block;font-weight:400;color:#aab4d6}
-main.wrap{padding:8px 24px 24px}
-section{margin-top:26px}
-h2{font-size:18px;margin:0 0 4px}
-.sub{margin:0 0 14px;color:var(--muted);font-size:14px}
-.tiles{display:grid;grid-template-columns:repeat(auto-fit,minmax(150px,1fr));gap:12px}
-.tile{background:var(--card);border:1px solid var(--line);border-radius:12px;padding:12px 16px}
-.tile .v{font-size:26px;font-weight:700}
-.tile .k{font-size:13px;color:var(--muted)}
-.tile.bad .v{color:var(--bad)}
-.pools{display:grid;grid-template-columns:repeat(auto-fit,minmax(300px,1fr));gap:16px}
-.pool{background:var(--card);border:1px solid var(--line);border-radius:14px;padding:18px 20px;box-shadow:0 1px 2px rgba(16,24,40,.05)}
-.pool-head{display:flex;justify-content:space-between;align-items:baseline;gap:8px}
-.pool h3{margin:0;font-size:16px}
-.pool .count{font-size:44px;font-weight:750;line-height:1.1;margin:6px 0 0}
-.pool .count small{font-size:14px;font-weight:500;color:var(--muted);margin-left:6px}
-.threshold{margin-top:14px}
-.t-head{display:flex;align-items:center;gap:8px;font-size:14px}
-.t-head .who{font-weight:600}
-.t-head .num{margin-left:auto;font-variant-numeric:tabular-nums;font-weight:600}
-.bar{height:10px;background:#eaecf0;border-radius:999px;overflow:hidden;margin-top:6px}
-.bar .fill{height:100%;background:var(--wait);border-radius:999px}
-.threshold.reached .fill{background:var(--ok)}
-.threshold .hint{font-size:12px;color:var(--muted);margin-top:4px}
-.pool .foot{margin-top:14px;padding-top:10px;border-top:1px dashed var(--line);font-size:12px;color:var(--muted)}
-.badge{display:inline-block;padding:1px 9px;border-radius:999px;font-size:12px;font-weight:600;white-space:nowrap}
-.badge.ok{background:#dcfae6;color:#067647}
-.badge.wait{background:#fef0c7;color:#93370d}
-.badge.bad{background:#fee4e2;color:#b42318}
-.badge.dim{background:#f2f4f7;color:#475467}
-.card{background:var(--card);border:1px solid var(--line);border-radius:14px;overflow:hidden}
-.scroll{overflow-x:auto}
-table{width:100%;border-collapse:collapse;font-size:14px}
-th{text-align:left;font-size:11px;text-transform:uppercase;letter-spacing:.06em;color:var(--muted);font-weight:600;background:#f9fafb;padding:9px 12px;border-bottom:1px solid var(--line);white-space:nowrap}
-td{padding:8px 12px;border-bottom:1px solid var(--line);vertical-align:top}
-tr:last-child td{border-bottom:0}
-tbody tr:hover td{background:#f8f9fc}
-td.num{text-align:right;font-variant-numeric:tabular-nums}
-td .second{display:block;font-size:12px;color:var(--muted)}
-td.empty{text-align:center;color:var(--muted);padding:22px}
-.dot{display:inline-block;width:8px;height:8px;border-radius:50%;background:#98a2b3;margin-right:7px;vertical-align:middle}
-tr.live .dot{background:var(--ok);box-shadow:0 0 0 3px #dcfae6}
-.search{display:flex;gap:8px;align-items:center;flex-wrap:wrap;padding:12px;border-bottom:1px solid var(--line);background:#fcfcfd}
-.search input{flex:1;min-width:220px;padding:8px 12px;border:1px solid #d0d5dd;border-radius:8px;font:inherit}
-.search input:focus{outline:2px solid #b2c3ff;border-color:var(--accent)}
-.search button{padding:8px 16px;border:0;border-radius:8px;background:var(--accent);color:#fff;font:inherit;font-weight:600;cursor:pointer}
-.search a{color:var(--muted);font-size:14px}
-.search .info{margin-left:auto;color:var(--muted);font-size:13px}
-.groups td:first-child{font-weight:600}
-footer.wrap{padding:18px 24px 40px;color:var(--muted);font-size:13px}
-footer a{color:var(--accent);text-decoration:none;margin-right:14px}
-footer .meta{margin-top:8px}
-td.when{white-space:nowrap}
-"#;
-
-/// The page.
-pub fn render(v: &View<'_>) -> String {
-    let mut h = String::with_capacity(32 * 1024);
-    let _ = write_page(&mut h, v);
-    h
-}
-
-fn write_page(h: &mut String, v: &View<'_>) -> fmt::Result {
-    write!(
-        h,
-        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
-         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
-         <title>kmsd · KMS host status</title><style>{CSS}</style></head><body>\n"
-    )?;
-    write_header(h, v)?;
-    h.push_str("<main class=\"wrap\">\n");
-    write_tiles(h, v)?;
-    write_pools(h, v)?;
-    write_groups(h, v)?;
-    write_activations(h, v)?;
-    write_inventory(h, v)?;
-    h.push_str("</main>\n");
-    write!(
-        h,
-        "<footer class=\"wrap\"><a href=\"/metrics\">metrics</a><a href=\"/api/status\">status JSON</a>\
-         <a href=\"/api/clients\">clients JSON</a><a href=\"/api/activations\">activations JSON</a>\
-         <a href=\"/healthz\">health</a><div class=\"meta\">Database <span class=\"mono\">{}</span> \
-         · schema {} · rendered {} UTC</div></footer>\n</body></html>\n",
-        Esc(&v.db.status.database),
-        v.db.status.schema_version,
-        Esc(&short_time(&report::iso_utc(v.now_ms)))
-    )
-}
-
-fn write_header(h: &mut String, v: &View<'_>) -> fmt::Result {
-    let s = &v.db.status;
-    let (state_class, state) = if v.shutting_down {
-        ("down", "shutting down")
-    } else {
-        ("ok", "serving")
-    };
-    write!(
-        h,
-        "<header class=\"top\"><div class=\"wrap\"><div class=\"brand\"><h1>kmsd</h1>\
-         <span class=\"tag\">KMS host · version {}</span><span class=\"state {}\" id=\"state\">{}</span></div>\
-         <dl class=\"facts\" id=\"host-facts\">",
-        Esc(env!("CARGO_PKG_VERSION")),
-        Esc(state_class),
-        Esc(state)
-    )?;
-    let listen = if v.kms_addrs.is_empty() {
-        "none".to_owned()
-    } else {
-        v.kms_addrs
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    write!(
-        h,
-        "<div><dt>Listening on</dt><dd id=\"listen\" class=\"mono\">{}</dd></div>",
-        Esc(&listen)
-    )?;
-    let mode = v.host.count_mode();
-    let mode_note = match mode {
-        CountMode::Real => "distinct clients, 30-day window".to_owned(),
-        CountMode::Fixed(n) => format!("every client is told {n}"),
-    };
-    write!(
-        h,
-        "<div><dt>Count mode</dt><dd id=\"count-mode\">{}<small>{}</small></dd></div>",
-        Esc(&mode.to_string()),
-        Esc(&mode_note)
-    )?;
-    let build = s.host_build.clone().unwrap_or_else(|| "-".into());
-    let build_name = build
-        .parse::<u32>()
-        .ok()
-        .and_then(products::win_build)
-        .map_or("", |b| b.name);
-    write!(
-        h,
-        "<div><dt>Host build</dt><dd id=\"host-build\">{}<small>{}</small></dd></div>",
-        Esc(&build),
-        Esc(build_name)
-    )?;
-    write!(
-        h,
-        "<div><dt>HwID</dt><dd class=\"mono\">{}</dd></div>",
-        Esc(s.hwid.as_deref().unwrap_or("-"))
-    )?;
-    let started = s.started.as_deref().map_or_else(|| "-".into(), short_time);
-    write!(
-        h,
-        "<div><dt>Started (UTC)</dt><dd>{}<small>pid {}</small></dd></div>",
-        Esc(&started),
-        Esc(s.pid.as_deref().unwrap_or("-"))
-    )?;
-    h.push_str("</dl></div></header>\n");
-    Ok(())
-}
-
-fn write_tiles(h: &mut String, v: &View<'_>) -> fmt::Result {
-    let st = &v.host.stats;
-    let tiles: [(&str, &str, u64, bool); 6] = [
-        (
-            "answered",
-            "answered since start",
-            st.answered.load(Ordering::Relaxed),
-            false,
-        ),
-        (
-            "refused",
-            "refused since start",
-            st.refused.load(Ordering::Relaxed),
-            false,
-        ),
-        (
-            "invalid",
-            "invalid or faulted",
-            st.invalid.load(Ordering::Relaxed) + st.faults.load(Ordering::Relaxed),
-            false,
-        ),
-        (
-            "store-failures",
-            "store failures",
-            st.store_failures.load(Ordering::Relaxed),
-            true,
-        ),
-        (
-            "inventory",
-            "machines in the inventory",
-            v.db.status.inventory,
-            false,
-        ),
-        (
-            "records",
-            "activation records kept",
-            v.db.status.records_kept,
-            false,
-        ),
-    ];
-    h.push_str("<section class=\"tiles\" id=\"tiles\">");
-    for (id, label, n, alarm) in tiles {
-        write!(
-            h,
-            "<div class=\"tile{}\" id=\"stat-{}\" data-value=\"{n}\"><div class=\"v\">{n}</div><div class=\"k\">{}</div></div>",
-            if alarm && n > 0 { " bad" } else { "" },
-            Esc(id),
-            Esc(label)
-        )?;
-    }
-    h.push_str("</section>\n");
-    Ok(())
-}
-
-fn write_pools(h: &mut String, v: &View<'_>) -> fmt::Result {
-    let fixed = matches!(v.host.count_mode(), CountMode::Fixed(_));
-    h.push_str(
-        "<section id=\"pools\"><h2>Count pools</h2><p class=\"sub\">Distinct client machines seen in the \
-         last 30 days. A client activates once the count it is told reaches its product's threshold.</p>\
-         <div class=\"pools\">",
-    );
-    for p in v.host.pools_now() {
-        let key = pool_key(p.pool);
-        write!(
-            h,
-            "<article class=\"pool\" id=\"pool-{}\" data-pool=\"{}\" data-count=\"{}\" data-capacity=\"{}\">\
-             <div class=\"pool-head\"><h3>{}</h3><span class=\"mono muted\">{}</span></div>\
-             <div class=\"count\"><span class=\"value\">{}</span><small>{}</small></div>",
-            Esc(key),
-            Esc(p.pool.name()),
-            p.count,
-            p.capacity,
-            Esc(pool_title(p.pool)),
-            Esc(p.pool.name()),
-            p.count,
-            Esc(if fixed {
-                "reported to every client"
-            } else if p.count == 1 {
-                "client counted"
-            } else {
-                "clients counted"
-            }),
-        )?;
-        for t in report::thresholds(p.pool, p.count) {
-            let pct = if t.needs == 0 {
-                100
-            } else {
-                (u64::from(p.count.min(t.needs)) * 100 / u64::from(t.needs)) as u32
-            };
-            let (class, label) = if t.reached {
-                ("ok", "activating")
-            } else {
-                ("wait", "waiting")
-            };
-            let hint = if t.reached {
-                format!("{} clients activate", t.who)
-            } else {
-                let more = u64::from(t.needs - p.count);
-                format!(
-                    "{} more {} needed",
-                    more,
-                    if more == 1 { "client" } else { "clients" }
-                )
-            };
-            write!(
-                h,
-                "<div class=\"threshold{}\" data-needs=\"{}\" data-reached=\"{}\">\
-                 <div class=\"t-head\"><span class=\"who\">{}</span><span class=\"num\">{} / {}</span>\
-                 <span class=\"badge {}\">{}</span></div>\
-                 <div class=\"bar\" role=\"progressbar\" aria-label=\"{}\" aria-valuemin=\"0\" aria-valuemax=\"{}\" aria-valuenow=\"{}\">\
-                 <div class=\"fill\" style=\"width:{}%\"></div></div><div class=\"hint\">{}</div></div>",
-                if t.reached { " reached" } else { "" },
-                t.needs,
-                t.reached,
-                Esc(t.who),
-                p.count,
-                t.needs,
-                Esc(class),
-                Esc(label),
-                Esc(t.who),
-                t.needs,
-                p.count.min(t.needs),
-                pct,
-                Esc(&hint)
-            )?;
-        }
-        let foot = if fixed {
-            "Fixed count mode: no pool is kept.".to_owned()
-        } else if p.capacity == 0 {
-            "No client seen yet.".to_owned()
-        } else {
-            format!("Capacity {} (twice the highest threshold seen)", p.capacity)
-        };
-        write!(h, "<div class=\"foot\">{}</div></article>", Esc(&foot))?;
-    }
-    h.push_str("</div></section>\n");
-    Ok(())
-}
-
-fn write_groups(h: &mut String, v: &View<'_>) -> fmt::Result {
-    h.push_str(
-        "<section id=\"groups\"><h2>Served product groups</h2><p class=\"sub\">The host key (ePID) \
-         answered to each product group this host serves.</p><div class=\"card scroll\">\
-         <table class=\"groups\"><thead><tr><th>Group</th><th>Pool</th><th>ePID</th></tr></thead><tbody>",
-    );
-    let served = v.host.served_groups();
-    if served.is_empty() {
-        h.push_str("<tr><td colspan=\"3\" class=\"empty\">No product group is served.</td></tr>");
-    }
-    for g in served.iter() {
-        let pool = products::epid_group(g).map_or("", |e| pool_title(e.pool));
-        let epid = v.host.epid(g).map_or("-", |e| e.as_str());
-        write!(
-            h,
-            "<tr class=\"group\" data-group=\"{}\"><td>{}</td><td>{}</td><td class=\"mono\">{}</td></tr>",
-            Esc(g),
-            Esc(g),
-            Esc(pool),
-            Esc(epid)
-        )?;
-    }
-    h.push_str("</tbody></table></div>");
-    let not_served: Vec<&str> =
-        v.db.status
-            .epids
-            .iter()
-            .filter(|e| !served.contains(&e.group.as_str()))
-            .map(|e| e.group.as_str())
-            .collect();
-    if !not_served.is_empty() {
-        write!(
-            h,
-            "<p class=\"sub\" style=\"margin-top:8px\">Not served (refused): {}</p>",
-            Esc(&not_served.join(", "))
-        )?;
-    }
-    h.push_str("</section>\n");
-    Ok(())
-}
-
-fn result_badge(result: &str) -> (&'static str, String) {
-    if result == "answered" {
-        ("ok", "answered".into())
-    } else {
-        ("bad", format!("refused {result}"))
-    }
-}
-
-fn write_activations(h: &mut String, v: &View<'_>) -> fmt::Result {
-    write!(
-        h,
-        "<section id=\"activations\"><h2>Recent activations</h2><p class=\"sub\">The last {RECENT} \
-         requests, newest first.</p><div class=\"card scroll\"><table><thead><tr><th>When</th>\
-         <th>Workstation</th><th>Address</th><th>Product</th><th>Protocol</th><th>Count</th>\
-         <th>License status</th><th>Result</th></tr></thead><tbody>"
-    )?;
-    if v.db.activations.is_empty() {
-        h.push_str("<tr><td colspan=\"8\" class=\"empty\">No activations yet.</td></tr>");
-    }
-    for a in &v.db.activations {
-        let (class, label) = result_badge(&a.result);
-        let short_cmid = a.cmid.get(..8).unwrap_or(&a.cmid);
-        write!(
-            h,
-            "<tr class=\"activation\" data-id=\"{}\" data-cmid=\"{}\">\
-             <td class=\"when\"><time datetime=\"{}\" title=\"{}\">{}</time><span class=\"second\">{}</span></td>\
-             <td class=\"workstation\">{}<span class=\"second mono\" title=\"{}\">{}…</span></td>\
-             <td class=\"mono\">{}</td>\
-             <td class=\"product\" title=\"{}\">{}<span class=\"second\">{}</span></td>\
-             <td>v{}{}</td><td class=\"num\">{}<span class=\"second\">needs {}</span></td>\
-             <td>{}</td><td><span class=\"badge {}\">{}</span></td></tr>",
-            a.id,
-            Esc(&a.cmid),
-            Esc(&a.time),
-            Esc(&a.time),
-            Esc(&ago(v.now_ms, a.time_ms)),
-            Esc(&short_time(&a.time)),
-            Esc(&a.workstation),
-            Esc(&a.cmid),
-            Esc(short_cmid),
-            Esc(&a.address),
-            Esc(&a.sku_id),
-            Esc(&a.product),
-            Esc(a.kms_group.as_deref().unwrap_or(&a.kms_id)),
-            a.protocol,
-            Esc(if a.vm { " · VM" } else { "" }),
-            a.count,
-            a.n_policy,
-            Esc(&a.license_status),
-            Esc(class),
-            Esc(&label)
-        )?;
-    }
-    h.push_str("</tbody></table></div></section>\n");
-    Ok(())
-}
-
-fn write_inventory(h: &mut String, v: &View<'_>) -> fmt::Result {
-    let db = v.db;
-    let shown = db.clients.len() as u64;
-    let info = if v.q.trim().is_empty() {
-        if shown < db.matching {
-            format!(
-                "newest {shown} of {}",
-                plural(db.matching, "machine", "machines")
-            )
-        } else {
-            plural(db.matching, "machine", "machines")
-        }
-    } else if shown < db.matching {
-        format!("{} match; newest {shown} shown", db.matching)
-    } else {
-        format!("{} match", plural(db.matching, "machine", "machines"))
-    };
-    write!(
-        h,
-        "<section id=\"inventory\"><h2>Client inventory</h2><p class=\"sub\">Every machine that has asked, \
-         newest first. <span class=\"dot\" style=\"background:var(--ok)\"></span>live: counted in its pool now.</p>\
-         <div class=\"card\"><form class=\"search\" method=\"get\" action=\"/\" role=\"search\">\
-         <input type=\"search\" name=\"q\" id=\"q\" value=\"{}\" placeholder=\"Search workstation, CMID, address or product\" aria-label=\"Search the inventory\">\
-         <button type=\"submit\">Search</button>{}<span class=\"info\" id=\"inventory-info\" data-matching=\"{}\">{}</span></form>\
-         <div class=\"scroll\"><table><thead><tr><th>Status</th><th>Workstation</th><th>Product</th>\
-         <th>Address</th><th>CMID</th><th>Last seen</th><th>Requests</th>\
-         <th>Last result</th></tr></thead><tbody>",
-        Esc(v.q),
-        if v.q.is_empty() {
-            ""
-        } else {
-            "<a href=\"/\">clear</a>"
-        },
-        db.matching,
-        Esc(&info)
-    )?;
-    if db.clients.is_empty() {
-        write!(
-            h,
-            "<tr><td colspan=\"8\" class=\"empty\">{}</td></tr>",
-            Esc(if v.q.trim().is_empty() {
-                "No clients yet."
-            } else {
-                "No machine matches the search."
-            })
-        )?;
-    }
-    for c in &db.clients {
-        let (class, label) = result_badge(&c.last_result);
-        write!(
-            h,
-            "<tr class=\"client{}\" data-live=\"{}\" data-cmid=\"{}\">\
-             <td><span class=\"dot\"></span>{}</td><td class=\"workstation\">{}</td>\
-             <td class=\"product\">{}<span class=\"second\">{}</span></td><td class=\"mono\">{}</td>\
-             <td class=\"mono\">{}</td><td class=\"when\">{}<span class=\"second\">first {}</span></td><td class=\"num\">{}</td>\
-             <td><span class=\"badge {}\">{}</span><span class=\"second\">count {}</span></td></tr>",
-            if c.live { " live" } else { "" },
-            c.live,
-            Esc(&c.cmid),
-            Esc(if c.live { "live" } else { "not counted" }),
-            Esc(&c.workstation),
-            Esc(&c.product),
-            Esc(&c.pool),
-            Esc(&c.address),
-            Esc(&c.cmid),
-            Esc(&short_time(&c.last_seen)),
-            Esc(&short_time(&c.first_seen)),
-            c.requests,
-            Esc(class),
-            Esc(&label),
-            c.last_count
-        )?;
-    }
-    h.push_str("</tbody></table></div></div></section>\n");
-    Ok(())
-}
-
-/// The page when the database cannot be read.
-pub fn render_error(status: StatusCode, msg: &str) -> String {
-    format!(
-        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>kmsd · error</title>\
-         <style>{CSS}</style></head><body><header class=\"top\"><div class=\"wrap\"><div class=\"brand\">\
-         <h1>kmsd</h1><span class=\"tag\">KMS host</span><span class=\"state down\">{}</span></div></div></header>\
-         <main class=\"wrap\"><section><h2>The database cannot be read</h2><p class=\"sub\" id=\"error\">{}</p>\
-         </section></main></body></html>\n",
-        Esc(&status.to_string()),
-        Esc(msg)
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// A hostile text that tells where it was put.
+    fn evil(place: &str) -> String {
+        format!("{place}<script>alert(1)</script>\"&'")
+    }
+
+    /// How [`evil`] must come out.
+    fn escaped(place: &str) -> String {
+        format!("{place}&lt;script&gt;alert(1)&lt;/script&gt;&quot;&amp;'")
+    }
+
+    /// Hostile text in every field that comes from the network, the
+    /// database or the request, rendered.
+    fn hostile_page(q: &str) -> String {
+        let t = |place: &str| Box::leak(evil(place).into_boxed_str()) as &'static str;
+        let activation = ActivationLine {
+            id: 7,
+            time: t("time"),
+            ago: evil("ago"),
+            workstation: t("a-workstation"),
+            cmid: t("a-cmid"),
+            address: t("a-address"),
+            product: t("a-product"),
+            sku_id: t("a-sku"),
+            group: t("a-group"),
+            protocol: 6,
+            vm: true,
+            count: 3,
+            needs: 5,
+            license_status: t("a-license"),
+            result: result_badge(t("a-result")),
+        };
+        let client = ClientLine {
+            live: true,
+            cmid: t("c-cmid"),
+            workstation: t("c-workstation"),
+            product: t("c-product"),
+            pool: t("c-pool"),
+            address: t("c-address"),
+            first_seen: t("c-first"),
+            last_seen: t("c-last"),
+            requests: 2,
+            last_result: result_badge(t("c-result")),
+            last_count: 4,
+        };
+        let view = StatusView {
+            head: Head {
+                shutting_down: false,
+                listen: evil("listen"),
+                count_mode: evil("mode"),
+                count_mode_note: evil("note"),
+                host_build: t("build"),
+                host_build_name: "",
+                hwid: t("hwid"),
+                started: evil("started"),
+                pid: t("pid"),
+            },
+            tiles: vec![],
+            pools: vec![PoolCard {
+                pool: Pool::Windows,
+                count: 3,
+                capacity: 10,
+                fixed: false,
+                thresholds: vec![Bar {
+                    who: t("who"),
+                    needs: 5,
+                    reached: false,
+                }],
+            }],
+            groups: vec![GroupRow {
+                group: t("group"),
+                pool: "Windows",
+                epid: t("epid"),
+            }],
+            not_served: vec![t("not-served")],
+            activations: vec![activation],
+            inventory: Inventory {
+                q,
+                matching: 1,
+                rows: vec![client],
+            },
+            foot: Foot {
+                database: t("database"),
+                schema_version: 1,
+                rendered: evil("rendered"),
+            },
+        };
+        view.render().into_string()
+    }
+
     #[test]
-    fn escapes_markup_and_quotes() {
-        assert_eq!(
-            escape_html(r#"<a href="x">Tom & 'Jerry'</a>"#),
-            "&lt;a href=&quot;x&quot;&gt;Tom &amp; &#39;Jerry&#39;&lt;/a&gt;"
+    fn hostile_text_is_escaped_everywhere() {
+        let q = evil("q");
+        let page = hostile_page(&q);
+        assert!(!page.contains("<script"), "{page}");
+        assert!(!page.contains("</script"), "{page}");
+        for place in [
+            "time",
+            "ago",
+            "a-workstation",
+            "a-cmid",
+            "a-address",
+            "a-product",
+            "a-sku",
+            "a-group",
+            "a-license",
+            "a-result",
+            "c-cmid",
+            "c-workstation",
+            "c-product",
+            "c-pool",
+            "c-address",
+            "c-first",
+            "c-last",
+            "c-result",
+            "listen",
+            "mode",
+            "note",
+            "build",
+            "hwid",
+            "started",
+            "pid",
+            "who",
+            "group",
+            "epid",
+            "not-served",
+            "database",
+            "rendered",
+            "q",
+        ] {
+            assert!(
+                page.contains(&escaped(place)),
+                "{place} not escaped in {page}"
+            );
+        }
+        // In attributes too: nothing closes the quotes.
+        for attr in [
+            format!("value=\"{}\"", escaped("q")),
+            format!("data-cmid=\"{}\"", escaped("c-cmid")),
+            format!("data-cmid=\"{}\"", escaped("a-cmid")),
+            format!("data-group=\"{}\"", escaped("group")),
+            format!("title=\"{}\"", escaped("a-sku")),
+            format!("aria-label=\"{}\"", escaped("who")),
+        ] {
+            assert!(page.contains(&attr), "{attr} not in {page}");
+        }
+        let error = render_error(StatusCode::INTERNAL_SERVER_ERROR, &evil("error"));
+        assert!(!error.contains("<script"), "{error}");
+        assert!(error.contains(&escaped("error")), "{error}");
+    }
+
+    #[test]
+    fn the_page_has_no_script_and_inlines_its_css() {
+        let page = hostile_page("");
+        assert!(page.starts_with("<!DOCTYPE html>"));
+        assert!(page.contains(&format!("<style>{CSS}</style>")));
+        for banned in ["<script", "<link", "<img", "src="] {
+            assert!(!page.contains(banned), "{banned} in {page}");
+        }
+        assert!(
+            !page.contains("href=\"/\">clear"),
+            "no clear link without a search"
         );
-        assert_eq!(escape_html("plain ü"), "plain ü");
+        assert!(hostile_page("x").contains("<a href=\"/\">clear</a>"));
+    }
+
+    #[test]
+    fn inventory_info_counts() {
+        let info = |q, matching, shown| {
+            let row = || ClientLine {
+                live: false,
+                cmid: "",
+                workstation: "",
+                product: "",
+                pool: "",
+                address: "",
+                first_seen: "",
+                last_seen: "",
+                requests: 0,
+                last_result: result_badge("answered"),
+                last_count: 0,
+            };
+            Inventory {
+                q,
+                matching,
+                rows: (0..shown).map(|_| row()).collect(),
+            }
+            .info()
+        };
+        assert_eq!(info("", 1, 1), "1 machine");
+        assert_eq!(info(" ", 4, 4), "4 machines");
+        assert_eq!(info("", 300, 200), "newest 200 of 300 machines");
+        assert_eq!(info("srv", 0, 0), "0 machines match");
+        assert_eq!(info("srv", 1, 1), "1 machine match");
+        assert_eq!(info("srv", 300, 200), "300 match; newest 200 shown");
+    }
+
+    #[test]
+    fn result_badges() {
+        let ok = result_badge("answered");
+        assert_eq!((ok.class, ok.label.as_str()), ("ok", "answered"));
+        let bad = result_badge("0xC004F042");
+        assert_eq!(
+            (bad.class, bad.label.as_str()),
+            ("bad", "refused 0xC004F042")
+        );
     }
 
     #[test]
