@@ -4,7 +4,8 @@
 //! * [`server`]: the tokio shell (listeners, codec, connections, shutdown).
 //! * [`store`]: count pools in memory over a durable SQLite store.
 //! * [`client`]: the activation client behind `kmsd activate` and `kmsd load`.
-//! * [`config`]: typed configuration with validation.
+//! * [`config`]: typed configuration with validation, the key table and
+//!   the file/environment/flag layers.
 pub mod cli;
 pub mod client;
 pub mod config;
@@ -13,5 +14,4 @@ pub mod metrics;
 pub mod protocol;
 pub mod report;
 pub mod server;
-pub mod settings;
 pub mod store;

@@ -4,15 +4,14 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 use kmsd::cli::{
     ActivateArgs, Cli, ClientsArgs, Command, ConfigCommand, DnsRecordArgs, LogFormat, ProductsArgs,
-    ServeArgs, StatusArgs,
+    StatusArgs,
 };
 use kmsd::client::{ClientOptions, Connection};
-use kmsd::config::{DEFAULT_PORT, ServeConfig};
+use kmsd::config::{self, DEFAULT_PORT, Layers, ServeConfig};
 use kmsd::protocol::guid::Guid;
 use kmsd::protocol::kms::Version;
 use kmsd::protocol::kms::products;
 use kmsd::server::{self, Server, handler::Host};
-use kmsd::settings::{self, Settings};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::Duration;
@@ -90,17 +89,23 @@ fn main() -> Result<()> {
     };
     match &cli.command {
         Command::Serve(args) => {
-            let layers = Layers::read(args, &cli)?;
-            let (cfg, level, json) = layers.resolve()?;
-            let (reload, _flush_on_exit) = init_logging(&level, json, LogSink::Background);
+            let layers = args.layers(cli.verbose, cli.quiet, cli.log_format)?;
+            let config::Resolved { cfg, warnings } = layers.resolve()?;
+            let json = cfg.log_format == LogFormat::Json;
+            let (reload, _flush_on_exit) = init_logging(&cfg.log_level, json, LogSink::Background);
+            for w in warnings {
+                tracing::warn!("{w}");
+            }
             rt()?.block_on(serve(cfg, layers, reload))
         }
         Command::Config(ConfigCommand::Check(args)) => {
-            let (cfg, level, json) = Layers::read(args, &cli)?.resolve()?;
-            print!(
-                "{}",
-                settings::effective_toml(&cfg, &level, if json { "json" } else { "text" })
-            );
+            let r = args
+                .layers(cli.verbose, cli.quiet, cli.log_format)?
+                .resolve()?;
+            for w in r.warnings {
+                eprintln!("warning: {w}");
+            }
+            print!("{}", config::effective_toml(&r.cfg));
             eprintln!("configuration is valid");
             Ok(())
         }
@@ -109,7 +114,7 @@ fn main() -> Result<()> {
             Ok(())
         }
         Command::Config(ConfigCommand::Keys) => {
-            print!("{}", settings::markdown_table());
+            print!("{}", config::markdown_table());
             Ok(())
         }
         Command::DnsRecord(args) => dns_record(args),
@@ -139,36 +144,6 @@ fn main() -> Result<()> {
 
 /// The sample configuration shipped in packaging/.
 const SAMPLE_CONFIG: &str = include_str!("../packaging/kmsd.toml");
-
-/// The configuration layers of `serve`: file, environment, flags.
-struct Layers {
-    file_path: Option<std::path::PathBuf>,
-    flags: Settings,
-}
-
-impl Layers {
-    fn read(args: &ServeArgs, cli: &Cli) -> Result<Self> {
-        Ok(Self {
-            file_path: args.config.clone(),
-            flags: args.to_settings(cli.verbose, cli.quiet, cli.log_format)?,
-        })
-    }
-
-    /// Reads the file and the environment again and resolves all layers:
-    /// the configuration, the log level and whether logs are JSON.
-    fn resolve(&self) -> Result<(ServeConfig, String, bool)> {
-        let file = match &self.file_path {
-            Some(p) => Settings::from_file(p)?,
-            None => Settings::default(),
-        };
-        let env = Settings::from_env(std::env::vars().filter(|(k, _)| k != "KMSD_CONFIG"))?;
-        let merged = file.overlay(env).overlay(self.flags.clone());
-        let cfg = Settings::resolve(&[&merged])?;
-        let level = merged.log_level.clone().unwrap_or_else(|| "info".into());
-        let json = merged.log_format.as_deref() == Some("json");
-        Ok((cfg, level, json))
-    }
-}
 
 async fn serve(cfg: ServeConfig, layers: Layers, reload_log: LogReload) -> Result<()> {
     let host = Host::open(&cfg).context("cannot start the host")?;
@@ -248,8 +223,8 @@ async fn reload_on_sighup(
             _ = token.cancelled() => return,
             got = hup.recv() => if got.is_none() { return },
         }
-        let (new, level, _) = match layers.resolve() {
-            Ok(x) => x,
+        let new = match layers.resolve() {
+            Ok(r) => r.cfg,
             Err(e) => {
                 tracing::error!(error = %e, "SIGHUP: configuration invalid; keeping the running one");
                 continue;
@@ -260,10 +235,10 @@ async fn reload_on_sighup(
             Ok(mut t) => *t = server::Tunables::from_config(&new),
             Err(e) => *e.into_inner() = server::Tunables::from_config(&new),
         }
-        if let Err(e) = reload_log(&level) {
+        if let Err(e) = reload_log(&new.log_level) {
             tracing::warn!(error = %e, "SIGHUP: log level not changed");
         }
-        let restart = settings::restart_needed(&current, &new);
+        let restart = config::restart_needed(&current, &new);
         if restart.is_empty() {
             tracing::info!("SIGHUP: configuration reloaded");
         } else {

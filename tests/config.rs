@@ -2,7 +2,7 @@
 //! sample file), layers override in order through the real binary, bad
 //! values are named, SIGHUP applies live settings, dns-record output.
 
-use kmsd::settings::{KEYS, Settings, markdown_table};
+use kmsd::config::{KEYS, Settings, markdown_table};
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
