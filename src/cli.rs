@@ -237,7 +237,7 @@ impl clap::Args for KeyFlags {
         for k in flag_keys() {
             let help = format!(
                 "{} [default: {}; {}{}]",
-                capitalized(k.doc),
+                crate::config::keys::capitalized(k.doc),
                 k.default,
                 k.env_var(),
                 if k.reload == Reload::Live {
@@ -276,15 +276,6 @@ impl clap::Args for KeyFlags {
 
     fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
         Self::augment_args(cmd)
-    }
-}
-
-/// "refuse ..." → "Refuse ..."; "ePID ..." stays.
-fn capitalized(s: &str) -> String {
-    let mut c = s.chars();
-    match (c.next(), c.next()) {
-        (Some(a), Some(b)) if !b.is_uppercase() => a.to_uppercase().chain([b]).chain(c).collect(),
-        _ => s.to_owned(),
     }
 }
 

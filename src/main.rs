@@ -110,7 +110,7 @@ fn main() -> Result<()> {
             Ok(())
         }
         Command::Config(ConfigCommand::Sample) => {
-            print!("{SAMPLE_CONFIG}");
+            print!("{}", config::sample_toml());
             Ok(())
         }
         Command::Config(ConfigCommand::Keys) => {
@@ -141,9 +141,6 @@ fn main() -> Result<()> {
         }
     }
 }
-
-/// The sample configuration shipped in packaging/.
-const SAMPLE_CONFIG: &str = include_str!("../packaging/kmsd.toml");
 
 async fn serve(cfg: ServeConfig, layers: Layers, reload_log: LogReload) -> Result<()> {
     let host = Host::open(&cfg).context("cannot start the host")?;

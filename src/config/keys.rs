@@ -54,6 +54,11 @@ pub struct Key {
     pub value_name: &'static str,
     /// Older flag spellings, still accepted, not shown in `--help`.
     pub aliases: &'static [&'static str],
+    /// More about the key, for the sample file (may be empty).
+    pub note: &'static str,
+    /// The value the sample file shows (commented out), when the default is
+    /// not a literal (else the default); for a table, its entries.
+    pub sample: &'static str,
     /// Older valueless flags, still accepted, not shown: (flag, the value it means).
     pub switches: &'static [(&'static str, &'static str)],
     /// Stores a value (already of the key's [`Kind`]) into the configuration.
@@ -251,6 +256,8 @@ pub static KEYS: &[Key] = &[
         reload: Reload::Restart,
         value_name: "ADDR:PORT",
         aliases: &[],
+        note: "The IPv6 wildcard is IPv6-only, beside IPv4.",
+        sample: r#""#,
         switches: &[],
         set: |c, v| {
             c.listen = parsed(v, "ADDR:PORT")?;
@@ -266,6 +273,8 @@ pub static KEYS: &[Key] = &[
         reload: Reload::Restart,
         value_name: "DIR",
         aliases: &[],
+        note: "Default: $STATE_DIRECTORY (systemd), /var/lib/kmsd for root, else $XDG_STATE_HOME/kmsd or ~/.local/state/kmsd.",
+        sample: r#""/var/lib/kmsd""#,
         switches: &[],
         set: |c, v| {
             c.data_dir = PathBuf::from(string(v)?);
@@ -281,6 +290,8 @@ pub static KEYS: &[Key] = &[
         reload: Reload::Restart,
         value_name: "MODE",
         aliases: &[],
+        note: "With `real`, clients below their threshold stay unactivated, as with a Microsoft host; `fixed:N` remembers nothing.",
+        sample: r#""#,
         switches: &[],
         set: |c, v| {
             c.count_mode = string(v)?.parse()?;
@@ -296,6 +307,8 @@ pub static KEYS: &[Key] = &[
         reload: Reload::Live,
         value_name: "GROUP",
         aliases: &[],
+        note: "",
+        sample: r#""#,
         switches: &[],
         set: |c, v| {
             c.served_groups = strings(v)?.into_iter().map(group_name).collect();
@@ -311,6 +324,8 @@ pub static KEYS: &[Key] = &[
         reload: Reload::Live,
         value_name: "true|false",
         aliases: &[],
+        note: "Unknown IDs get 0xC004F042; false serves them as Windows clients.",
+        sample: r#""#,
         switches: &[("lenient-products", "false")],
         set: |c, v| {
             c.strict_products = boolean(v)?;
@@ -326,6 +341,8 @@ pub static KEYS: &[Key] = &[
         reload: Reload::Live,
         value_name: "MINUTES",
         aliases: &["max-clock-skew"],
+        note: "0 turns the check off. Windows hosts use 240 (4 hours).",
+        sample: r#"0"#,
         switches: &[],
         set: |c, v| {
             let minutes: u32 = int(v)?;
@@ -342,6 +359,8 @@ pub static KEYS: &[Key] = &[
         reload: Reload::Restart,
         value_name: "GROUP=EPID",
         aliases: &["epid"],
+        note: "Groups not listed get one generated once and kept. A TOML table: keep it at the end of the file.",
+        sample: r#"Windows = "03612-04918-012-345678-03-1033-26100.0000-3052024""#,
         switches: &[],
         set: |c, v| {
             let t = v
@@ -363,6 +382,8 @@ pub static KEYS: &[Key] = &[
         reload: Reload::Restart,
         value_name: "16HEX",
         aliases: &[],
+        note: "16 hex digits.",
+        sample: r#""#,
         switches: &[],
         set: |c, v| {
             c.hwid = parse_hwid(string(v)?)?;
@@ -385,6 +406,8 @@ pub static KEYS: &[Key] = &[
         reload: Reload::Restart,
         value_name: "BUILD",
         aliases: &[],
+        note: "An older build also turns NDR64 off, as those hosts did not offer it.",
+        sample: r#""#,
         switches: &[],
         set: |c, v| {
             c.host_build = int(v)?;
@@ -405,6 +428,8 @@ pub static KEYS: &[Key] = &[
         reload: Reload::Restart,
         value_name: "LCID",
         aliases: &[],
+        note: "",
+        sample: r#""#,
         switches: &[],
         set: |c, v| {
             c.lcid = int(v)?;
@@ -420,6 +445,8 @@ pub static KEYS: &[Key] = &[
         reload: Reload::Restart,
         value_name: "true|false",
         aliases: &[],
+        note: "",
+        sample: r#""#,
         switches: &[],
         set: |c, v| {
             c.ndr64 = boolean(v)?;
@@ -435,6 +462,8 @@ pub static KEYS: &[Key] = &[
         reload: Reload::Restart,
         value_name: "true|false",
         aliases: &[],
+        note: "",
+        sample: r#""#,
         switches: &[],
         set: |c, v| {
             c.btfn = boolean(v)?;
@@ -450,6 +479,8 @@ pub static KEYS: &[Key] = &[
         reload: Reload::Live,
         value_name: "MINUTES",
         aliases: &[],
+        note: "",
+        sample: r#""#,
         switches: &[],
         set: |c, v| {
             c.activation_interval = int(v)?;
@@ -465,6 +496,8 @@ pub static KEYS: &[Key] = &[
         reload: Reload::Live,
         value_name: "MINUTES",
         aliases: &[],
+        note: "",
+        sample: r#""#,
         switches: &[],
         set: |c, v| {
             c.renewal_interval = int(v)?;
@@ -480,6 +513,8 @@ pub static KEYS: &[Key] = &[
         reload: Reload::Restart,
         value_name: "N",
         aliases: &[],
+        note: "",
+        sample: r#""#,
         switches: &[],
         set: |c, v| {
             c.max_connections = int(v)?;
@@ -495,6 +530,8 @@ pub static KEYS: &[Key] = &[
         reload: Reload::Live,
         value_name: "N",
         aliases: &[],
+        note: "",
+        sample: r#""#,
         switches: &[],
         set: |c, v| {
             c.max_connections_per_ip = int(v)?;
@@ -510,6 +547,8 @@ pub static KEYS: &[Key] = &[
         reload: Reload::Live,
         value_name: "N",
         aliases: &[],
+        note: "",
+        sample: r#""#,
         switches: &[],
         set: |c, v| {
             c.max_requests_per_connection = int(v)?;
@@ -525,6 +564,8 @@ pub static KEYS: &[Key] = &[
         reload: Reload::Live,
         value_name: "SECS",
         aliases: &[],
+        note: "",
+        sample: r#""#,
         switches: &[],
         set: |c, v| {
             c.read_timeout = Duration::from_secs(int(v)?);
@@ -540,6 +581,8 @@ pub static KEYS: &[Key] = &[
         reload: Reload::Live,
         value_name: "SECS",
         aliases: &["idle-timeout"],
+        note: "",
+        sample: r#""#,
         switches: &[],
         set: |c, v| {
             c.idle_timeout = Duration::from_secs(int(v)?);
@@ -555,6 +598,8 @@ pub static KEYS: &[Key] = &[
         reload: Reload::Live,
         value_name: "BYTES",
         aliases: &[],
+        note: "",
+        sample: r#""#,
         switches: &[],
         set: |c, v| {
             c.max_pdu_len = int(v)?;
@@ -570,6 +615,8 @@ pub static KEYS: &[Key] = &[
         reload: Reload::Restart,
         value_name: "N",
         aliases: &[],
+        note: "",
+        sample: r#""#,
         switches: &[],
         set: |c, v| {
             c.keep_records = int(v)?;
@@ -585,6 +632,8 @@ pub static KEYS: &[Key] = &[
         reload: Reload::Live,
         value_name: "SECS",
         aliases: &[],
+        note: "",
+        sample: r#""#,
         switches: &[],
         set: |c, v| {
             c.shutdown_grace = Duration::from_secs(int(v)?);
@@ -600,6 +649,8 @@ pub static KEYS: &[Key] = &[
         reload: Reload::Live,
         value_name: "CIDR",
         aliases: &[],
+        note: "Loopback, RFC 1918 private, link-local and IPv6 unique-local sources are always allowed unless denied; \"0.0.0.0/0\" allows everyone.",
+        sample: r#"[]"#,
         switches: &[],
         set: |c, v| {
             c.access.allow = AccessList::default().allow;
@@ -619,6 +670,8 @@ pub static KEYS: &[Key] = &[
         reload: Reload::Live,
         value_name: "CIDR",
         aliases: &[],
+        note: "",
+        sample: r#""#,
         switches: &[],
         set: |c, v| {
             c.access.deny = cidrs(v)?;
@@ -634,6 +687,8 @@ pub static KEYS: &[Key] = &[
         reload: Reload::Restart,
         value_name: "MS",
         aliases: &[],
+        note: "A client whose write times out gets an error answer and is not counted.",
+        sample: r#""#,
         switches: &[],
         set: |c, v| {
             c.store_busy_timeout = Duration::from_millis(int(v)?);
@@ -649,6 +704,8 @@ pub static KEYS: &[Key] = &[
         reload: Reload::Restart,
         value_name: "ADDR:PORT|off",
         aliases: &[],
+        note: "Serves /metrics, /healthz, /readyz, /api/* and a status page at /. Off unless set; keep it on loopback or behind a firewall.",
+        sample: r#""127.0.0.1:9688""#,
         switches: &[],
         set: |c, v| {
             let s = string(v)?;
@@ -668,6 +725,8 @@ pub static KEYS: &[Key] = &[
         reload: Reload::Live,
         value_name: "LEVEL",
         aliases: &[],
+        note: "RUST_LOG overrides it.",
+        sample: r#""#,
         switches: &[],
         set: |c, v| {
             c.log_level = string(v)?.to_owned();
@@ -683,6 +742,8 @@ pub static KEYS: &[Key] = &[
         reload: Reload::Restart,
         value_name: "text|json",
         aliases: &[],
+        note: "",
+        sample: r#""#,
         switches: &[],
         set: |c, v| {
             c.log_format = string(v)?.parse()?;
@@ -758,6 +819,88 @@ pub fn markdown_table() -> String {
         ));
     }
     out
+}
+
+/// The sample configuration file (`kmsd config sample`; shipped as
+/// `packaging/kmsd.toml`, which a test keeps equal to it): every key,
+/// commented out, with what it does.
+pub fn sample_toml() -> String {
+    let mut out = String::from(SAMPLE_HEADER);
+    let mut tables = String::new();
+    for k in KEYS {
+        let marker = match k.reload {
+            Reload::Live => "[reload] ",
+            Reload::Restart => "",
+        };
+        let mut about = format!("{marker}{}.", capitalized(k.doc));
+        if !k.note.is_empty() {
+            about = format!("{about} {}", k.note);
+        }
+        let mut block = String::from("\n");
+        for line in wrap(&about, 76) {
+            block.push_str(&format!("# {line}\n"));
+        }
+        if k.kind == Kind::Table {
+            block.push_str(&format!("# [{}]\n", k.name));
+            for entry in k.sample.lines() {
+                block.push_str(&format!("# {entry}\n"));
+            }
+            tables.push_str(&block);
+            continue;
+        }
+        let value = if !k.sample.is_empty() {
+            k.sample.to_owned()
+        } else if k.default_is_literal() {
+            k.default.to_owned()
+        } else {
+            k.get(&ServeConfig::default()).to_string()
+        };
+        block.push_str(&format!("# {} = {value}\n", k.name));
+        out.push_str(&block);
+    }
+    out + &tables
+}
+
+const SAMPLE_HEADER: &str = "\
+# kmsd.toml: configuration for `kmsd serve --config /etc/kmsd/kmsd.toml`.
+# Written by `kmsd config sample` from the same table as every layer.
+#
+# Every key is optional; the values shown (commented out) are the defaults
+# unless the comment says otherwise. KMSD_<KEY> environment variables
+# override this file (lists comma-separated, epids as GROUP=EPID pairs), and
+# command-line flags override both: each key has a flag of its name with
+# dashes (max_clock_skew_minutes: --max-clock-skew-minutes).
+# `kmsd config check --config FILE` validates a file and prints the result.
+# Keys marked [reload] take effect on SIGHUP; the others need a restart.
+";
+
+/// "refuse ..." → "Refuse ..."; "ePID ..." stays.
+pub(crate) fn capitalized(s: &str) -> String {
+    let mut c = s.chars();
+    match (c.next(), c.next()) {
+        (Some(a), Some(b)) if !b.is_uppercase() => a.to_uppercase().chain([b]).chain(c).collect(),
+        _ => s.to_owned(),
+    }
+}
+
+/// Words of `text` in lines of at most `width` characters (a longer word
+/// gets a line of its own).
+fn wrap(text: &str, width: usize) -> Vec<String> {
+    let mut lines = Vec::new();
+    let mut line = String::new();
+    for word in text.split_whitespace() {
+        if !line.is_empty() && line.len() + 1 + word.len() > width {
+            lines.push(std::mem::take(&mut line));
+        }
+        if !line.is_empty() {
+            line.push(' ');
+        }
+        line.push_str(word);
+    }
+    if !line.is_empty() {
+        lines.push(line);
+    }
+    lines
 }
 
 /// Edit distance (insertions, deletions, substitutions) between two names.

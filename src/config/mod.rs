@@ -10,7 +10,9 @@
 pub mod keys;
 pub mod layer;
 
-pub use keys::{KEYS, Key, Kind, Reload, changed, effective_toml, markdown_table, restart_needed};
+pub use keys::{
+    KEYS, Key, Kind, Reload, changed, effective_toml, markdown_table, restart_needed, sample_toml,
+};
 pub use layer::{CONFIG_ENV, Layers, Resolved, Settings};
 
 use crate::protocol::kms::products;
