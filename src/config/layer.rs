@@ -118,7 +118,7 @@ impl Settings {
     }
 
     /// Sets `key` from values written as the environment and flags write
-    /// them (see [`Kind::parse`]); `origin` names where they came from in an
+    /// them (see [`Kind::parse`](super::Kind::parse)); `origin` names where they came from in an
     /// error (e.g. `--listen`).
     pub fn set_str(
         &mut self,
