@@ -36,12 +36,6 @@ impl Default for Options {
     }
 }
 
-/// A configuration read again on SIGHUP.
-pub struct Reloaded {
-    pub config: ServeConfig,
-    pub log_level: String,
-}
-
 /// Why the host could not start or run.
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -173,7 +167,7 @@ impl App {
             Ok(c) => c,
             Err(e) => e.into_inner(),
         };
-        let restart = crate::settings::restart_needed(&cur, &new);
+        let restart = crate::config::restart_needed(&cur, &new);
         *cur = new;
         restart
     }
@@ -200,7 +194,7 @@ impl App {
     /// replaced.
     pub async fn run(
         self,
-        mut reread: impl FnMut() -> Result<Reloaded, String>,
+        mut reread: impl FnMut() -> Result<ServeConfig, String>,
     ) -> Result<(), StoreError> {
         use tokio::signal::unix::{SignalKind, signal};
         let stop = self.shutdown.clone();
@@ -226,13 +220,13 @@ impl App {
         self.stop().await
     }
 
-    async fn apply(&self, r: Reloaded) {
+    async fn apply(&self, new: ServeConfig) {
         if let Some(set) = &self.log_reload
-            && let Err(e) = set(&r.log_level)
+            && let Err(e) = set(&new.log_level)
         {
             tracing::warn!(error = %e, "SIGHUP: log level not changed");
         }
-        let restart = self.reload(r.config).await;
+        let restart = self.reload(new).await;
         if restart.is_empty() {
             tracing::info!("SIGHUP: configuration reloaded");
         } else {

@@ -1,7 +1,7 @@
 //! Command-line interface (clap derive).
 
+use crate::config::{ConfigError, KEYS, Key, Kind, Layers, Reload, Settings};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use std::net::SocketAddr;
 use std::path::PathBuf;
 
 #[derive(Debug, Parser)]
@@ -17,18 +17,15 @@ pub struct Cli {
     /// Less log output (warnings and errors only).
     #[arg(short, long, global = true)]
     pub quiet: bool,
-    /// Log format (default text; config key log_format).
+    /// Log format [default: text; KMSD_LOG_FORMAT; for `serve` the key
+    /// log_format, which needs a restart to change].
     #[arg(long, value_enum, global = true)]
     pub log_format: Option<LogFormat>,
     #[command(subcommand)]
     pub command: Command,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
+pub use crate::config::LogFormat;
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -129,135 +126,156 @@ impl OnOff {
     }
 }
 
+/// The flags of `kmsd serve` and `kmsd config check`: the file, and one
+/// flag per configuration key.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     /// TOML configuration file (keys: see `kmsd config sample`). KMSD_*
     /// environment variables override it; flags override both.
     #[arg(long, value_name = "PATH", env = "KMSD_CONFIG")]
     pub config: Option<PathBuf>,
-    /// Address to listen on (repeatable). Default: [::]:1688 and 0.0.0.0:1688.
-    #[arg(long, value_name = "ADDR:PORT")]
-    pub listen: Vec<SocketAddr>,
-    /// Data directory (database with pools, ePIDs, inventory). Created if missing.
-    #[arg(long, value_name = "DIR")]
-    pub data_dir: Option<PathBuf>,
-    /// `real` (count distinct clients, as Microsoft hosts do) or `fixed:N`
-    /// (always answer N, remember nothing: an emulator's behaviour).
-    #[arg(long, value_name = "MODE")]
-    pub count_mode: Option<String>,
-    /// Serve only these ePID groups (host keys), repeatable; default all.
-    #[arg(long = "serve", value_name = "GROUP")]
-    pub served_groups: Vec<String>,
-    /// Serve unknown KMS counted IDs as Windows clients instead of refusing them.
-    #[arg(long)]
-    pub lenient_products: bool,
-    /// Refuse clients whose clock is off by more than this many minutes (0xC004F06C).
-    #[arg(long, value_name = "MINUTES")]
-    pub max_clock_skew: Option<u64>,
-    /// Fix the ePID of a group, e.g. Windows=03612-00206-556-123727-03-1033-17763.0000-2972018.
-    #[arg(long = "epid", value_name = "GROUP=EPID")]
-    pub epids: Vec<String>,
-    /// Host hardware ID sent to protocol 6 clients (16 hex digits).
-    #[arg(long, value_name = "16HEX")]
-    pub hwid: Option<String>,
-    /// Host OS build the generated ePIDs name.
-    #[arg(long)]
-    pub host_build: Option<u32>,
-    /// Host locale id the generated ePIDs name.
-    #[arg(long)]
-    pub lcid: Option<u32>,
-    /// Negotiate NDR64.
-    #[arg(long, value_enum)]
-    pub ndr64: Option<OnOff>,
-    /// Answer bind-time feature negotiation.
-    #[arg(long, value_enum)]
-    pub btfn: Option<OnOff>,
-    /// Retry interval for clients not yet activated, minutes (15..=43200).
-    #[arg(long)]
-    pub activation_interval: Option<u32>,
-    /// Renewal interval for activated clients, minutes (15..=43200).
-    #[arg(long)]
-    pub renewal_interval: Option<u32>,
-    /// Most connections open at once.
-    #[arg(long)]
-    pub max_connections: Option<usize>,
-    /// Most connections open at once from one address.
-    #[arg(long)]
-    pub max_connections_per_ip: Option<usize>,
-    /// Seconds a connection may stay idle.
-    #[arg(long)]
-    pub idle_timeout: Option<u64>,
-    /// Also accept clients from this address block (repeatable), e.g.
-    /// 203.0.113.0/24 or 0.0.0.0/0. Default: loopback and private networks only.
-    #[arg(long, value_name = "CIDR")]
-    pub allow: Vec<crate::server::access::Cidr>,
-    /// Refuse clients from this address block (repeatable; wins over --allow).
-    #[arg(long, value_name = "CIDR")]
-    pub deny: Vec<crate::server::access::Cidr>,
-    /// Activation records kept in the database (oldest pruned).
-    #[arg(long)]
-    pub keep_records: Option<u64>,
-    /// Serve the admin API (metrics, health, status page) here, e.g. 127.0.0.1:9688.
-    #[arg(long, value_name = "ADDR:PORT")]
-    pub http: Option<String>,
+    #[command(flatten)]
+    pub keys: KeyFlags,
 }
 
 impl ServeArgs {
-    /// The flags given, as the top configuration layer.
+    /// The flags given, as the top configuration layer. `--log-level` wins
+    /// over `-v`/`-q`; the global `--log-format` is the `log_format` flag.
     pub fn to_settings(
         &self,
         verbose: u8,
         quiet: bool,
         log_format: Option<LogFormat>,
-    ) -> Result<crate::settings::Settings, crate::config::ConfigError> {
-        let mut epids = std::collections::BTreeMap::new();
-        for e in &self.epids {
-            let (g, v) = e
-                .split_once('=')
-                .ok_or_else(|| crate::config::ConfigError {
-                    key: "epids",
-                    problem: format!("--epid {e:?}: expected GROUP=EPID"),
-                })?;
-            epids.insert(g.to_owned(), v.to_owned());
+    ) -> Result<Settings, ConfigError> {
+        let mut s = Settings::default();
+        for (k, values) in &self.keys.given {
+            let values: Vec<&str> = values.iter().map(String::as_str).collect();
+            s.set_str(k.name, &values, &format!("--{}", k.flag()))?;
         }
-        let strings = |v: &[crate::server::access::Cidr]| {
-            v.iter().map(ToString::to_string).collect::<Vec<_>>()
-        };
-        Ok(crate::settings::Settings {
-            listen: (!self.listen.is_empty())
-                .then(|| self.listen.iter().map(ToString::to_string).collect()),
-            data_dir: self.data_dir.clone(),
-            count_mode: self.count_mode.clone(),
-            serve: (!self.served_groups.is_empty()).then(|| self.served_groups.clone()),
-            strict_products: self.lenient_products.then_some(false),
-            max_clock_skew_minutes: self.max_clock_skew,
-            epids: (!epids.is_empty()).then_some(epids),
-            hwid: self.hwid.clone(),
-            host_build: self.host_build,
-            lcid: self.lcid,
-            ndr64: self.ndr64.map(OnOff::on),
-            btfn: self.btfn.map(OnOff::on),
-            activation_interval: self.activation_interval,
-            renewal_interval: self.renewal_interval,
-            max_connections: self.max_connections,
-            max_connections_per_ip: self.max_connections_per_ip,
-            idle_timeout_secs: self.idle_timeout,
-            keep_records: self.keep_records,
-            allow: (!self.allow.is_empty()).then(|| strings(&self.allow)),
-            deny: (!self.deny.is_empty()).then(|| strings(&self.deny)),
-            http: self.http.clone(),
-            log_level: match (quiet, verbose) {
-                (true, _) => Some("warn".into()),
+        if s.get("log_level").is_none() {
+            let level = match (quiet, verbose) {
+                (true, _) => Some("warn"),
                 (_, 0) => None,
-                (_, 1) => Some("debug".into()),
-                _ => Some("trace".into()),
-            },
-            log_format: log_format.map(|f| match f {
-                LogFormat::Text => "text".into(),
-                LogFormat::Json => "json".into(),
-            }),
-            ..Default::default()
-        })
+                (_, 1) => Some("debug"),
+                _ => Some("trace"),
+            };
+            if let Some(level) = level {
+                s.set_str("log_level", &[level], "-v/-q")?;
+            }
+        }
+        if let Some(f) = log_format {
+            s.set_str("log_format", &[&f.to_string()], "--log-format")?;
+        }
+        Ok(s)
+    }
+
+    /// The configuration layers of `kmsd serve` these flags make.
+    pub fn layers(
+        &self,
+        verbose: u8,
+        quiet: bool,
+        log_format: Option<LogFormat>,
+    ) -> Result<Layers, ConfigError> {
+        Ok(Layers::new(
+            self.config.clone(),
+            self.to_settings(verbose, quiet, log_format)?,
+        ))
+    }
+}
+
+/// Keys whose flag is a global option of `kmsd` rather than one of `serve`
+/// (`--log-format` also sets the format of the other commands' logs).
+pub const GLOBAL_KEY_FLAGS: &[&str] = &["log_format"];
+
+/// One flag per configuration key, generated from the key table: `--NAME`
+/// with `-` for `_` (`--max-clock-skew-minutes` for
+/// `max_clock_skew_minutes`), taking values as the `KMSD_*` environment
+/// writes them (lists comma-separated or repeated, tables `GROUP=VALUE`,
+/// booleans `true|false`, `on|off`, or the bare flag for true). Older
+/// spellings stay accepted, hidden (`--lenient-products`,
+/// `--max-clock-skew`, `--idle-timeout`, `--epid`).
+#[derive(Debug, Clone, Default)]
+pub struct KeyFlags {
+    /// The keys given, each with its values as written, in table order.
+    pub given: Vec<(&'static Key, Vec<String>)>,
+}
+
+fn flag_keys() -> impl Iterator<Item = &'static Key> {
+    KEYS.iter().filter(|k| !GLOBAL_KEY_FLAGS.contains(&k.name))
+}
+
+impl clap::FromArgMatches for KeyFlags {
+    fn from_arg_matches(m: &clap::ArgMatches) -> Result<Self, clap::Error> {
+        let mut out = Self::default();
+        out.update_from_arg_matches(m)?;
+        Ok(out)
+    }
+
+    fn update_from_arg_matches(&mut self, m: &clap::ArgMatches) -> Result<(), clap::Error> {
+        for k in flag_keys() {
+            let mut values: Vec<String> = m
+                .get_many::<String>(k.name)
+                .map(|v| v.cloned().collect())
+                .unwrap_or_default();
+            for (flag, value) in k.switches {
+                if m.get_flag(flag) {
+                    values.push((*value).to_owned());
+                }
+            }
+            if !values.is_empty() {
+                self.given.retain(|(g, _)| g.name != k.name);
+                self.given.push((k, values));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl clap::Args for KeyFlags {
+    fn augment_args(mut cmd: clap::Command) -> clap::Command {
+        use clap::{Arg, ArgAction};
+        for k in flag_keys() {
+            let help = format!(
+                "{} [default: {}; {}{}]",
+                crate::config::keys::capitalized(k.doc),
+                k.default,
+                k.env_var(),
+                if k.reload == Reload::Live {
+                    "; SIGHUP applies it"
+                } else {
+                    ""
+                }
+            );
+            let mut arg = Arg::new(k.name)
+                .long(k.flag())
+                .value_name(k.value_name)
+                .help(help)
+                .aliases(k.aliases.iter().copied());
+            arg = match k.kind {
+                Kind::List | Kind::Table => arg.action(ArgAction::Append),
+                Kind::Bool => arg
+                    .action(ArgAction::Set)
+                    .num_args(0..=1)
+                    .default_missing_value("true"),
+                Kind::Str | Kind::Int => arg.action(ArgAction::Set),
+            };
+            cmd = cmd.arg(arg);
+            for (flag, value) in k.switches {
+                cmd = cmd.arg(
+                    Arg::new(*flag)
+                        .long(*flag)
+                        .action(ArgAction::SetTrue)
+                        .hide(true)
+                        .conflicts_with(k.name)
+                        .help(format!("Same as --{} {value}", k.flag())),
+                );
+            }
+        }
+        cmd
+    }
+
+    fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
+        Self::augment_args(cmd)
     }
 }
 

@@ -4,7 +4,8 @@
 //! * [`server`]: the tokio shell (listeners, codec, connections, shutdown).
 //! * [`store`]: count pools in memory over a durable SQLite store.
 //! * [`client`]: the activation client behind `kmsd activate` and `kmsd load`.
-//! * [`config`]: typed configuration with validation.
+//! * [`config`]: typed configuration with validation, the key table and
+//!   the file/environment/flag layers.
 pub mod app;
 pub mod cli;
 pub mod client;
@@ -17,5 +18,4 @@ pub mod metrics;
 pub mod protocol;
 pub mod report;
 pub mod server;
-pub mod settings;
 pub mod store;

@@ -1,8 +1,13 @@
 //! Configuration: the documented keys are the real ones (README table,
-//! sample file), layers override in order through the real binary, bad
-//! values are named, SIGHUP applies live settings, dns-record output.
+//! sample file, flags), every key reads the same from the file, the
+//! environment and its flag, layers override in order through the real
+//! binary, bad values are named, unknown environment variables are ignored,
+//! SIGHUP applies live settings, dns-record output.
 
-use kmsd::settings::{KEYS, Settings, markdown_table};
+use clap::{CommandFactory, Parser};
+use kmsd::cli::{Cli, Command as Sub, ConfigCommand, GLOBAL_KEY_FLAGS};
+use kmsd::config::{KEYS, Kind, ServeConfig, Settings, markdown_table};
+use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -36,6 +41,35 @@ fn the_readme_table_is_generated_from_the_real_keys() {
 }
 
 #[test]
+fn the_sample_file_is_generated_from_the_real_keys() {
+    let sample =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/kmsd.toml"))
+            .unwrap();
+    assert_eq!(
+        sample,
+        kmsd::config::sample_toml(),
+        "packaging/kmsd.toml is stale: regenerate it with `kmsd config sample`"
+    );
+    // Its [reload] marks are the table's.
+    for k in KEYS {
+        let block = sample
+            .split("\n\n")
+            .find(|b| {
+                b.lines().any(|l| {
+                    l.starts_with(&format!("# {} =", k.name)) || l == format!("# [{}]", k.name)
+                })
+            })
+            .unwrap_or_else(|| panic!("no block for {}", k.name));
+        assert_eq!(
+            block.contains("[reload]"),
+            k.reload == kmsd::config::Reload::Live,
+            "{}",
+            k.name
+        );
+    }
+}
+
+#[test]
 fn the_sample_file_names_every_key_and_parses() {
     let sample =
         std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/kmsd.toml"))
@@ -64,6 +98,222 @@ fn the_sample_file_names_every_key_and_parses() {
     let s = Settings::from_toml(&uncommented, Path::new("sample")).unwrap();
     assert!(s.keys_set().len() >= KEYS.len() - 1, "{:?}", s.keys_set());
     Settings::resolve(&[&s]).unwrap();
+}
+
+/// A value other than the default for every key, as the environment and
+/// flags write it and as TOML writes it.
+fn example(key: &str) -> (&'static str, &'static str) {
+    match key {
+        "listen" => (
+            "127.0.0.1:1700,[::1]:1700",
+            r#"["127.0.0.1:1700", "[::1]:1700"]"#,
+        ),
+        "data_dir" => ("/tmp/kmsd-example", r#""/tmp/kmsd-example""#),
+        "count_mode" => ("fixed:50", r#""fixed:50""#),
+        "serve" => ("Windows,office2024", r#"["Windows", "office2024"]"#),
+        "strict_products" => ("false", "false"),
+        "max_clock_skew_minutes" => ("240", "240"),
+        "epids" => (
+            "Windows=03612-00206-556-123727-03-1033-17763.0000-2972018",
+            r#"{ Windows = "03612-00206-556-123727-03-1033-17763.0000-2972018" }"#,
+        ),
+        "hwid" => ("0102030405060708", r#""0102030405060708""#),
+        "host_build" => ("17763", "17763"),
+        "lcid" => ("1031", "1031"),
+        "ndr64" => ("off", "false"),
+        "btfn" => ("false", "false"),
+        "activation_interval" => ("60", "60"),
+        "renewal_interval" => ("1440", "1440"),
+        "max_connections" => ("100", "100"),
+        "max_connections_per_ip" => ("8", "8"),
+        "max_requests_per_connection" => ("4", "4"),
+        "read_timeout_secs" => ("5", "5"),
+        "idle_timeout_secs" => ("20", "20"),
+        "max_pdu_len" => ("1024", "1024"),
+        "keep_records" => ("1000", "1000"),
+        "shutdown_grace_secs" => ("3", "3"),
+        "allow" => ("203.0.113.0/24", r#"["203.0.113.0/24"]"#),
+        "deny" => (
+            "10.9.0.0/16,192.168.7.0/24",
+            r#"["10.9.0.0/16", "192.168.7.0/24"]"#,
+        ),
+        "store_busy_timeout_ms" => ("250", "250"),
+        "http" => ("127.0.0.1:9688", r#""127.0.0.1:9688""#),
+        "log_level" => ("debug", r#""debug""#),
+        "log_format" => ("json", r#""json""#),
+        other => panic!("no example value for the key `{other}`: add one"),
+    }
+}
+
+/// The flag layer of `kmsd ARGS...`.
+fn flag_layer(args: &[&str]) -> Settings {
+    let cli = Cli::try_parse_from(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    let (Sub::Serve(a) | Sub::Config(ConfigCommand::Check(a))) = &cli.command else {
+        panic!("not serve");
+    };
+    a.to_settings(cli.verbose, cli.quiet, cli.log_format)
+        .unwrap()
+}
+
+#[test]
+fn every_key_reads_the_same_from_the_file_the_environment_and_its_flag() {
+    let default = ServeConfig::default();
+    for k in KEYS {
+        let (text, toml) = example(k.name);
+        let file =
+            Settings::from_toml(&format!("{} = {toml}", k.name), Path::new("f.toml")).unwrap();
+        let (env, warnings) = Settings::from_env([(k.env_var(), text.to_owned())]).unwrap();
+        assert!(warnings.is_empty(), "{warnings:?}");
+        let flag = format!("--{}", k.name.replace('_', "-"));
+        let flags = flag_layer(&["kmsd", "serve", &flag, text]);
+        let from_file = Settings::resolve(&[&file]).unwrap();
+        assert_ne!(
+            k.get(&from_file),
+            k.get(&default),
+            "{}: example is the default",
+            k.name
+        );
+        assert_eq!(
+            Settings::resolve(&[&env]).unwrap(),
+            from_file,
+            "{}: environment",
+            k.name
+        );
+        assert_eq!(
+            Settings::resolve(&[&flags]).unwrap(),
+            from_file,
+            "{}: flag",
+            k.name
+        );
+        // `kmsd config check` takes the same flags.
+        let check = flag_layer(&["kmsd", "config", "check", &flag, text]);
+        assert_eq!(check, flags, "{}", k.name);
+        // A list flag may also repeat.
+        if k.kind == Kind::List {
+            let mut args = vec!["kmsd", "serve"];
+            for item in text.split(',') {
+                args.extend([flag.as_str(), item]);
+            }
+            assert_eq!(Settings::resolve(&[&flag_layer(&args)]).unwrap(), from_file);
+        }
+    }
+}
+
+#[test]
+fn the_serve_flags_are_the_keys() {
+    let mut cmd = Cli::command();
+    cmd.build();
+    let expected: BTreeSet<String> = KEYS
+        .iter()
+        .map(|k| k.name.replace('_', "-"))
+        .chain(["config", "verbose", "quiet", "help"].map(String::from))
+        .collect();
+    for path in [&["serve"][..], &["config", "check"]] {
+        let sub = path
+            .iter()
+            .fold(&cmd, |c, name| c.find_subcommand(name).unwrap());
+        let shown: BTreeSet<String> = sub
+            .get_arguments()
+            .filter(|a| !a.is_hide_set())
+            .filter_map(|a| a.get_long())
+            .map(String::from)
+            .collect();
+        assert_eq!(shown, expected, "{path:?}");
+    }
+    // The global one is global indeed (the other commands log too).
+    for k in GLOBAL_KEY_FLAGS {
+        let long = k.replace('_', "-");
+        assert!(
+            cmd.get_arguments()
+                .any(|a| a.is_global_set() && a.get_long() == Some(long.as_str()))
+        );
+    }
+}
+
+#[test]
+fn old_flag_spellings_still_work() {
+    let old = flag_layer(&[
+        "kmsd",
+        "serve",
+        "--lenient-products",
+        "--max-clock-skew",
+        "240",
+        "--idle-timeout",
+        "20",
+        "--epid",
+        "Windows=03612-00206-556-123727-03-1033-17763.0000-2972018",
+        "--ndr64",
+        "off",
+        "--btfn",
+        "on",
+    ]);
+    let new = flag_layer(&[
+        "kmsd",
+        "serve",
+        "--strict-products",
+        "false",
+        "--max-clock-skew-minutes",
+        "240",
+        "--idle-timeout-secs",
+        "20",
+        "--epids",
+        "Windows=03612-00206-556-123727-03-1033-17763.0000-2972018",
+        "--ndr64",
+        "false",
+        "--btfn",
+    ]);
+    assert_eq!(old, new);
+    let cfg = Settings::resolve(&[&old]).unwrap();
+    assert!(!cfg.strict_products && !cfg.ndr64 && cfg.btfn);
+    assert_eq!(cfg.max_clock_skew, Some(Duration::from_secs(240 * 60)));
+    // -v/-q are log_level flags too; --log-level wins over them.
+    let v = flag_layer(&["kmsd", "-vv", "serve"]);
+    assert_eq!(Settings::resolve(&[&v]).unwrap().log_level, "trace");
+    let v = flag_layer(&["kmsd", "serve", "-v", "--log-level", "warn"]);
+    assert_eq!(Settings::resolve(&[&v]).unwrap().log_level, "warn");
+    assert!(
+        Cli::try_parse_from(["kmsd", "serve", "--lenient-products", "--strict-products"]).is_err()
+    );
+}
+
+#[test]
+fn unknown_environment_variables_do_not_stop_the_host() {
+    // What Kubernetes sets in every pod for a Service named kmsd, and a typo.
+    let out = kmsd()
+        .args(["config", "check"])
+        .env("KMSD_SERVICE_HOST", "10.96.0.12")
+        .env("KMSD_SERVICE_PORT", "1688")
+        .env("KMSD_PORT", "tcp://10.96.0.12:1688")
+        .env("KMSD_PORT_1688_TCP", "tcp://10.96.0.12:1688")
+        .env("KMSD_PORT_1688_TCP_PROTO", "tcp")
+        .env("KMSD_PORT_1688_TCP_PORT", "1688")
+        .env("KMSD_PORT_1688_TCP_ADDR", "10.96.0.12")
+        .env("KMSD_LISTN", "127.0.0.1:1")
+        .env("KMSD_LCID", "1031")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("KMSD_LISTN") && err.contains("did you mean KMSD_LISTEN?"),
+        "{err}"
+    );
+    assert!(
+        err.contains("KMSD_SERVICE_HOST") && err.contains("KMSD_PORT_1688_TCP_ADDR"),
+        "{err}"
+    );
+    assert_eq!(err.matches("did you mean").count(), 1, "{err}");
+    let effective: toml::Table = toml::from_str(&String::from_utf8_lossy(&out.stdout)).unwrap();
+    assert_eq!(effective["lcid"].as_integer(), Some(1031));
+    assert_eq!(
+        effective["listen"],
+        ServeConfig::default()
+            .listen
+            .iter()
+            .map(|a| toml::Value::String(a.to_string()))
+            .collect::<Vec<_>>()
+            .into()
+    );
 }
 
 #[test]
@@ -169,6 +419,7 @@ fn sighup_applies_access_control_live_and_names_restart_keys() {
     let file = dir.path().join("kmsd.toml");
     std::fs::write(&file, "listen = [\"127.0.0.1:0\"]\n").unwrap();
     let mut child = kmsd()
+        .env("KMSD_SERVICE_HOST", "10.96.0.12")
         .args(["--log-format", "json", "serve", "--config"])
         .arg(&file)
         .arg("--data-dir")
@@ -201,6 +452,9 @@ fn sighup_applies_access_control_live_and_names_restart_keys() {
             }
         }
     };
+    // Kubernetes' variables are ignored, with a warning, not a refusal.
+    let v = wait_for("not kmsd settings");
+    assert_eq!(v["level"], "WARN", "{v}");
     let addr: std::net::SocketAddr = wait_for("listening")["fields"]["addr"]
         .as_str()
         .unwrap()
@@ -239,7 +493,7 @@ fn sighup_applies_access_control_live_and_names_restart_keys() {
     assert!(
         v["fields"]["keys"]
             .as_str()
-            .is_some_and(|k| k.contains("lcid")),
+            .is_some_and(|k| k.contains("lcid") && !k.contains("deny")),
         "{v}"
     );
     assert!(!activate(), "loopback denied after the reload");

@@ -1,5 +1,19 @@
-//! The host's configuration: typed, with defaults and one validation pass
-//! that names the offending key.
+//! The host's configuration: [`ServeConfig`], typed, with defaults and one
+//! validation pass that names the offending key; the one table of keys
+//! ([`keys::KEYS`]) every layer, flag and document comes from; and the
+//! layers themselves ([`Layers`]: file < `KMSD_*` environment < flags).
+//!
+//! * [`keys`]: the key table, the reload classification
+//!   ([`restart_needed`]), the effective TOML and the Markdown reference.
+//! * [`layer`]: [`Settings`] (one layer) and [`Layers`] (all of `serve`'s).
+
+pub mod keys;
+pub mod layer;
+
+pub use keys::{
+    KEYS, Key, Kind, Reload, changed, effective_toml, markdown_table, restart_needed, sample_toml,
+};
+pub use layer::{CONFIG_ENV, Layers, Resolved, Settings};
 
 use crate::protocol::kms::products;
 use crate::protocol::rpc::pdu::{DEFAULT_MAX_PDU_LEN, HEADER_LEN, MAX_PDU_LEN};
@@ -70,6 +84,38 @@ pub struct ServeConfig {
     pub store_busy_timeout: Duration,
     /// The HTTP admin listener (metrics, health, status page); off when None.
     pub http: Option<SocketAddr>,
+    /// The log filter (a level or a `tracing` filter); `RUST_LOG` overrides it.
+    pub log_level: String,
+    /// How log lines are written.
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+impl std::fmt::Display for LogFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Text => "text",
+            Self::Json => "json",
+        })
+    }
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "text" => Ok(Self::Text),
+            "json" => Ok(Self::Json),
+            _ => Err(format!("{s:?}: expected text or json")),
+        }
+    }
 }
 
 impl Default for ServeConfig {
@@ -106,6 +152,8 @@ impl Default for ServeConfig {
             access: AccessList::default(),
             store_busy_timeout: Duration::from_secs(5),
             http: None,
+            log_level: "info".into(),
+            log_format: LogFormat::Text,
         }
     }
 }
@@ -166,13 +214,20 @@ impl ServeConfig {
                 return Err(bad(key, format!("{v} minutes is outside 15..=43200")));
             }
         }
-        for g in self.served_groups.iter().chain(self.epids.keys()) {
-            if products::epid_group(g).is_none() {
-                return Err(bad(
-                    "served_groups",
-                    format!("unknown ePID group {g:?} (known: {})", group_names()),
-                ));
-            }
+        // The one check of ePID group names (the layers keep unknown names
+        // as written, for this to name them).
+        let unknown = |g: &&String| products::epid_group(g).is_none();
+        let unknown_group = (self
+            .served_groups
+            .iter()
+            .find(unknown)
+            .map(|g| ("serve", g)))
+        .or_else(|| self.epids.keys().find(unknown).map(|g| ("epids", g)));
+        if let Some((key, g)) = unknown_group {
+            return Err(bad(
+                key,
+                format!("unknown ePID group {g:?} (known: {})", group_names()),
+            ));
         }
         for (g, e) in &self.epids {
             crate::protocol::kms::Epid::new(e)
@@ -201,13 +256,15 @@ impl ServeConfig {
             }
         }
         for (key, d) in [
-            ("read_timeout", self.read_timeout),
-            ("idle_timeout", self.idle_timeout),
+            ("read_timeout_secs", self.read_timeout),
+            ("idle_timeout_secs", self.idle_timeout),
         ] {
             if d.is_zero() || d > Duration::from_secs(3600) {
                 return Err(bad(key, "must be between 1 ms and 1 hour"));
             }
         }
+        tracing_subscriber::EnvFilter::try_new(&self.log_level)
+            .map_err(|e| bad("log_level", format!("{:?}: {e}", self.log_level)))?;
         Ok(())
     }
 }
@@ -272,7 +329,13 @@ mod tests {
         c.validate().unwrap();
         let mut c = ServeConfig::default();
         c.served_groups.push("Office1997".into());
-        assert_eq!(c.validate().unwrap_err().key, "served_groups");
+        assert_eq!(c.validate().unwrap_err().key, "serve");
+        let mut c = ServeConfig::default();
+        c.epids.insert("Office1997".into(), String::new());
+        assert_eq!(c.validate().unwrap_err().key, "epids");
+        let mut c = ServeConfig::default();
+        c.log_level = "info,[".into();
+        assert_eq!(c.validate().unwrap_err().key, "log_level");
         let mut c = ServeConfig::default();
         c.max_pdu_len = 100;
         assert_eq!(c.validate().unwrap_err().key, "max_pdu_len");
