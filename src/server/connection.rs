@@ -22,6 +22,31 @@ use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+/// Why a wait for the next PDU ended without one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReadTimeout {
+    /// No byte of a next PDU within the idle timeout.
+    Idle,
+    /// A PDU begun but not finished within the read timeout.
+    Incomplete,
+}
+
+impl ReadTimeout {
+    fn reason(self) -> &'static str {
+        match self {
+            Self::Idle => "idle timeout",
+            Self::Incomplete => "read timeout (PDU incomplete)",
+        }
+    }
+
+    fn event(self) -> ConnEvent {
+        match self {
+            Self::Idle => ConnEvent::ClosedIdle,
+            Self::Incomplete => ConnEvent::ClosedReadTimeout,
+        }
+    }
+}
+
 /// How long a connection may idle once shutdown has begun.
 const SHUTDOWN_IDLE: Duration = Duration::from_millis(250);
 
@@ -87,8 +112,8 @@ pub async fn serve(
                     timer.as_mut().reset(Instant::now() + read_timeout);
                 }
                 match timer.as_mut().poll(cx) {
-                    Poll::Ready(()) if reading => Poll::Ready(Err("read timeout (PDU incomplete)")),
-                    Poll::Ready(()) => Poll::Ready(Err("idle timeout")),
+                    Poll::Ready(()) if reading => Poll::Ready(Err(ReadTimeout::Incomplete)),
+                    Poll::Ready(()) => Poll::Ready(Err(ReadTimeout::Idle)),
                     Poll::Pending => Poll::Pending,
                 }
             })
@@ -105,12 +130,8 @@ pub async fn serve(
         };
         let pdu = match next {
             Err(why) => {
-                host.metrics.conn_event(if why == "idle timeout" {
-                    ConnEvent::ClosedIdle
-                } else {
-                    ConnEvent::ClosedReadTimeout
-                });
-                debug!(reason = why, "closing connection");
+                host.metrics.conn_event(why.event());
+                debug!(reason = why.reason(), "closing connection");
                 break;
             }
             Ok(None) => break,
