@@ -20,7 +20,7 @@ use futures_util::{SinkExt, StreamExt};
 use kmsd::client::load;
 use kmsd::protocol::kms::products::{self, Pool};
 use kmsd::protocol::rpc::pdu::MAX_PDU_LEN;
-use kmsd::server::codec::RpcPduCodec;
+use kmsd::codec::RpcPduCodec;
 use kmsd::store::{self, sqlite};
 use rand::{Rng, RngExt, SeedableRng};
 use rusqlite::params;

@@ -35,7 +35,7 @@ use kmsd::protocol::rpc::bind::BindPolicy;
 use kmsd::protocol::rpc::pdu::{DEFAULT_MAX_PDU_LEN, ptype};
 use kmsd::protocol::rpc::request as rpc_request;
 use kmsd::protocol::rpc::session::Session;
-use kmsd::server::codec::RpcPduCodec;
+use kmsd::codec::RpcPduCodec;
 use kmsd::server::{self, Server, handler::Host};
 use serde::Serialize;
 use std::collections::BTreeMap;

@@ -1,12 +1,14 @@
 //! kmsd: a KMS host.
 //!
 //! * [`protocol`]: the sans-IO core (MS-RPC, KMS v4/v5/v6, crypto, catalog).
-//! * [`server`]: the tokio shell (listeners, codec, connections, shutdown).
+//! * [`server`]: the tokio shell (listeners, connections, shutdown).
+//! * [`codec`]: frames MS-RPC PDUs on a TCP stream, for host and client.
 //! * [`store`]: count pools in memory over a durable SQLite store.
 //! * [`client`]: the activation client behind `kmsd activate` and `kmsd load`.
 //! * [`config`]: typed configuration with validation.
 pub mod cli;
 pub mod client;
+pub mod codec;
 pub mod config;
 pub mod http;
 pub mod metrics;

@@ -27,7 +27,7 @@ use kmsd::protocol::rpc::pdu::{
 use kmsd::protocol::rpc::request::{self as rpc, Reply, decode_call, decode_reply, decode_stub};
 use kmsd::protocol::rpc::session::Session;
 use kmsd::protocol::rpc::{KMS_INTERFACE, Syntax};
-use kmsd::server::codec::RpcPduCodec;
+use kmsd::codec::RpcPduCodec;
 use kmsd::store::window::{TTL_MS, Window};
 use proptest::prelude::*;
 use std::collections::BTreeMap;

@@ -23,7 +23,7 @@ use crate::protocol::rpc::bind::{AckError, AckResult, check_ack, encode_bind};
 use crate::protocol::rpc::pdu::{Header, MAX_PDU_LEN, PduError, flags, ptype};
 use crate::protocol::rpc::request::{self as rpc_request, Reply};
 use crate::protocol::rpc::{BTFN_PREFIX, Syntax};
-use crate::server::codec::{CodecError, RpcPduCodec};
+use crate::codec::{CodecError, RpcPduCodec};
 use anyhow::{Context, bail};
 use bytes::Bytes;
 use futures_util::SinkExt;
