@@ -7,13 +7,12 @@ use kmsd::cli::{
     ServeArgs, StatusArgs,
 };
 use kmsd::client::{ClientOptions, Connection};
-use kmsd::config::{DEFAULT_PORT, ServeConfig};
+use kmsd::config::ServeConfig;
 use kmsd::protocol::guid::Guid;
 use kmsd::protocol::kms::Version;
 use kmsd::protocol::kms::products;
 use kmsd::server::{self, Server, handler::Host};
 use kmsd::settings::{self, Settings};
-use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -303,28 +302,8 @@ fn dns_record(a: &DnsRecordArgs) -> Result<()> {
     Ok(())
 }
 
-/// `host`, `host:port`, `[v6]:port` or a bare IPv6 address.
-fn resolve(target: &str) -> Result<SocketAddr> {
-    if let Ok(a) = target.parse::<SocketAddr>() {
-        return Ok(a);
-    }
-    if let Ok(ip) = target.trim_matches(['[', ']']).parse::<std::net::IpAddr>() {
-        return Ok(SocketAddr::new(ip, DEFAULT_PORT));
-    }
-    let with_port = if target.contains(':') {
-        target.to_owned()
-    } else {
-        format!("{target}:{DEFAULT_PORT}")
-    };
-    with_port
-        .to_socket_addrs()
-        .with_context(|| format!("cannot resolve {target:?}"))?
-        .next()
-        .with_context(|| format!("{target:?} resolves to no address"))
-}
-
 async fn activate(a: &ActivateArgs) -> Result<()> {
-    let addr = resolve(&a.host)?;
+    let addr = kmsd::client::resolve(&a.host).await?;
     let sku = match (&a.product, a.sku) {
         (_, Some(id)) => {
             products::sku(&id).with_context(|| format!("unknown SKU {id}; see `kmsd products`"))?

@@ -13,6 +13,7 @@ mod common;
 
 use bytes::{Bytes, BytesMut};
 use common::{Replay, read_bin, split_pdus};
+use kmsd::codec::RpcPduCodec;
 use kmsd::protocol::guid::Guid;
 use kmsd::protocol::host::{Decision, Outcome, handle_pdu};
 use kmsd::protocol::kms::request::WORKSTATION_LEN;
@@ -27,7 +28,6 @@ use kmsd::protocol::rpc::pdu::{
 use kmsd::protocol::rpc::request::{self as rpc, Reply, decode_call, decode_reply, decode_stub};
 use kmsd::protocol::rpc::session::Session;
 use kmsd::protocol::rpc::{KMS_INTERFACE, Syntax};
-use kmsd::codec::RpcPduCodec;
 use kmsd::store::window::{TTL_MS, Window};
 use proptest::prelude::*;
 use std::collections::BTreeMap;

@@ -2,8 +2,8 @@
 //! answer, and enforces the per-connection limits. Requests on a connection
 //! are answered one at a time, in order.
 
-use crate::codec::{CodecError, RpcPduCodec};
 use super::handler::Host;
+use crate::codec::{CodecError, RpcPduCodec};
 use crate::metrics::ConnEvent;
 use crate::protocol::host::Outcome;
 use crate::protocol::kms::products;
