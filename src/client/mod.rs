@@ -12,3 +12,6 @@ pub use exchange::{
     ClientError, ClientOptions, Connection, Exchange, Link, Stage, activate, connect, filetime_now,
 };
 pub use target::{ResolveError, Target, resolve, resolve_all};
+
+#[cfg(test)]
+mod replay;
