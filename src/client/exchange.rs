@@ -9,7 +9,7 @@ use crate::protocol::client::{
     AfterBind, BIND_CALL_ID, Binding, Bound, Context, Offer, Pending, ReplyError,
 };
 use crate::protocol::guid::Guid;
-use crate::protocol::kms::{KmsError, RequestBase, SentRequest, VerifyError, Version, Workstation};
+use crate::protocol::kms::{KmsError, RequestBase, VerifyError, Version, Workstation};
 use crate::protocol::rpc::bind::AckError;
 use crate::protocol::rpc::pdu::{MAX_PDU_LEN, PduError};
 use bytes::Bytes;
@@ -236,18 +236,6 @@ impl Link {
     ) -> Result<Exchange, ClientError> {
         self.out.clear();
         let pending = self.bound.request(base, iv, &mut self.out);
-        self.call(pending).await
-    }
-
-    /// [`Link::request`] for a KMS request encoded once by
-    /// [`crate::protocol::kms::encode_request`].
-    pub async fn request_encoded(
-        &mut self,
-        kms_bytes: &[u8],
-        sent: SentRequest,
-    ) -> Result<Exchange, ClientError> {
-        self.out.clear();
-        let pending = self.bound.request_encoded(kms_bytes, sent, &mut self.out);
         self.call(pending).await
     }
 

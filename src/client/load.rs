@@ -1,9 +1,11 @@
 //! `kmsd load`: a bounded load generator that behaves like many Windows
 //! clients at once. Each activation is, by default, a new TCP connection:
 //! bind (and alter_context when the host prefers NDR64, as Windows does),
-//! one request, close. Every response goes through the checks of `kmsd
-//! activate` ([`kms::verify_response`] after the RPC reply checks); a
-//! failure is counted by kind and never stops the run.
+//! one request, close. Every connection is driven by the same client core
+//! as `kmsd activate` ([`crate::protocol::client`] through
+//! [`crate::client::Link`]), so every response gets the same checks (the
+//! RPC reply, then [`kms::verify_response`]); a failure is counted by kind
+//! and never stops the run.
 //!
 //! The run always ends by itself: at `--duration` (or after `--requests`),
 //! with a hard deadline a few exchange timeouts later that abandons whatever
@@ -20,7 +22,7 @@ use crate::client::exchange::{ClientError, Link, Stage, filetime_now};
 use crate::client::target::{self, ResolveError};
 use crate::protocol::client::{Binding, Offer};
 use crate::protocol::guid::Guid;
-use crate::protocol::kms::{self, RequestBase, SentRequest, Version, Workstation, products};
+use crate::protocol::kms::{self, RequestBase, Version, Workstation, products};
 use anyhow::{Context, bail};
 use hdrhistogram::Histogram;
 use rand::{Rng, SeedableRng};
@@ -259,6 +261,28 @@ impl Latency {
     }
 }
 
+/// Why a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StoppedBy {
+    /// `--duration` elapsed.
+    Duration,
+    /// `--requests` activations were issued.
+    Requests,
+    /// The hard deadline passed; in-flight exchanges were abandoned.
+    Deadline,
+}
+
+impl fmt::Display for StoppedBy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Duration => "duration",
+            Self::Requests => "requests",
+            Self::Deadline => "deadline",
+        })
+    }
+}
+
 /// The outcome of a run.
 #[derive(Debug, Clone, Serialize)]
 pub struct LoadReport {
@@ -284,7 +308,7 @@ pub struct LoadReport {
     /// new connection) to its verified response.
     pub latency_us: Latency,
     /// `duration`, `requests` or `deadline` (in-flight exchanges abandoned).
-    pub stopped_by: &'static str,
+    pub stopped_by: StoppedBy,
     /// The latencies behind `latency_us` (µs), for merging runs.
     #[serde(skip)]
     pub histogram: Histogram<u64>,
@@ -305,8 +329,8 @@ impl LoadReport {
                 *all.errors.entry(k.clone()).or_default() += v;
             }
             let _ = all.histogram.add(&r.histogram);
-            if r.stopped_by == "deadline" {
-                all.stopped_by = "deadline";
+            if r.stopped_by == StoppedBy::Deadline {
+                all.stopped_by = StoppedBy::Deadline;
             }
         }
         all.activations_per_sec = per_sec(all.activations, all.elapsed_secs);
@@ -410,15 +434,10 @@ pub async fn run(args: &LoadArgs) -> anyhow::Result<LoadReport> {
 
 /// The KMS request bytes a pinned run sends (what a canned server answers).
 pub fn pinned_request(opts: &LoadOptions, pinned: &Pinned) -> anyhow::Result<Vec<u8>> {
-    Ok(encode_pinned(opts.base()?, pinned).0)
-}
-
-/// The pinned KMS request and what its response must match, encoded once
-/// per run (every activation of a pinned run sends these bytes).
-fn encode_pinned(mut base: RequestBase, pinned: &Pinned) -> (Vec<u8>, SentRequest) {
+    let mut base = opts.base()?;
     base.cmid = pinned.cmid;
     base.client_time = pinned.client_time;
-    kms::encode_request(&base, pinned.iv)
+    Ok(kms::encode_request(&base, pinned.iv).0)
 }
 
 /// The bind and alter_context PDUs every connection of the generator sends
@@ -457,8 +476,6 @@ struct Shared {
     addr: SocketAddr,
     opts: LoadOptions,
     base: RequestBase,
-    /// The pinned request, encoded once.
-    pinned: Option<(Vec<u8>, SentRequest)>,
     pool: Vec<Guid>,
     next: AtomicUsize,
     issued: AtomicU64,
@@ -536,17 +553,23 @@ async fn activate(
     cmid: Guid,
     rng: &mut impl Rng,
 ) -> Result<(), ClientError> {
-    match &s.pinned {
-        Some((kms_bytes, sent)) => link.request_encoded(kms_bytes, *sent).await?,
+    let mut base = s.base;
+    base.cmid = cmid;
+    // Pinned or not, the request is built and encrypted here every time,
+    // so the client spends the same work per activation against any host.
+    let iv = match &s.opts.pinned {
+        Some(p) => {
+            base.client_time = p.client_time;
+            p.iv
+        }
         None => {
-            let mut base = s.base;
-            base.cmid = cmid;
             base.client_time = filetime_now();
             let mut iv = [0u8; 16];
             rng.fill_bytes(&mut iv);
-            link.request(&base, iv).await?
+            iv
         }
     };
+    link.request(&base, iv).await?;
     Ok(())
 }
 
@@ -618,7 +641,6 @@ pub async fn run_with(addr: SocketAddr, opts: LoadOptions) -> anyhow::Result<Loa
         Clients::Fixed => vec![Guid::random_v4(&mut seed_rng)],
         Clients::Pool(n) => (0..n).map(|_| Guid::random_v4(&mut seed_rng)).collect(),
     };
-    let pinned = opts.pinned.as_ref().map(|p| encode_pinned(base, p));
     let start = Instant::now();
     // In-flight exchanges get a few step timeouts past the duration; then
     // they are abandoned.
@@ -630,7 +652,6 @@ pub async fn run_with(addr: SocketAddr, opts: LoadOptions) -> anyhow::Result<Loa
     let s = Arc::new(Shared {
         addr,
         base,
-        pinned,
         pool,
         next: AtomicUsize::new(0),
         issued: AtomicU64::new(0),
@@ -672,11 +693,11 @@ pub async fn run_with(addr: SocketAddr, opts: LoadOptions) -> anyhow::Result<Loa
         .requests
         .is_some_and(|cap| s.issued.load(Ordering::Relaxed) >= cap);
     let stopped_by = if deadline_hit {
-        "deadline"
+        StoppedBy::Deadline
     } else if cap_reached {
-        "requests"
+        StoppedBy::Requests
     } else {
-        "duration"
+        StoppedBy::Duration
     };
     let elapsed = start.elapsed().as_secs_f64();
     let error_total = errors.values().sum();
@@ -729,8 +750,8 @@ mod tests {
             "[2001:db8::1]:1688",
             "0.0.0.0:1688",
         ] {
-            let e = resolve_target(bad, false).await.unwrap_err().to_string();
-            assert!(e.contains("--allow-remote"), "{bad}: {e}");
+            let e = resolve_target(bad, false).await.unwrap_err();
+            assert!(matches!(e, TargetError::NotLoopback { .. }), "{bad}: {e}");
             assert!(resolve_target(bad, true).await.is_ok(), "{bad}");
         }
         assert!(is_loopback(&"[::ffff:127.0.0.1]:1".parse().unwrap()));
@@ -783,7 +804,7 @@ mod tests {
             o.requests_per_connection = 7;
             let r = run_with(addr, o).await.unwrap();
             assert_eq!((r.activations, r.error_total), (40, 0), "{r}");
-            assert_eq!(r.stopped_by, "requests");
+            assert_eq!(r.stopped_by, StoppedBy::Requests);
             let expect_conns = if connection == ConnectionMode::KeepAlive {
                 8..=12
             } else {
