@@ -4,7 +4,8 @@
 //! * [`server`]: the tokio shell (listeners, connections, shutdown).
 //! * [`codec`]: frames MS-RPC PDUs on a TCP stream, for host and client.
 //! * [`store`]: count pools in memory over a durable SQLite store.
-//! * [`client`]: the activation client behind `kmsd activate` and `kmsd load`.
+//! * [`client`]: the activation client behind `kmsd activate`, `kmsd load` and
+//!   the `/healthz` KMS probe (one tokio driver over [`protocol::client`]).
 //! * [`config`]: typed configuration with validation.
 pub mod cli;
 pub mod client;
