@@ -5,8 +5,8 @@ mod common;
 
 use bytes::BytesMut;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use kmsd::codec::RpcPduCodec;
 use kmsd::protocol::rpc::pdu::{DEFAULT_MAX_PDU_LEN, pdu_len};
-use kmsd::server::codec::RpcPduCodec;
 use std::hint::black_box;
 use tokio_util::codec::Decoder;
 

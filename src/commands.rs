@@ -4,14 +4,12 @@
 
 use crate::cli::{ActivateArgs, ClientsArgs, DnsRecordArgs, ProductsArgs, StatusArgs};
 use crate::client::{ClientOptions, Connection};
-use crate::config::DEFAULT_PORT;
 use crate::protocol::guid::Guid;
 use crate::protocol::kms::Version;
 use crate::protocol::kms::products;
 use crate::report::{ClientRow, StatusReport, parse_since};
 use crate::store::{ClientQuery, Reader, unix_ms_now};
 use anyhow::{Context, Result, bail};
-use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
 pub fn dns_record(a: &DnsRecordArgs) -> Result<()> {
@@ -44,28 +42,8 @@ pub fn dns_record(a: &DnsRecordArgs) -> Result<()> {
     Ok(())
 }
 
-/// `host`, `host:port`, `[v6]:port` or a bare IPv6 address.
-fn resolve(target: &str) -> Result<SocketAddr> {
-    if let Ok(a) = target.parse::<SocketAddr>() {
-        return Ok(a);
-    }
-    if let Ok(ip) = target.trim_matches(['[', ']']).parse::<std::net::IpAddr>() {
-        return Ok(SocketAddr::new(ip, DEFAULT_PORT));
-    }
-    let with_port = if target.contains(':') {
-        target.to_owned()
-    } else {
-        format!("{target}:{DEFAULT_PORT}")
-    };
-    with_port
-        .to_socket_addrs()
-        .with_context(|| format!("cannot resolve {target:?}"))?
-        .next()
-        .with_context(|| format!("{target:?} resolves to no address"))
-}
-
 pub async fn activate(a: &ActivateArgs) -> Result<()> {
-    let addr = resolve(&a.host)?;
+    let addr = crate::client::resolve(&a.host).await?;
     let sku = match (&a.product, a.sku) {
         (_, Some(id)) => {
             products::sku(&id).with_context(|| format!("unknown SKU {id}; see `kmsd products`"))?

@@ -1,14 +1,17 @@
 //! kmsd: a KMS host.
 //!
 //! * [`protocol`]: the sans-IO core (MS-RPC, KMS v4/v5/v6, crypto, catalog).
-//! * [`server`]: the tokio shell (listeners, codec, connections, shutdown).
+//! * [`server`]: the tokio shell (listeners, connections, shutdown).
+//! * [`codec`]: frames MS-RPC PDUs on a TCP stream, for host and client.
 //! * [`store`]: count pools in memory over a durable SQLite store.
-//! * [`client`]: the activation client behind `kmsd activate` and `kmsd load`.
+//! * [`client`]: the activation client behind `kmsd activate`, `kmsd load` and
+//!   the `/healthz` KMS probe (one tokio driver over [`protocol::client`]).
 //! * [`config`]: typed configuration with validation, the key table and
 //!   the file/environment/flag layers.
 pub mod app;
 pub mod cli;
 pub mod client;
+pub mod codec;
 pub mod commands;
 pub mod config;
 pub mod host;

@@ -6,8 +6,8 @@ mod common;
 
 use bytes::BytesMut;
 use common::*;
+use kmsd::codec::{CodecError, RpcPduCodec};
 use kmsd::protocol::rpc::pdu::DEFAULT_MAX_PDU_LEN;
-use kmsd::server::codec::{CodecError, RpcPduCodec};
 use tokio_util::codec::Decoder;
 
 fn all_streams() -> Vec<(String, Vec<u8>)> {

@@ -13,6 +13,7 @@ mod common;
 
 use bytes::{Bytes, BytesMut};
 use common::{Replay, read_bin, split_pdus};
+use kmsd::codec::RpcPduCodec;
 use kmsd::protocol::guid::Guid;
 use kmsd::protocol::kms::request::WORKSTATION_LEN;
 use kmsd::protocol::kms::{
@@ -27,7 +28,6 @@ use kmsd::protocol::rpc::request::{self as rpc, Reply, decode_call, decode_reply
 use kmsd::protocol::rpc::session::Session;
 use kmsd::protocol::rpc::{KMS_INTERFACE, Syntax};
 use kmsd::protocol::server::{Decision, Outcome, handle_pdu};
-use kmsd::server::codec::RpcPduCodec;
 use kmsd::store::window::{TTL_MS, Window};
 use proptest::prelude::*;
 use std::collections::BTreeMap;

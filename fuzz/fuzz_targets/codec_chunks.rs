@@ -12,7 +12,7 @@
 
 use bytes::{Bytes, BytesMut};
 use kmsd::protocol::rpc::pdu::{DEFAULT_MAX_PDU_LEN, HEADER_LEN};
-use kmsd::server::codec::RpcPduCodec;
+use kmsd::codec::RpcPduCodec;
 use libfuzzer_sys::fuzz_target;
 use tokio_util::codec::Decoder;
 

@@ -1,21 +1,26 @@
-//! One client connection: bind (and alter_context, as Windows does when the
-//! host prefers NDR64), then requests, each response verified.
+//! The connection driver: moves the PDUs of the sans-IO client core
+//! ([`crate::protocol::client`]) over a TCP stream, with a deadline on every
+//! wait. [`Link`] is shared by `kmsd activate` ([`Connection`]), `kmsd load`
+//! and the `/healthz` probe; [`Connection`] adds what `activate` needs: the
+//! request it builds from [`ClientOptions`], the clock and the random IV.
 
-use crate::protocol::guid::Guid;
-use crate::protocol::kms::{
-    self, RequestBase, VerifiedResponse, VerifyError, Version, Workstation,
+use crate::codec::{CodecError, RpcPduCodec};
+use crate::protocol::client::{
+    AfterBind, BIND_CALL_ID, Binding, Bound, Context, Offer, Pending, ReplyError,
 };
-use crate::protocol::rpc::bind::{AckError, AckResult, check_ack, encode_bind};
-use crate::protocol::rpc::pdu::{Header, MAX_PDU_LEN, PduError, flags, ptype};
-use crate::protocol::rpc::request::{self as rpc_request, Reply};
-use crate::protocol::rpc::{BTFN_PREFIX, Syntax};
-use crate::server::codec::{CodecError, RpcPduCodec};
+use crate::protocol::guid::Guid;
+use crate::protocol::kms::{KmsError, RequestBase, VerifyError, Version, Workstation};
+use crate::protocol::rpc::bind::AckError;
+use crate::protocol::rpc::pdu::{MAX_PDU_LEN, PduError};
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
+use std::fmt;
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::net::TcpStream;
 use tokio_util::codec::Framed;
+
+pub use crate::protocol::client::Exchange;
 
 /// What the client sends.
 #[derive(Debug, Clone)]
@@ -42,6 +47,56 @@ pub struct ClientOptions {
     pub clock_offset_ms: i64,
 }
 
+impl ClientOptions {
+    /// The bind these options ask for (multiplexed, as Windows binds).
+    pub fn offer(&self) -> Offer {
+        Offer {
+            ndr64: self.ndr64,
+            btfn: self.btfn,
+            alter_context: self.alter_context,
+            multiplex: true,
+        }
+    }
+
+    /// The request for `cmid` sent at `client_time` (a FILETIME).
+    pub fn request_base(&self, cmid: Guid, client_time: u64) -> Result<RequestBase, KmsError> {
+        Ok(RequestBase {
+            version: self.version,
+            vm_info: u32::from(self.vm),
+            license_status: self.license_status,
+            binding_expiration: self.binding_expiration,
+            app_id: self.app_id,
+            sku_id: self.sku_id,
+            kms_id: self.kms_id,
+            cmid,
+            n_policy: self.n_policy,
+            client_time,
+            previous_cmid: Guid::NIL,
+            workstation: Workstation::new(&self.workstation)?,
+        })
+    }
+}
+
+/// What the client was waiting for when time ran out or the host closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Stage {
+    Connecting,
+    BindAck,
+    AlterContextResp,
+    Response,
+}
+
+impl fmt::Display for Stage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Connecting => "connecting",
+            Self::BindAck => "waiting for bind_ack",
+            Self::AlterContextResp => "waiting for alter_context_resp",
+            Self::Response => "waiting for the response",
+        })
+    }
+}
+
 /// A failed activation, precisely.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -51,15 +106,17 @@ pub enum ClientError {
         err: std::io::Error,
     },
     #[error("timed out {0}")]
-    Timeout(&'static str),
+    Timeout(Stage),
     #[error("connection closed by the host {0}")]
-    Closed(&'static str),
+    Closed(Stage),
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
     #[error("malformed reply from the host: {0}")]
     Rpc(#[from] PduError),
     #[error("bind refused: {0}")]
-    Bind(String),
+    Bind(AckError),
+    #[error("reply call_id {got} does not echo request {sent}")]
+    CallId { got: u32, sent: u32 },
     #[error("RPC fault {0:#010x}")]
     Fault(u32),
     #[error("host answered error {0:#010X} instead of a response")]
@@ -67,7 +124,7 @@ pub enum ClientError {
     #[error("response failed verification: {0}")]
     Verify(#[from] VerifyError),
     #[error("invalid request: {0}")]
-    Request(String),
+    Request(KmsError),
 }
 
 impl From<CodecError> for ClientError {
@@ -79,12 +136,27 @@ impl From<CodecError> for ClientError {
     }
 }
 
-/// One verified request/response.
-#[derive(Debug, Clone)]
-pub struct Exchange {
-    pub syntax: Syntax,
-    pub cmid: Guid,
-    pub response: VerifiedResponse,
+impl From<AckError> for ClientError {
+    /// A bind_ack that cannot be parsed is a malformed reply; one that
+    /// parses but refuses or mismatches is a bind failure.
+    fn from(e: AckError) -> Self {
+        match e {
+            AckError::Malformed(p) => Self::Rpc(p),
+            other => Self::Bind(other),
+        }
+    }
+}
+
+impl From<ReplyError> for ClientError {
+    fn from(e: ReplyError) -> Self {
+        match e {
+            ReplyError::Malformed(p) => Self::Rpc(p),
+            ReplyError::CallId { got, sent } => Self::CallId { got, sent },
+            ReplyError::Fault(s) => Self::Fault(s),
+            ReplyError::Hresult(h) => Self::Hresult(h),
+            ReplyError::Verify(v) => Self::Verify(v),
+        }
+    }
 }
 
 /// FILETIME now.
@@ -95,208 +167,135 @@ pub fn filetime_now() -> u64 {
     (d.as_nanos() / 100) as u64 + 116_444_736_000_000_000
 }
 
-/// A bound connection to a host.
-pub struct Connection {
-    framed: Framed<TcpStream, RpcPduCodec>,
-    call_id: u32,
-    /// Context for the first request, and for the rest.
-    first: (u16, Syntax),
-    rest: (u16, Syntax),
-    sent: u32,
-    opts: ClientOptions,
-}
-
-/// Reads one whole reply PDU (one fragment, no auth trailer) within
-/// `deadline`; `what` names the wait in a timeout or close error.
-pub(crate) async fn read_pdu(
-    framed: &mut Framed<TcpStream, RpcPduCodec>,
-    deadline: Duration,
-    what: &'static str,
-) -> Result<(Header, Bytes), ClientError> {
-    let pdu = tokio::time::timeout(deadline, framed.next())
+/// Connects to `addr` within `timeout`, with Nagle off (a PDU is one write).
+pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, ClientError> {
+    let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
         .await
-        .map_err(|_| ClientError::Timeout(what))?
-        .ok_or(ClientError::Closed(what))??;
-    let header =
-        Header::peek(&pdu, MAX_PDU_LEN)?.ok_or_else(|| PduError::malformed("reply", "short"))?;
-    if header.flags & flags::FIRST_LAST != flags::FIRST_LAST || header.auth_len != 0 {
-        return Err(PduError::malformed("reply", "fragmented or authenticated").into());
-    }
-    Ok((header, pdu))
+        .map_err(|_| ClientError::Timeout(Stage::Connecting))?
+        .map_err(|err| ClientError::Connect { addr, err })?;
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
 }
 
-/// The results of a bind_ack / alter_context_resp, checked.
-fn decode_ack(
-    header: Header,
-    pdu: &[u8],
-    want: u8,
-    call_id: u32,
-    items: usize,
-) -> Result<Vec<AckResult>, ClientError> {
-    let mut out = Vec::with_capacity(items);
-    check_ack(header, pdu, want, call_id, items, &mut out).map_err(|e| match e {
-        AckError::Malformed(p) => ClientError::Rpc(p),
-        other => ClientError::Bind(other.to_string()),
-    })?;
-    Ok(out)
+/// A TCP connection bound by the client core: sends its PDUs, reads the
+/// replies (each within the timeout) and hands them back to it.
+pub struct Link {
+    framed: Framed<TcpStream, RpcPduCodec>,
+    bound: Bound,
+    timeout: Duration,
+    out: Vec<u8>,
 }
 
-impl Connection {
-    /// Connects and binds.
-    pub async fn open(addr: SocketAddr, opts: ClientOptions) -> Result<Self, ClientError> {
-        let stream = tokio::time::timeout(opts.timeout, TcpStream::connect(addr))
-            .await
-            .map_err(|_| ClientError::Timeout("connecting"))?
-            .map_err(|err| ClientError::Connect { addr, err })?;
-        let _ = stream.set_nodelay(true);
+impl Link {
+    /// Binds on `stream` (and sends the alter_context when the core asks
+    /// for it). `timeout` bounds each wait for a reply.
+    pub async fn bind(
+        stream: TcpStream,
+        binding: Binding,
+        timeout: Duration,
+    ) -> Result<Self, ClientError> {
         let mut framed = Framed::new(stream, RpcPduCodec::new(MAX_PDU_LEN));
-        let call_id = 2;
-        let mut items = vec![(0u16, Syntax::Ndr32.guid().0, Syntax::Ndr32.version())];
-        if opts.ndr64 {
-            items.push((1, Syntax::Ndr64.guid().0, Syntax::Ndr64.version()));
-        }
-        if opts.btfn {
-            let mut btfn = [0u8; 16];
-            btfn[..8].copy_from_slice(&BTFN_PREFIX);
-            btfn[8] = 0x03;
-            items.push((2, btfn, 1));
-        }
-        let mut out = Vec::new();
-        encode_bind(
-            ptype::BIND,
-            flags::FIRST_LAST | flags::CONC_MPX,
-            call_id,
-            &items,
-            &mut out,
-        );
+        let mut out = Vec::with_capacity(320);
+        binding.encode(&mut out);
         framed.send(out.as_slice()).await?;
-        let (h, pdu) = read_pdu(&mut framed, opts.timeout, "waiting for bind_ack").await?;
-        if h.ptype == ptype::BIND_NAK {
-            return Err(ClientError::Bind("bind_nak".into()));
-        }
-        let results = decode_ack(h, &pdu, ptype::BIND_ACK, call_id, items.len())?;
-        let mut ndr32 = None;
-        let mut ndr64 = None;
-        for ((id, syntax, version), (result, reason, got, got_version)) in
-            items.iter().zip(&results)
-        {
-            let is_btfn = syntax[..8] == BTFN_PREFIX;
-            match (is_btfn, *result) {
-                (true, 3) if reason & !0x03 == 0 => {}
-                (true, 2) => {}
-                (false, 0) if got == syntax && got_version == version => {
-                    if *syntax == Syntax::Ndr32.guid().0 {
-                        ndr32 = Some(*id);
-                    } else {
-                        ndr64 = Some(*id);
-                    }
-                }
-                (false, 2) if *got == [0; 16] && *got_version == 0 => {}
-                _ => {
-                    return Err(ClientError::Bind(format!(
-                        "item {id}: unexpected result {result}/{reason}"
-                    )));
-                }
-            }
-        }
-        let (first, rest) = match (ndr32, ndr64) {
-            (Some(c), None) => ((c, Syntax::Ndr32), (c, Syntax::Ndr32)),
-            (_, Some(c64)) => {
-                let c64 = (c64, Syntax::Ndr64);
-                match ndr32 {
-                    Some(c) => ((c, Syntax::Ndr32), c64),
-                    None if opts.alter_context => {
-                        let alter = [(0u16, Syntax::Ndr32.guid().0, Syntax::Ndr32.version())];
-                        out.clear();
-                        encode_bind(
-                            ptype::ALTER_CONTEXT,
-                            flags::FIRST_LAST | flags::CONC_MPX,
-                            call_id,
-                            &alter,
-                            &mut out,
-                        );
-                        framed.send(out.as_slice()).await?;
-                        let (h, pdu) =
-                            read_pdu(&mut framed, opts.timeout, "waiting for alter_context_resp")
-                                .await?;
-                        let r = decode_ack(h, &pdu, ptype::ALTER_CONTEXT_RESP, call_id, 1)?;
-                        if r.first().is_some_and(|x| x.0 == 0) {
-                            ((0, Syntax::Ndr32), c64)
-                        } else {
-                            (c64, c64)
-                        }
-                    }
-                    None => (c64, c64),
-                }
-            }
-            (None, None) => {
-                return Err(ClientError::Bind("neither NDR32 nor NDR64 accepted".into()));
+        let ack = recv(&mut framed, timeout, Stage::BindAck).await?;
+        let bound = match binding.on_bind_ack(&ack)? {
+            AfterBind::Bound(b) => b,
+            AfterBind::AlterContext(alter) => {
+                out.clear();
+                alter.encode(&mut out);
+                framed.send(out.as_slice()).await?;
+                let resp = recv(&mut framed, timeout, Stage::AlterContextResp).await?;
+                alter.on_response(&resp)?
             }
         };
         Ok(Self {
             framed,
-            call_id,
-            first,
-            rest,
-            sent: 0,
-            opts,
+            bound,
+            timeout,
+            out,
         })
     }
 
-    /// Sends one activation request for `cmid` and verifies the response.
+    /// The context of the first request and of the ones after it.
+    pub fn contexts(&self) -> (Context, Context) {
+        self.bound.contexts()
+    }
+
+    /// Requests sent on this connection.
+    pub fn requests_sent(&self) -> u32 {
+        self.bound.requests_sent()
+    }
+
+    /// Sends the request for `base` (encrypted with `iv` for v5/v6) and
+    /// verifies the response.
+    pub async fn request(
+        &mut self,
+        base: &RequestBase,
+        iv: [u8; 16],
+    ) -> Result<Exchange, ClientError> {
+        self.out.clear();
+        let pending = self.bound.request(base, iv, &mut self.out);
+        self.call(pending).await
+    }
+
+    async fn call(&mut self, pending: Pending) -> Result<Exchange, ClientError> {
+        self.framed.send(self.out.as_slice()).await?;
+        let reply = recv(&mut self.framed, self.timeout, Stage::Response).await?;
+        Ok(pending.on_reply(&reply)?)
+    }
+
+    /// Shuts the connection down politely (errors ignored: nothing is owed).
+    pub async fn close(mut self) {
+        let _ = self.framed.close().await;
+    }
+}
+
+/// Reads one whole PDU within `timeout`; the core checks its framing.
+async fn recv(
+    framed: &mut Framed<TcpStream, RpcPduCodec>,
+    timeout: Duration,
+    stage: Stage,
+) -> Result<Bytes, ClientError> {
+    Ok(tokio::time::timeout(timeout, framed.next())
+        .await
+        .map_err(|_| ClientError::Timeout(stage))?
+        .ok_or(ClientError::Closed(stage))??)
+}
+
+/// A bound connection to a host, for `kmsd activate` and the tests.
+pub struct Connection {
+    link: Link,
+    opts: ClientOptions,
+}
+
+impl Connection {
+    /// Connects and binds as `opts` say.
+    pub async fn open(addr: SocketAddr, opts: ClientOptions) -> Result<Self, ClientError> {
+        // Refuse a request that cannot be built before connecting.
+        opts.request_base(Guid::NIL, 0)
+            .map_err(ClientError::Request)?;
+        let stream = connect(addr, opts.timeout).await?;
+        let binding = Binding::new(opts.offer(), BIND_CALL_ID);
+        let link = Link::bind(stream, binding, opts.timeout).await?;
+        Ok(Self { link, opts })
+    }
+
+    /// The context of the first request and of the ones after it.
+    pub fn contexts(&self) -> (Context, Context) {
+        self.link.contexts()
+    }
+
+    /// Sends one activation request for `cmid` at the current time (plus
+    /// the options' clock offset) with a random IV, and verifies the
+    /// response.
     pub async fn activate(&mut self, cmid: Guid) -> Result<Exchange, ClientError> {
         let o = &self.opts;
-        let base = RequestBase {
-            version: o.version,
-            vm_info: u32::from(o.vm),
-            license_status: o.license_status,
-            binding_expiration: o.binding_expiration,
-            app_id: o.app_id,
-            sku_id: o.sku_id,
-            kms_id: o.kms_id,
-            cmid,
-            n_policy: o.n_policy,
-            client_time: filetime_now().wrapping_add_signed(o.clock_offset_ms * 10_000),
-            previous_cmid: Guid::NIL,
-            workstation: Workstation::new(&o.workstation)
-                .map_err(|e| ClientError::Request(e.to_string()))?,
-        };
+        let time = filetime_now().wrapping_add_signed(o.clock_offset_ms.saturating_mul(10_000));
+        let base = o.request_base(cmid, time).map_err(ClientError::Request)?;
         let mut iv = [0u8; 16];
         rand::Rng::fill_bytes(&mut rand::rng(), &mut iv);
-        let (kms_bytes, sent) = kms::encode_request(&base, iv);
-        let (ctx, syntax) = if self.sent == 0 {
-            self.first
-        } else {
-            self.rest
-        };
-        self.sent += 1;
-        self.call_id += 1;
-        let call_id = self.call_id;
-        let mut out = Vec::with_capacity(320);
-        rpc_request::encode_request(call_id, ctx, syntax, &kms_bytes, &mut out);
-        self.framed.send(out.as_slice()).await?;
-        let (h, pdu) = read_pdu(
-            &mut self.framed,
-            self.opts.timeout,
-            "waiting for the response",
-        )
-        .await?;
-        if h.call_id != call_id {
-            return Err(PduError::malformed(
-                "response",
-                format!("call_id {} for request {call_id}", h.call_id),
-            )
-            .into());
-        }
-        match rpc_request::decode_reply(h, &pdu, syntax)? {
-            Reply::Fault(st) => Err(ClientError::Fault(st)),
-            Reply::Hresult(hr) => Err(ClientError::Hresult(hr)),
-            Reply::Kms(bytes) => Ok(Exchange {
-                syntax,
-                cmid,
-                response: kms::verify_response(&sent, bytes)?,
-            }),
-        }
+        self.link.request(&base, iv).await
     }
 }
 

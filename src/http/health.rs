@@ -1,13 +1,12 @@
 //! The KMS half of `/healthz`: connect to a KMS listener, send a real
-//! MS-RPC bind for the KMS interface (NDR32), and expect a bind_ack.
+//! MS-RPC bind for the KMS interface (NDR32), and expect a bind_ack that
+//! passes the client core's checks ([`crate::protocol::client`], driven by
+//! [`crate::client::Link`] like `kmsd activate` and `kmsd load`).
 
-use crate::protocol::rpc::Syntax;
-use crate::protocol::rpc::bind::encode_bind;
-use crate::protocol::rpc::pdu::{HEADER_LEN, Header, MAX_PDU_LEN, flags, ptype};
+use crate::client::{ClientError, Link, connect};
+use crate::protocol::client::{Binding, Offer};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 /// The whole probe (connect, bind, bind_ack) must finish within this.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -23,19 +22,14 @@ pub fn connect_addr(addr: SocketAddr) -> SocketAddr {
     SocketAddr::new(ip, addr.port())
 }
 
-/// A bind offering one context: the KMS interface v1.0 in NDR32 v2.
-pub fn bind_pdu(call_id: u32) -> Vec<u8> {
-    let mut out = Vec::with_capacity(72);
-    let item = (0, Syntax::Ndr32.guid().0, Syntax::Ndr32.version());
-    encode_bind(ptype::BIND, flags::FIRST_LAST, call_id, &[item], &mut out);
-    out
-}
-
 /// Binds to the KMS listener at `addr`; `Err` says what went wrong.
 pub async fn probe_kms(addr: SocketAddr) -> Result<(), String> {
     let target = connect_addr(addr);
     match tokio::time::timeout(PROBE_TIMEOUT, bind_once(target)).await {
-        Ok(r) => r.map_err(|e| format!("{target}: {e}")),
+        Ok(Ok(())) => Ok(()),
+        // The connect error names the address already.
+        Ok(Err(e @ ClientError::Connect { .. })) => Err(e.to_string()),
+        Ok(Err(e)) => Err(format!("{target}: {e}")),
         Err(_) => Err(format!(
             "{target}: no bind_ack within {} s",
             PROBE_TIMEOUT.as_secs()
@@ -43,45 +37,14 @@ pub async fn probe_kms(addr: SocketAddr) -> Result<(), String> {
     }
 }
 
-async fn bind_once(addr: SocketAddr) -> Result<(), String> {
-    let mut stream = TcpStream::connect(addr)
-        .await
-        .map_err(|e| format!("cannot connect: {e}"))?;
-    let _ = stream.set_nodelay(true);
+async fn bind_once(addr: SocketAddr) -> Result<(), ClientError> {
+    let stream = connect(addr, PROBE_TIMEOUT).await?;
     let call_id = rand::random::<u32>() | 1;
-    stream
-        .write_all(&bind_pdu(call_id))
-        .await
-        .map_err(|e| format!("cannot send the bind: {e}"))?;
-    let mut head = [0u8; HEADER_LEN];
-    stream
-        .read_exact(&mut head)
-        .await
-        .map_err(|e| format!("no bind_ack: {e}"))?;
-    let h = Header::peek(&head, MAX_PDU_LEN)
-        .map_err(|e| format!("malformed reply: {e}"))?
-        .ok_or("short reply")?;
-    let mut body = vec![0u8; usize::from(h.frag_len) - HEADER_LEN];
-    stream
-        .read_exact(&mut body)
-        .await
-        .map_err(|e| format!("truncated reply: {e}"))?;
-    let _ = stream.shutdown().await;
-    if h.ptype == ptype::BIND_NAK {
-        return Err("bind refused (bind_nak)".into());
-    }
-    if h.ptype != ptype::BIND_ACK {
-        return Err(format!(
-            "expected a bind_ack (type 12), got type {}",
-            h.ptype
-        ));
-    }
-    if h.call_id != call_id {
-        return Err(format!(
-            "bind_ack call_id {} does not echo {call_id}",
-            h.call_id
-        ));
-    }
+    let binding = Binding::new(Offer::NDR32_ONLY, call_id);
+    Link::bind(stream, binding, PROBE_TIMEOUT)
+        .await?
+        .close()
+        .await;
     Ok(())
 }
 
@@ -92,7 +55,10 @@ mod tests {
     #[test]
     fn bind_matches_the_spec_example() {
         let want = "05000b03100000004800000002000000d016d0160000000001000000000001007521c8514e845047b0d8ec255555bc0601000000045d888aeb1cc9119fe808002b10486002000000";
-        let got: String = bind_pdu(2).iter().map(|b| format!("{b:02x}")).collect();
+        // The probe's bind: one context, the KMS interface v1.0 in NDR32 v2.
+        let mut pdu = Vec::new();
+        Binding::new(Offer::NDR32_ONLY, 2).encode(&mut pdu);
+        let got: String = pdu.iter().map(|b| format!("{b:02x}")).collect();
         assert_eq!(got, want);
     }
 

@@ -18,6 +18,7 @@
     )
 )]
 
+pub mod client;
 pub mod crypto;
 pub mod guid;
 pub mod kms;

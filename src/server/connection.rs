@@ -2,7 +2,7 @@
 //! answer, and enforces the per-connection limits. Requests on a connection
 //! are answered one at a time, in order.
 
-use super::codec::{CodecError, RpcPduCodec};
+use crate::codec::{CodecError, RpcPduCodec};
 use crate::host::Host;
 use crate::metrics::ConnEvent;
 use crate::protocol::kms::products;

@@ -2,7 +2,6 @@
 //! one task per connection, and graceful shutdown. No protocol logic here.
 
 pub mod access;
-pub mod codec;
 pub mod connection;
 pub mod signal;
 

@@ -322,6 +322,12 @@ pub enum AckError {
     ResultCount { got: usize, sent: usize },
     #[error("trailing bytes after the results")]
     Trailing,
+    /// A context result the client cannot take: acceptance of a syntax it
+    /// did not propose, a rejection naming a syntax, an unknown result.
+    #[error("context {id}: unexpected result {result} (reason {reason})")]
+    UnexpectedResult { id: u16, result: u16, reason: u16 },
+    #[error("the host accepted neither NDR32 nor NDR64")]
+    NoTransferSyntax,
     #[error(transparent)]
     Malformed(#[from] PduError),
 }

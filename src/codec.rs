@@ -1,5 +1,6 @@
 //! Frames MS-RPC PDUs on a TCP stream by their frag_length, with a hard
-//! upper bound checked before any buffer grows for the frame.
+//! upper bound checked before any buffer grows for the frame. Both sides
+//! use it: the host reads requests with it, the client reads replies.
 
 use crate::protocol::rpc::pdu::{self, HEADER_LEN, PduError};
 use bytes::{Bytes, BytesMut};
