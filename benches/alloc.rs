@@ -9,6 +9,8 @@
 //! counted too, for information.
 //!
 //! Run: `cargo bench --bench alloc`
+// The counting allocator is the one place kmsd needs `unsafe`.
+#![allow(unsafe_code)]
 
 mod common;
 

@@ -11,8 +11,8 @@
 #![no_main]
 
 use bytes::{Bytes, BytesMut};
-use kmsd::protocol::rpc::pdu::{DEFAULT_MAX_PDU_LEN, HEADER_LEN};
 use kmsd::codec::RpcPduCodec;
+use kmsd::protocol::rpc::pdu::{DEFAULT_MAX_PDU_LEN, HEADER_LEN};
 use libfuzzer_sys::fuzz_target;
 use tokio_util::codec::Decoder;
 

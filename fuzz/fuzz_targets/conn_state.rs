@@ -14,13 +14,13 @@
 //! decoded, with the count, ePID and (v6) HwId it was given.
 #![no_main]
 
-use kmsd::protocol::server::{Decision, Outcome, handle_pdu};
 use kmsd::protocol::kms::{Answer, Epid, SentRequest, Version, hresult, verify_response};
 use kmsd::protocol::rpc::bind::BindPolicy;
 use kmsd::protocol::rpc::pdu::{Header, ptype};
 use kmsd::protocol::rpc::request::{Reply, decode_reply};
 use kmsd::protocol::rpc::session::Session;
 use kmsd::protocol::rpc::{Syntax, status};
+use kmsd::protocol::server::{Decision, Outcome, handle_pdu};
 use kmsd_fuzz::{FIXED_EPID, check_host_pdu, fixed_rng, split_stream};
 use libfuzzer_sys::fuzz_target;
 use std::sync::LazyLock;

@@ -3,9 +3,7 @@
 //! host cannot pass here. `.ci/run` installs it into .tools/bin; in CI the
 //! test fails rather than skips when it is missing.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::path::PathBuf;
 use std::process::Command;
 

@@ -2,9 +2,7 @@
 //! reveals an unpersisted count (the client gets E_FAIL and is not counted),
 //! and the host recovers by itself once the database is writable again.
 
-mod common;
-
-use common::*;
+use crate::common::{self, *};
 use kmsd::client::{ClientError, Connection};
 use kmsd::protocol::kms::Version;
 use std::time::Duration;

@@ -4,9 +4,7 @@
 //! zero and memory stays flat. CI runs it briefly; `scripts/soak` runs it
 //! for minutes (KMSD_SOAK_SECS).
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use kmsd::client::{ClientError, Connection};
 use kmsd::protocol::guid::Guid;
 use kmsd::protocol::kms::Version;

@@ -2,9 +2,7 @@
 //! activations, the admin API on loopback, plain HTTP/1.1 requests, and a
 //! headless Chromium rendering the status page.
 
-mod common;
-
-use common::{client_options, new_cmid, start_server};
+use crate::common::{self, client_options, new_cmid, start_server};
 use kmsd::client::Connection;
 use kmsd::http::{AdminState, router_with_shutdown, serve};
 use kmsd::protocol::kms::Version;

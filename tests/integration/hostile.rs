@@ -3,9 +3,7 @@
 //! with bad MACs. While each runs, a legitimate client is still served
 //! quickly, and the pools and the store see only the legitimate traffic.
 
-mod common;
-
-use common::*;
+use crate::common::{self, *};
 use kmsd::client::Connection;
 use kmsd::protocol::kms::Version;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};

@@ -1,5 +1,4 @@
 //! Shared test helpers: the captured vectors and small decoders.
-#![allow(dead_code)]
 
 use serde_json::Value;
 use std::path::PathBuf;
@@ -35,14 +34,19 @@ pub fn read_bin(name: &str) -> Vec<u8> {
     std::fs::read(vectors_dir().join(name)).expect(name)
 }
 
-/// Splits a captured byte stream into PDUs by frag_length.
+/// Splits a captured byte stream into PDUs by frag_length, with the
+/// core's own framing (`pdu_len`, as the codec frames them).
 pub fn split_pdus(stream: &[u8]) -> Vec<Vec<u8>> {
+    use kmsd::protocol::rpc::pdu::{MAX_PDU_LEN, pdu_len};
     let mut out = Vec::new();
-    let mut at = 0;
-    while at < stream.len() {
-        let len = u16::from_le_bytes([stream[at + 8], stream[at + 9]]) as usize;
-        out.push(stream[at..at + len].to_vec());
-        at += len;
+    let mut rest = stream;
+    while !rest.is_empty() {
+        let len = pdu_len(rest, MAX_PDU_LEN)
+            .expect("a captured PDU frames")
+            .expect("a captured stream ends on a PDU boundary");
+        let (pdu, tail) = rest.split_at(len);
+        out.push(pdu.to_vec());
+        rest = tail;
     }
     out
 }

@@ -2,9 +2,7 @@
 //! shared/protocol/vectors) decoded, verified and rebuilt byte for byte by
 //! the protocol core, as host and as client.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use kmsd::protocol::guid::Guid;
 use kmsd::protocol::kms::{self, Answer, Epid, KmsError, ResponseRandom, SentRequest, Version};
 use kmsd::protocol::rpc::bind::BindPolicy;

@@ -3,9 +3,7 @@
 //! restarts, product policy with the right HRESULTs, the fixed-count mode,
 //! and the status and inventory reports.
 
-mod common;
-
-use common::*;
+use crate::common::{self, *};
 use kmsd::client::{ClientError, ClientOptions, Connection};
 use kmsd::protocol::guid::Guid;
 use kmsd::protocol::kms::{Version, products};

@@ -3,9 +3,7 @@
 //! over a real socket. (Interop with an independent client is in
 //! vlmcs_interop.rs; with captured traffic in vectors.rs.)
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use kmsd::client::Connection;
 use kmsd::protocol::kms::Version;
 use kmsd::protocol::rpc::Syntax;

@@ -9,7 +9,7 @@
 //!
 //! Crashes found by fuzzing are pinned at the end as regression tests.
 
-mod common;
+use crate::common;
 
 use bytes::{Bytes, BytesMut};
 use common::{Replay, read_bin, split_pdus};
@@ -756,5 +756,77 @@ fn filetime_of_any_client_time_converts_without_overflow() {
     ] {
         let ms = std::panic::catch_unwind(|| filetime_to_unix_ms(ft));
         assert!(ms.is_ok(), "filetime_to_unix_ms({ft:#x}) panicked");
+    }
+}
+
+/// A request with a catalog KMS counted ID (with its own Application ID or
+/// another), or an unknown one, and a policy serving any subset of groups.
+fn policy_cases() -> impl Strategy<Value = (RequestBase, kmsd::protocol::policy::ProductPolicy, i64)>
+{
+    use kmsd::protocol::kms::products;
+    let groups = products::kms_groups().len();
+    (
+        request_bases(),
+        0..2 * groups,
+        any::<bool>(),
+        any::<u16>(),
+        any::<bool>(),
+        prop::option::of(0u64..1_000_000_000),
+        any::<i64>(),
+    )
+        .prop_map(move |(mut base, pick, own_app, mask, strict, skew, now)| {
+            if let Some(g) = products::kms_groups().get(pick) {
+                base.kms_id = g.id;
+                if own_app {
+                    base.app_id = g.app_id;
+                }
+            }
+            if pick % 3 == 0 {
+                base.n_policy %= 1100;
+            }
+            let served = products::epid_groups()
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| mask & (1 << i) != 0)
+                .map(|(_, g)| g.name)
+                .collect();
+            let policy = kmsd::protocol::policy::ProductPolicy {
+                served,
+                strict_products: strict,
+                max_clock_skew_ms: skew,
+            };
+            (base, policy, now)
+        })
+}
+
+proptest! {
+    /// The product policy: N_Policy above 1000 is always 0x8007000D; a
+    /// count names a served group and, for a known counted ID, that ID's
+    /// pool and Application ID (a volume ID when strict); serving more
+    /// groups never turns a count into a refusal.
+    #[test]
+    fn product_policy_invariants((base, policy, now) in policy_cases()) {
+        use kmsd::protocol::kms::{hresult, products};
+        use kmsd::protocol::policy::{Decision, ProductPolicy, decide};
+        let d = decide(&policy, &base, now);
+        if base.n_policy > 1000 {
+            prop_assert!(matches!(d, Decision::Refuse(r) if r.hresult == hresult::INVALID_DATA));
+        }
+        if let Decision::Count(c) = d {
+            prop_assert!(policy.served.contains(&c.epid_group));
+            if let Some(g) = products::kms_group(&base.kms_id) {
+                prop_assert_eq!((c.pool, base.app_id), (g.pool, g.app_id));
+                prop_assert!(g.is_volume() || !policy.strict_products);
+            }
+            let all = ProductPolicy {
+                served: products::epid_groups().iter().map(|g| g.name).collect(),
+                ..policy.clone()
+            };
+            prop_assert_eq!(decide(&all, &base, now), d);
+        }
+        if let Decision::Refuse(r) = d {
+            prop_assert!([hresult::INVALID_DATA, hresult::TIME_SKEW, hresult::KMS_ID_MISMATCH]
+                .contains(&r.hresult));
+        }
     }
 }

@@ -2,7 +2,7 @@
 //! arrive coalesced, split at any single point, or one byte at a time; and
 //! refuses a bad header without buffering for it.
 
-mod common;
+use crate::common;
 
 use bytes::BytesMut;
 use common::*;

@@ -2,9 +2,7 @@
 //! is on disk after `kill -9` during a load, and SIGTERM lets in-flight
 //! exchanges finish.
 
-mod common;
-
-use common::*;
+use crate::common::{self, *};
 use kmsd::client::{ClientError, Connection};
 use kmsd::protocol::guid::Guid;
 use kmsd::protocol::kms::Version;

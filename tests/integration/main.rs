@@ -1,0 +1,19 @@
+//! The integration tests: one binary (one link step) with a module per
+//! area. `common` holds the helpers they share: the captured vectors, PDU
+//! splitting on the core's own `pdu_len`, hosts started through `App` or
+//! as the real binary, loopback source spreading.
+
+mod common;
+
+mod config;
+mod counting;
+mod durability;
+mod faults;
+mod framing;
+mod hostile;
+mod http_ui;
+mod loopback;
+mod proptests;
+mod soak;
+mod vectors;
+mod vlmcs_interop;
