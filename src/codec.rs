@@ -2,7 +2,7 @@
 //! upper bound checked before any buffer grows for the frame. Both sides
 //! use it: the host reads requests with it, the client reads replies.
 
-use crate::protocol::rpc::pdu::{self, HEADER_LEN, PduError};
+use crate::protocol::rpc::pdu::{self, HEADER_LEN, Header, PduError};
 use bytes::{Bytes, BytesMut};
 use tokio_util::codec::{Decoder, Encoder};
 
@@ -13,6 +13,38 @@ pub enum CodecError {
     Io(#[from] std::io::Error),
     #[error(transparent)]
     Pdu(#[from] PduError),
+}
+
+/// One whole PDU as framed, with the header the framing parsed (so the
+/// session does not parse it again).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pdu {
+    header: Header,
+    bytes: Bytes,
+}
+
+impl Pdu {
+    /// The common header, checked against the frame's bound.
+    pub fn header(&self) -> Header {
+        self.header
+    }
+
+    /// The whole PDU (exactly frag_length bytes).
+    pub fn bytes(&self) -> &Bytes {
+        &self.bytes
+    }
+
+    pub fn into_bytes(self) -> Bytes {
+        self.bytes
+    }
+}
+
+impl std::ops::Deref for Pdu {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.bytes
+    }
 }
 
 /// `Decoder` yielding whole PDUs; `Encoder` writing prepared PDUs.
@@ -31,21 +63,23 @@ impl RpcPduCodec {
 }
 
 impl Decoder for RpcPduCodec {
-    type Item = Bytes;
+    type Item = Pdu;
     type Error = CodecError;
 
-    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Bytes>, CodecError> {
-        match pdu::pdu_len(src, self.max_len)? {
-            None => {
-                src.reserve(HEADER_LEN - src.len());
-                Ok(None)
-            }
-            Some(len) if src.len() < len => {
-                src.reserve(len - src.len());
-                Ok(None)
-            }
-            Some(len) => Ok(Some(src.split_to(len).freeze())),
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Pdu>, CodecError> {
+        let Some(header) = Header::peek(src, self.max_len)? else {
+            src.reserve(HEADER_LEN - src.len());
+            return Ok(None);
+        };
+        let len = usize::from(header.frag_len);
+        if src.len() < len {
+            src.reserve(len - src.len());
+            return Ok(None);
         }
+        Ok(Some(Pdu {
+            header,
+            bytes: src.split_to(len).freeze(),
+        }))
     }
 }
 

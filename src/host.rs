@@ -10,6 +10,7 @@
 //! Nothing is encrypted before the count is durable; a failed commit is
 //! answered E_FAIL and counts nothing.
 
+use crate::codec::Pdu;
 use crate::config::ServeConfig;
 use crate::metrics::{Metrics, RequestResult};
 use crate::protocol::kms::epid::EpidParts;
@@ -239,13 +240,13 @@ impl Host {
     pub async fn handle(
         &self,
         session: &mut Session,
-        pdu: &[u8],
+        pdu: &Pdu,
         peer: IpAddr,
         rng: &mut impl rand::CryptoRng,
         out: &mut Vec<u8>,
     ) -> Result<Outcome, PduError> {
         let started = Instant::now();
-        let p = match server::decode(session, pdu, out)? {
+        let p = match server::decode_parsed(session, pdu.header(), pdu, out)? {
             Decoded::Done(outcome) => {
                 self.count_other(&outcome, started.elapsed());
                 return Ok(outcome);

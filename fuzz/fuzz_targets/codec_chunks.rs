@@ -36,7 +36,8 @@ fn run(stream: &[u8], chunks: &[usize]) -> (Vec<Bytes>, bool) {
                     assert_eq!(frame.len(), declared, "frame is not frag_length bytes");
                     assert!(frame.len() <= BOUND, "frame over the bound");
                     assert!(frame.len() >= HEADER_LEN, "frame shorter than a header");
-                    frames.push(frame);
+                    assert_eq!(usize::from(frame.header().frag_len), frame.len());
+                    frames.push(frame.into_bytes());
                 }
                 Ok(None) => {
                     assert!(

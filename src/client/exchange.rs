@@ -260,7 +260,8 @@ async fn recv(
     Ok(tokio::time::timeout(timeout, framed.next())
         .await
         .map_err(|_| ClientError::Timeout(stage))?
-        .ok_or(ClientError::Closed(stage))??)
+        .ok_or(ClientError::Closed(stage))??
+        .into_bytes())
 }
 
 /// A bound connection to a host, for `kmsd activate` and the tests.

@@ -8,7 +8,7 @@
 //! (tests, benchmarks, fuzzers). Pure: randomness and buffers are passed in.
 
 use super::kms::{self, Answer, KmsError, Request, ResponseRandom};
-use super::rpc::pdu::PduError;
+use super::rpc::pdu::{Header, MAX_PDU_LEN, PduError};
 use super::rpc::request::{self as rpc_request, StubError};
 use super::rpc::session::{Session, Step};
 use super::rpc::{Syntax, status};
@@ -84,7 +84,19 @@ pub enum Decoded {
 /// faults, the error stub of an invalid request) are written to `out`. An
 /// `Err` means the connection must close (nothing was written).
 pub fn decode(session: &mut Session, pdu: &[u8], out: &mut Vec<u8>) -> Result<Decoded, PduError> {
-    let act = match session.handle(pdu, out)? {
+    let header = Header::peek(pdu, MAX_PDU_LEN)?
+        .ok_or_else(|| PduError::malformed("PDU", "shorter than a header"))?;
+    decode_parsed(session, header, pdu, out)
+}
+
+/// [`decode`] for a PDU whose header the framing already parsed.
+pub fn decode_parsed(
+    session: &mut Session,
+    header: Header,
+    pdu: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<Decoded, PduError> {
+    let act = match session.handle_parsed(header, pdu, out)? {
         Step::Negotiated { alter, accepted } => {
             return Ok(Decoded::Done(Outcome::Negotiated { alter, accepted }));
         }

@@ -333,7 +333,8 @@ fn frame(stream: &[u8], chunks: &[usize]) -> Result<(Vec<Bytes>, bool), TestCase
                     let declared = usize::from(u16::from_le_bytes([f[8], f[9]]));
                     prop_assert_eq!(f.len(), declared, "frame is not frag_length bytes");
                     prop_assert!(f.len() <= DEFAULT_MAX_PDU_LEN, "frame over the bound");
-                    frames.push(f);
+                    prop_assert_eq!(f.header().frag_len as usize, f.len());
+                    frames.push(f.into_bytes());
                 }
                 Ok(None) => {
                     prop_assert!(

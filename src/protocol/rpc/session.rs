@@ -73,6 +73,17 @@ impl Session {
     pub fn handle<'a>(&mut self, pdu: &'a [u8], out: &mut Vec<u8>) -> Result<Step<'a>, PduError> {
         let header = Header::peek(pdu, MAX_PDU_LEN)?
             .ok_or_else(|| PduError::malformed("PDU", "shorter than a header"))?;
+        self.handle_parsed(header, pdu, out)
+    }
+
+    /// [`Session::handle`] for a PDU whose `header` the framing already
+    /// parsed (and bounded) with [`Header::peek`].
+    pub fn handle_parsed<'a>(
+        &mut self,
+        header: Header,
+        pdu: &'a [u8],
+        out: &mut Vec<u8>,
+    ) -> Result<Step<'a>, PduError> {
         if usize::from(header.frag_len) != pdu.len() {
             return Err(PduError::malformed(
                 "PDU",
