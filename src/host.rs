@@ -83,8 +83,6 @@ pub enum StartError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
-    #[error("cannot start: {0}")]
-    Internal(String),
 }
 
 /// Everything the host decides with.
@@ -103,12 +101,41 @@ impl Host {
     /// ePID for every group, and notes the host's facts for reports.
     pub async fn open(cfg: &ServeConfig, clock: Clock) -> Result<Self, StartError> {
         cfg.validate()?;
+        let build = products::win_build(cfg.host_build).ok_or(crate::config::ConfigError {
+            key: "host_build",
+            problem: "unknown".into(),
+        })?;
         let metrics = Arc::new(Metrics::default());
-        let (cfg2, clock2, metrics2) = (cfg.clone(), clock.clone(), metrics.clone());
-        let (store, epids) =
-            tokio::task::spawn_blocking(move || Self::open_store(&cfg2, clock2(), metrics2))
-                .await
-                .map_err(|e| StartError::Internal(e.to_string()))??;
+        let opts = StoreOptions {
+            data_dir: cfg.data_dir.clone(),
+            count_mode: cfg.count_mode,
+            keep_records: cfg.keep_records,
+            busy_timeout: cfg.store_busy_timeout,
+        };
+        let now = clock();
+        let store = Store::open(&opts, now, metrics.clone()).await?;
+        let today = Date::from_days_since_unix_epoch(now.div_euclid(86_400_000));
+        let mut epids = HashMap::new();
+        for g in products::epid_groups() {
+            let (candidate, configured) = match cfg.epids.get(g.name) {
+                Some(e) => (e.clone(), true),
+                None => {
+                    let mut rng = rand::rng();
+                    let fresh = EpidParts::generate(g, build, cfg.lcid, today, &mut rng);
+                    (fresh.to_string(), false)
+                }
+            };
+            let text = store.epid(g.name, candidate, configured, now).await?;
+            let epid = Epid::new(&text).map_err(|e| StoreError::Open {
+                path: store.location().into(),
+                detail: format!("stored ePID for {} is unusable: {e}", g.name),
+            })?;
+            if EpidParts::parse(&text).is_none_or(|p| p.build != cfg.host_build) {
+                tracing::warn!(group = g.name, epid = %text, host_build = cfg.host_build,
+                    "ePID does not name the configured host build; clients accept it, a careful observer may notice");
+            }
+            epids.insert(g.name, epid);
+        }
         let host = Self {
             clock,
             epids,
@@ -120,7 +147,7 @@ impl Host {
         };
         host.store
             .note(vec![
-                (Note::StartedMs, host.now_ms().to_string()),
+                (Note::StartedMs, now.to_string()),
                 (Note::ServedGroups, host.served_groups().join(",")),
                 (Note::CountMode, cfg.count_mode.to_string()),
                 (Note::HostBuild, cfg.host_build.to_string()),
@@ -133,48 +160,6 @@ impl Host {
             ])
             .await?;
         Ok(host)
-    }
-
-    /// The blocking part of [`Host::open`].
-    fn open_store(
-        cfg: &ServeConfig,
-        now: i64,
-        metrics: Arc<Metrics>,
-    ) -> Result<(Store, HashMap<&'static str, Epid>), StartError> {
-        let opts = StoreOptions {
-            data_dir: cfg.data_dir.clone(),
-            count_mode: cfg.count_mode,
-            keep_records: cfg.keep_records,
-            busy_timeout: cfg.store_busy_timeout,
-        };
-        let store = Store::open(&opts, now, metrics)?;
-        let today = Date::from_days_since_unix_epoch(now.div_euclid(86_400_000));
-        let build = products::win_build(cfg.host_build).ok_or(crate::config::ConfigError {
-            key: "host_build",
-            problem: "unknown".into(),
-        })?;
-        let mut rng = rand::rng();
-        let mut epids = HashMap::new();
-        for g in products::epid_groups() {
-            let text = match cfg.epids.get(g.name) {
-                Some(e) => store.epid(g.name, e, true, now)?,
-                None => {
-                    let fresh =
-                        EpidParts::generate(g, build, cfg.lcid, today, &mut rng).to_string();
-                    store.epid(g.name, &fresh, false, now)?
-                }
-            };
-            let epid = Epid::new(&text).map_err(|e| StoreError::Open {
-                path: store.location().into(),
-                detail: format!("stored ePID for {} is unusable: {e}", g.name),
-            })?;
-            if EpidParts::parse(&text).is_none_or(|p| p.build != cfg.host_build) {
-                tracing::warn!(group = g.name, epid = %text, host_build = cfg.host_build,
-                    "ePID does not name the configured host build; clients accept it, a careful observer may notice");
-            }
-            epids.insert(g.name, epid);
-        }
-        Ok((store, epids))
     }
 
     pub fn epid(&self, group: &str) -> Option<&Epid> {

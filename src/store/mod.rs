@@ -234,13 +234,15 @@ pub enum Store {
 impl Store {
     /// Opens the store for a host (creating or migrating it), brings its
     /// derived tables up to date, and loads the pools live at `now_ms`.
-    /// Blocking: call it off the async threads.
-    pub fn open(
+    pub async fn open(
         opts: &StoreOptions,
         now_ms: i64,
         metrics: std::sync::Arc<crate::metrics::Metrics>,
     ) -> Result<Self, StoreError> {
-        sqlite::SqliteStore::open(opts, now_ms, metrics).map(Self::Sqlite)
+        let opts = opts.clone();
+        blocking(move || sqlite::SqliteStore::open(&opts, now_ms, metrics))
+            .await
+            .map(Self::Sqlite)
     }
 
     /// Where the store is, for logs and reports.
@@ -258,16 +260,18 @@ impl Store {
 
     /// The ePID for `group`: the stored one, else `candidate` stored now.
     /// With `configured`, the operator's ePID replaces any stored one.
-    /// Blocking: call it off the async threads (at start-up).
-    pub fn epid(
+    pub async fn epid(
         &self,
-        group: &str,
-        candidate: &str,
+        group: &'static str,
+        candidate: String,
         configured: bool,
         now_ms: i64,
     ) -> Result<String, StoreError> {
         match self {
-            Self::Sqlite(s) => s.epid(group, candidate, configured, now_ms),
+            Self::Sqlite(s) => {
+                let path = s.path().to_owned();
+                blocking(move || sqlite::epid(&path, group, &candidate, configured, now_ms)).await
+            }
         }
     }
 

@@ -114,23 +114,6 @@ impl SqliteStore {
         &self.pools
     }
 
-    /// See [`super::Store::epid`].
-    pub fn epid(
-        &self,
-        group: &str,
-        candidate: &str,
-        configured: bool,
-        now_ms: i64,
-    ) -> Result<String, StoreError> {
-        let conn = open_rw(&self.path)?;
-        if configured {
-            set_epid(&conn, group, candidate, now_ms)?;
-            Ok(candidate.to_owned())
-        } else {
-            ensure_epid(&conn, group, candidate, now_ms)
-        }
-    }
-
     /// Counts in memory, commits the record, and takes the count back if
     /// the commit fails.
     pub async fn count(&self, act: Activation) -> Result<Counted, StoreError> {
@@ -183,6 +166,23 @@ impl SqliteStore {
 
     pub async fn close(&self) -> Result<(), StoreError> {
         self.writer.close().await
+    }
+}
+
+/// See [`super::Store::epid`]. Blocking.
+pub fn epid(
+    path: &Path,
+    group: &str,
+    candidate: &str,
+    configured: bool,
+    now_ms: i64,
+) -> Result<String, StoreError> {
+    let conn = open_rw(path)?;
+    if configured {
+        set_epid(&conn, group, candidate, now_ms)?;
+        Ok(candidate.to_owned())
+    } else {
+        ensure_epid(&conn, group, candidate, now_ms)
     }
 }
 
