@@ -12,6 +12,7 @@ mod faults;
 mod framing;
 mod hostile;
 mod http_ui;
+mod lifecycle;
 mod loopback;
 mod proptests;
 mod soak;
