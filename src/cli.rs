@@ -90,6 +90,16 @@ pub struct StatusArgs {
     /// Data directory of the host (default: the default data dir).
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
+    /// A fleet's database (postgres://USER[:PASS]@HOST[:PORT]/DB) instead of
+    /// a data dir; `sqlite` (the default) reads the data dir.
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "KMSD_STORE",
+        default_value = "sqlite",
+        hide_env_values = true
+    )]
+    pub store: crate::store::Backend,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
@@ -100,6 +110,16 @@ pub struct ClientsArgs {
     /// Data directory of the host (default: the default data dir).
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
+    /// A fleet's database (postgres://USER[:PASS]@HOST[:PORT]/DB) instead of
+    /// a data dir; `sqlite` (the default) reads the data dir.
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "KMSD_STORE",
+        default_value = "sqlite",
+        hide_env_values = true
+    )]
+    pub store: crate::store::Backend,
     /// Only one pool: windows, office2010 or office2013+.
     #[arg(long)]
     pub pool: Option<String>,

@@ -159,12 +159,14 @@ pub fn products(a: &ProductsArgs) -> Result<()> {
     Ok(())
 }
 
-pub fn status(a: &StatusArgs) -> Result<()> {
+pub async fn status(a: &StatusArgs) -> Result<()> {
     let dir = a
         .data_dir
         .clone()
         .unwrap_or_else(crate::config::default_data_dir);
-    let st = Reader::open(&dir).status(unix_ms_now())?;
+    let st = Reader::for_backend(&a.store, &dir)?
+        .status(unix_ms_now())
+        .await?;
     let report = StatusReport::new(st);
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -174,7 +176,7 @@ pub fn status(a: &StatusArgs) -> Result<()> {
     Ok(())
 }
 
-pub fn clients(a: &ClientsArgs) -> Result<()> {
+pub async fn clients(a: &ClientsArgs) -> Result<()> {
     let dir = a
         .data_dir
         .clone()
@@ -197,8 +199,9 @@ pub fn clients(a: &ClientsArgs) -> Result<()> {
         since_ms: since,
         limit: a.limit,
     };
-    let rows: Vec<ClientRow> = Reader::open(&dir)
-        .clients(&query)?
+    let rows: Vec<ClientRow> = Reader::for_backend(&a.store, &dir)?
+        .clients(&query)
+        .await?
         .iter()
         .map(ClientRow::new)
         .collect();

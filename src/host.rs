@@ -107,10 +107,13 @@ impl Host {
         })?;
         let metrics = Arc::new(Metrics::default());
         let opts = StoreOptions {
+            backend: cfg.store.clone(),
             data_dir: cfg.data_dir.clone(),
             count_mode: cfg.count_mode,
             keep_records: cfg.keep_records,
             busy_timeout: cfg.store_busy_timeout,
+            timeout: cfg.store_timeout,
+            isolation: cfg.store_isolation.clone(),
         };
         let now = clock();
         let store = Store::open(&opts, now, metrics.clone()).await?;
@@ -156,6 +159,7 @@ impl Host {
                     cfg.hwid.iter().map(|b| format!("{b:02X}")).collect(),
                 ),
                 (Note::Pid, std::process::id().to_string()),
+                (Note::Version, env!("CARGO_PKG_VERSION").to_owned()),
                 (Note::Listen, String::new()),
             ])
             .await?;

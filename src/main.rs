@@ -60,8 +60,8 @@ fn main() -> Result<()> {
                 Command::Activate(args) => rt()?.block_on(commands::activate(args)),
                 Command::Load(args) => rt()?.block_on(commands::load(args)),
                 Command::Products(args) => commands::products(args),
-                Command::Status(args) => commands::status(args),
-                Command::Clients(args) => commands::clients(args),
+                Command::Status(args) => rt()?.block_on(commands::status(args)),
+                Command::Clients(args) => rt()?.block_on(commands::clients(args)),
                 Command::Serve(_) | Command::Config(_) | Command::DnsRecord(_) => Ok(()),
             }
         }

@@ -69,7 +69,26 @@ pub struct StatusReport {
     pub totals: Vec<TotalReport>,
     pub inventory: u64,
     pub records_kept: u64,
+    /// The hosts of a fleet (empty for a single host's data dir).
+    pub hosts: Vec<HostReport>,
 }
+
+/// One host of a fleet.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct HostReport {
+    pub id: String,
+    pub listen: Vec<String>,
+    pub version: Option<String>,
+    pub started: String,
+    pub last_heartbeat: String,
+    /// Heard from within [`HOST_GONE_MS`].
+    pub alive: bool,
+    pub requests: u64,
+}
+
+/// A fleet host not heard from for this long is shown as gone (its
+/// heartbeat comes every 10 s).
+pub const HOST_GONE_MS: i64 = 3 * 60_000;
 
 /// The thresholds that apply in a pool.
 pub fn thresholds(pool: Pool, count: u32) -> Vec<Threshold> {
@@ -112,7 +131,42 @@ impl StatusReport {
                 })
                 .unwrap_or_default()
         };
-        let served = list(Note::ServedGroups);
+        let mut served = list(Note::ServedGroups);
+        for h in &st.hosts {
+            for (n, v) in &h.notes {
+                if *n == Note::ServedGroups {
+                    served.extend(v.split(',').filter(|x| !x.is_empty()).map(str::to_owned));
+                }
+            }
+        }
+        let hosts = st
+            .hosts
+            .iter()
+            .map(|h| {
+                let note = |n: Note| {
+                    h.notes
+                        .iter()
+                        .find(|(k, _)| *k == n)
+                        .map(|(_, v)| v.clone())
+                };
+                HostReport {
+                    id: h.id.clone(),
+                    listen: note(Note::Listen)
+                        .map(|s| {
+                            s.split(',')
+                                .filter(|x| !x.is_empty())
+                                .map(str::to_owned)
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                    version: note(Note::Version),
+                    started: iso_utc(h.started_ms),
+                    last_heartbeat: iso_utc(h.heartbeat_ms),
+                    alive: st.now_ms - h.heartbeat_ms < HOST_GONE_MS,
+                    requests: h.requests,
+                }
+            })
+            .collect();
         let note = |n: Note| st.note(n).map(str::to_owned);
         Self {
             database: st.location.clone(),
@@ -156,6 +210,7 @@ impl StatusReport {
                 .collect(),
             inventory: st.inventory,
             records_kept: st.records_kept,
+            hosts,
         }
     }
 }
@@ -168,6 +223,33 @@ impl std::fmt::Display for StatusReport {
             "Database:        {} (schema {})",
             self.database, self.schema_version
         )?;
+        if !self.hosts.is_empty() {
+            let alive = self.hosts.iter().filter(|h| h.alive).count();
+            writeln!(
+                f,
+                "Fleet:           {} hosts, {alive} alive",
+                self.hosts.len()
+            )?;
+            for h in &self.hosts {
+                writeln!(
+                    f,
+                    "  {:<28} {:<5} {:<24} v{:<8} started {}  heartbeat {}  requests {}",
+                    h.id,
+                    if h.alive { "alive" } else { "GONE" },
+                    if h.listen.is_empty() {
+                        "-".into()
+                    } else {
+                        h.listen.join(",")
+                    },
+                    h.version.as_deref().unwrap_or("?"),
+                    h.started,
+                    h.last_heartbeat,
+                    h.requests
+                )?;
+            }
+            writeln!(f)?;
+            return self.fmt_shared(f);
+        }
         writeln!(
             f,
             "Host started:    {} (pid {})",
@@ -191,6 +273,13 @@ impl std::fmt::Display for StatusReport {
         )?;
         writeln!(f, "Count mode:      {}", opt(&self.count_mode))?;
         writeln!(f)?;
+        self.fmt_shared(f)
+    }
+}
+
+impl StatusReport {
+    /// The pools, ePIDs, totals and inventory (one host's or a fleet's).
+    fn fmt_shared(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(
             f,
             "Count pools (distinct clients seen in the last 30 days):"

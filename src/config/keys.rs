@@ -680,6 +680,63 @@ pub static KEYS: &[Key] = &[
         get: |c| list(&c.access.deny),
     },
     Key {
+        name: "store",
+        kind: Kind::Str,
+        default: r#""sqlite""#,
+        doc: "`sqlite` (one file in the data dir) or `postgres://USER[:PASS]@HOST[:PORT]/DB` for a fleet",
+        reload: Reload::Restart,
+        value_name: "sqlite|URL",
+        aliases: &[],
+        note: "A fleet: every host with the same URL shares one count, one inventory, one set of ePIDs and one activation log. TLS: add ?sslmode=verify-full&sslrootcert=/path/ca.pem.",
+        sample: r#""postgres://kmsd@db.example:5432/kmsd""#,
+        switches: &[],
+        set: |c, v| {
+            c.store = string(v)?.parse()?;
+            Ok(())
+        },
+        get: |c| text(crate::store::postgres::url::redact_backend(&c.store)),
+    },
+    Key {
+        name: "store_timeout_ms",
+        kind: Kind::Int,
+        default: "5000",
+        doc: "PostgreSQL: milliseconds a request waits for its commit",
+        reload: Reload::Restart,
+        value_name: "MS",
+        aliases: &[],
+        note: "Past it the client gets E_FAIL (0x80004005), is not counted, and retries later.",
+        sample: r#""#,
+        switches: &[],
+        set: |c, v| {
+            c.store_timeout = Duration::from_millis(int::<u64>(v)?.max(1));
+            Ok(())
+        },
+        get: |c| num(c.store_timeout.as_millis()),
+    },
+    Key {
+        name: "store_isolation",
+        kind: Kind::Str,
+        default: r#""read-committed""#,
+        doc: "PostgreSQL: `read-committed`, `repeatable-read` or `serializable`",
+        reload: Reload::Restart,
+        value_name: "LEVEL",
+        aliases: &[],
+        note: "Counts are exact under each; repeatable-read and serializable retry on conflicts (how CockroachDB and YugabyteDB run).",
+        sample: r#""#,
+        switches: &[],
+        set: |c, v| {
+            let s = string(v)?;
+            if crate::store::postgres::isolation(s).is_none() {
+                return Err(format!(
+                    "{s:?}: expected read-committed, repeatable-read or serializable"
+                ));
+            }
+            c.store_isolation = s.to_owned();
+            Ok(())
+        },
+        get: |c| text(&c.store_isolation),
+    },
+    Key {
         name: "store_busy_timeout_ms",
         kind: Kind::Int,
         default: "5000",

@@ -80,6 +80,14 @@ pub struct ServeConfig {
     pub shutdown_grace: Duration,
     /// Who may connect (deny wins; default: loopback and private networks).
     pub access: AccessList,
+    /// Where the state lives: the SQLite file in the data dir, or a fleet's
+    /// PostgreSQL database.
+    pub store: crate::store::Backend,
+    /// PostgreSQL: most time a request waits for its commit before it is
+    /// answered E_FAIL (and not counted).
+    pub store_timeout: Duration,
+    /// PostgreSQL: the isolation of the batch transactions.
+    pub store_isolation: String,
     /// How long a store write waits for a locked database before failing.
     pub store_busy_timeout: Duration,
     /// The HTTP admin listener (metrics, health, status page); off when None.
@@ -150,6 +158,9 @@ impl Default for ServeConfig {
             keep_records: 1_000_000,
             shutdown_grace: Duration::from_secs(10),
             access: AccessList::default(),
+            store: crate::store::Backend::Sqlite,
+            store_timeout: Duration::from_secs(5),
+            store_isolation: "read-committed".into(),
             store_busy_timeout: Duration::from_secs(5),
             http: None,
             log_level: "info".into(),

@@ -5,11 +5,13 @@
 //! clean close. [`Reader`] is the same queries for a process that is not
 //! the host (`kmsd status`, `kmsd clients`).
 //!
-//! Backends: the embedded SQLite file ([`sqlite`], the default). The
-//! interface assumes nothing about where the pools live: a backend gets a
-//! batch of activations and gives back their counts.
+//! Backends: the embedded SQLite file ([`sqlite`], the default), and
+//! PostgreSQL for a fleet of hosts sharing one count ([`postgres`]). The
+//! interface assumes nothing about where the pools live: a backend batches
+//! the activations waiting at once and gives back their counts.
 
 mod pools;
+pub mod postgres;
 pub mod sqlite;
 pub mod window;
 
@@ -31,6 +33,25 @@ pub enum StoreError {
     Open { path: PathBuf, detail: String },
     #[error("database error: {0}")]
     Sqlite(String),
+    #[error("database error: {0}")]
+    Postgres(String),
+    #[error("the database is unreachable: {0}")]
+    Unavailable(String),
+    #[error("cannot use the fleet database {url}: {detail}")]
+    Connect { url: String, detail: String },
+    #[error("no commit within {0:?}")]
+    Timeout(std::time::Duration),
+    #[error("too many requests are waiting for the database")]
+    Overloaded,
+    #[error(
+        "the configured ePID for {group} ({configured}) differs from the fleet's ({fleet}); \
+         drop it from this host's configuration, or give every host the same one"
+    )]
+    EpidConflict {
+        group: String,
+        configured: String,
+        fleet: String,
+    },
     #[error("the store has shut down")]
     Closed,
 }
@@ -108,10 +129,12 @@ pub enum Note {
     CountMode,
     HostBuild,
     Hwid,
+    /// The kmsd version the host runs.
+    Version,
 }
 
 impl Note {
-    pub const ALL: [Note; 7] = [
+    pub const ALL: [Note; 8] = [
         Note::StartedMs,
         Note::Pid,
         Note::Listen,
@@ -119,6 +142,7 @@ impl Note {
         Note::CountMode,
         Note::HostBuild,
         Note::Hwid,
+        Note::Version,
     ];
 
     /// The key it is stored under.
@@ -131,6 +155,7 @@ impl Note {
             Note::CountMode => "count_mode",
             Note::HostBuild => "host_build",
             Note::Hwid => "hwid",
+            Note::Version => "version",
         }
     }
 }
@@ -143,14 +168,30 @@ pub struct Total {
     pub requests: u64,
 }
 
+/// One host of a fleet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostStatus {
+    pub id: String,
+    pub started_ms: i64,
+    /// When the host last said it was alive (the database's clock).
+    pub heartbeat_ms: i64,
+    /// Requests it answered or refused since the fleet began.
+    pub requests: u64,
+    pub notes: Vec<(Note, String)>,
+}
+
 /// What `kmsd status` shows, as the store holds it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoreStatus {
     /// Where the store is (a file path, a database URL without secrets).
     pub location: String,
     pub schema_version: i64,
-    /// Notes by [`Note`], as the host wrote them.
+    /// The store's clock when it was read.
+    pub now_ms: i64,
+    /// Notes by [`Note`], as the host wrote them (a single host's store).
     pub notes: Vec<(Note, String)>,
+    /// Every host of a fleet (empty for a single host's store).
+    pub hosts: Vec<HostStatus>,
     /// Live entries and capacity per pool.
     pub pools: Vec<PoolStatus>,
     /// ePIDs by group name.
@@ -217,18 +258,89 @@ pub struct StoredActivation {
     pub result: Hresult,
 }
 
+/// Which store a host uses.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Backend {
+    /// One SQLite file in the data dir.
+    #[default]
+    Sqlite,
+    /// A fleet's PostgreSQL database (the URL).
+    Postgres(String),
+}
+
+impl std::fmt::Display for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Sqlite => f.write_str("sqlite"),
+            Self::Postgres(url) => f.write_str(url),
+        }
+    }
+}
+
+impl std::str::FromStr for Backend {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim() {
+            "" | "sqlite" => Ok(Self::Sqlite),
+            url if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                postgres::url::parse(url).map_err(|e| e.to_string())?;
+                Ok(Self::Postgres(url.to_owned()))
+            }
+            other => Err(format!(
+                "{:?}: expected `sqlite` or postgres://USER[:PASS]@HOST[:PORT]/DB",
+                postgres::url::redact(other)
+            )),
+        }
+    }
+}
+
 /// How a store is opened for the host.
 #[derive(Debug, Clone)]
 pub struct StoreOptions {
+    pub backend: Backend,
     pub data_dir: PathBuf,
     pub count_mode: CountMode,
     pub keep_records: u64,
+    /// SQLite: how long a write waits for a locked database.
     pub busy_timeout: std::time::Duration,
+    /// PostgreSQL: most time a request waits for its commit.
+    pub timeout: std::time::Duration,
+    /// PostgreSQL: the isolation of the batches (`read-committed`,
+    /// `repeatable-read`, `serializable`).
+    pub isolation: String,
+}
+
+/// This host's name in a fleet: kept in the data dir, so a restarted host
+/// is the same host.
+fn host_id(data_dir: &Path) -> Result<String, StoreError> {
+    let file = data_dir.join("host-id");
+    if let Ok(id) = std::fs::read_to_string(&file) {
+        let id = id.trim();
+        if !id.is_empty() {
+            return Ok(id.to_owned());
+        }
+    }
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_default();
+    let id = format!(
+        "{}-{:08x}",
+        if name.is_empty() { "kmsd" } else { &name },
+        rand::random::<u32>()
+    );
+    std::fs::create_dir_all(data_dir)
+        .and_then(|()| std::fs::write(&file, format!("{id}\n")))
+        .map_err(|e| StoreError::Open {
+            path: file,
+            detail: format!("cannot keep this host's fleet name: {e}"),
+        })?;
+    Ok(id)
 }
 
 /// The host's store.
 pub enum Store {
     Sqlite(sqlite::SqliteStore),
+    Postgres(postgres::PgStore),
 }
 
 impl Store {
@@ -239,22 +351,48 @@ impl Store {
         now_ms: i64,
         metrics: std::sync::Arc<crate::metrics::Metrics>,
     ) -> Result<Self, StoreError> {
-        let opts = opts.clone();
-        blocking(move || sqlite::SqliteStore::open(&opts, now_ms, metrics))
-            .await
-            .map(Self::Sqlite)
+        match &opts.backend {
+            Backend::Sqlite => {
+                let opts = opts.clone();
+                blocking(move || sqlite::SqliteStore::open(&opts, now_ms, metrics))
+                    .await
+                    .map(Self::Sqlite)
+            }
+            Backend::Postgres(url) => {
+                let dir = opts.data_dir.clone();
+                let host_id = blocking(move || host_id(&dir)).await?;
+                let pg = postgres::PgOptions {
+                    url: url.clone(),
+                    host_id,
+                    count_mode: opts.count_mode,
+                    keep_records: opts.keep_records,
+                    timeout: opts.timeout,
+                    isolation: postgres::isolation(&opts.isolation).ok_or_else(|| {
+                        StoreError::Postgres(format!(
+                            "store_isolation {:?}: expected read-committed, repeatable-read or serializable",
+                            opts.isolation
+                        ))
+                    })?,
+                };
+                postgres::PgStore::open(&pg, now_ms)
+                    .await
+                    .map(Self::Postgres)
+            }
+        }
     }
 
-    /// Where the store is, for logs and reports.
+    /// Where the store is, for logs and reports (never a password).
     pub fn location(&self) -> String {
         match self {
             Self::Sqlite(s) => s.path().display().to_string(),
+            Self::Postgres(p) => format!("{} (as host {})", p.shown(), p.host_id()),
         }
     }
 
     pub fn count_mode(&self) -> CountMode {
         match self {
             Self::Sqlite(s) => s.pools().mode(),
+            Self::Postgres(p) => p.mode(),
         }
     }
 
@@ -272,6 +410,7 @@ impl Store {
                 let path = s.path().to_owned();
                 blocking(move || sqlite::epid(&path, group, &candidate, configured, now_ms)).await
             }
+            Self::Postgres(p) => p.epid(group, &candidate, configured, now_ms).await,
         }
     }
 
@@ -280,6 +419,7 @@ impl Store {
     pub async fn count(&self, act: Activation) -> Result<Counted, StoreError> {
         match self {
             Self::Sqlite(s) => s.count(act).await,
+            Self::Postgres(p) => p.count(act.pool, act.record).await,
         }
     }
 
@@ -287,14 +427,17 @@ impl Store {
     pub async fn record(&self, rec: Record) -> Result<(), StoreError> {
         match self {
             Self::Sqlite(s) => s.record(rec).await,
+            Self::Postgres(p) => p.record(rec).await,
         }
     }
 
     /// The pools' counts and capacities at `now_ms`, as the host counts
-    /// (cheap: for metrics and the status page).
+    /// (cheap: for metrics and the status page; a fleet's as of its last
+    /// commit or heartbeat).
     pub fn pools_now(&self, now_ms: i64) -> Vec<PoolStatus> {
         match self {
             Self::Sqlite(s) => s.pools().status(now_ms),
+            Self::Postgres(p) => p.pools_now(),
         }
     }
 
@@ -302,6 +445,7 @@ impl Store {
     pub async fn note(&self, notes: Vec<(Note, String)>) -> Result<(), StoreError> {
         match self {
             Self::Sqlite(s) => s.note(notes).await,
+            Self::Postgres(p) => p.note(notes).await,
         }
     }
 
@@ -309,6 +453,7 @@ impl Store {
     pub async fn probe(&self) -> Result<(), StoreError> {
         match self {
             Self::Sqlite(s) => s.probe().await,
+            Self::Postgres(p) => p.probe().await,
         }
     }
 
@@ -316,31 +461,30 @@ impl Store {
     pub fn reader(&self) -> Reader {
         match self {
             Self::Sqlite(s) => Reader::Sqlite(s.reader()),
+            Self::Postgres(p) => Reader::Postgres(p.reader()),
         }
     }
 
-    /// [`Reader::status`] off the async threads.
+    /// [`Reader::status`].
     pub async fn status(&self, now_ms: i64) -> Result<StoreStatus, StoreError> {
-        let r = self.reader();
-        blocking(move || r.status(now_ms)).await
+        self.reader().status(now_ms).await
     }
 
-    /// [`Reader::clients`] off the async threads.
+    /// [`Reader::clients`].
     pub async fn clients(&self, q: ClientQuery) -> Result<Vec<Client>, StoreError> {
-        let r = self.reader();
-        blocking(move || r.clients(&q)).await
+        self.reader().clients(&q).await
     }
 
-    /// [`Reader::recent`] off the async threads.
+    /// [`Reader::recent`].
     pub async fn recent(&self, limit: usize) -> Result<Vec<StoredActivation>, StoreError> {
-        let r = self.reader();
-        blocking(move || r.recent(limit)).await
+        self.reader().recent(limit).await
     }
 
     /// Waits until every record queued so far is durable.
     pub async fn flush(&self) -> Result<(), StoreError> {
         match self {
             Self::Sqlite(s) => s.flush().await,
+            Self::Postgres(p) => p.flush().await,
         }
     }
 
@@ -349,6 +493,7 @@ impl Store {
     pub async fn close(&self) -> Result<(), StoreError> {
         match self {
             Self::Sqlite(s) => s.close().await,
+            Self::Postgres(p) => p.close().await,
         }
     }
 }
@@ -362,10 +507,11 @@ async fn blocking<T: Send + 'static>(
 }
 
 /// The queries of reports, for a process that is not the host (or for the
-/// host, through [`Store::reader`]). Blocking.
+/// host, through [`Store::reader`]).
 #[derive(Debug, Clone)]
 pub enum Reader {
     Sqlite(sqlite::Reader),
+    Postgres(postgres::PgReader),
 }
 
 impl Reader {
@@ -374,29 +520,56 @@ impl Reader {
         Self::Sqlite(sqlite::Reader::new(dir.join(DB_FILE)))
     }
 
-    pub fn status(&self, now_ms: i64) -> Result<StoreStatus, StoreError> {
-        match self {
-            Self::Sqlite(r) => r.status(now_ms),
+    /// The store of a fleet (`postgres://…`) or of the host whose data dir
+    /// is `dir`.
+    pub fn for_backend(backend: &Backend, dir: &Path) -> Result<Self, StoreError> {
+        match backend {
+            Backend::Sqlite => Ok(Self::open(dir)),
+            Backend::Postgres(url) => postgres::PgReader::connect(url).map(Self::Postgres),
         }
     }
 
-    pub fn clients(&self, q: &ClientQuery) -> Result<Vec<Client>, StoreError> {
+    /// What `kmsd status` shows (`now_ms`: the host's clock; a fleet uses
+    /// the database's).
+    pub async fn status(&self, now_ms: i64) -> Result<StoreStatus, StoreError> {
         match self {
-            Self::Sqlite(r) => r.clients(q),
+            Self::Sqlite(r) => {
+                let r = r.clone();
+                blocking(move || r.status(now_ms)).await
+            }
+            Self::Postgres(r) => r.status().await,
+        }
+    }
+
+    pub async fn clients(&self, q: &ClientQuery) -> Result<Vec<Client>, StoreError> {
+        match self {
+            Self::Sqlite(r) => {
+                let (r, q) = (r.clone(), *q);
+                blocking(move || r.clients(&q)).await
+            }
+            Self::Postgres(r) => r.clients(q).await,
         }
     }
 
     /// The `limit` most recent activation records, newest first.
-    pub fn recent(&self, limit: usize) -> Result<Vec<StoredActivation>, StoreError> {
+    pub async fn recent(&self, limit: usize) -> Result<Vec<StoredActivation>, StoreError> {
         match self {
-            Self::Sqlite(r) => r.recent(limit),
+            Self::Sqlite(r) => {
+                let r = r.clone();
+                blocking(move || r.recent(limit)).await
+            }
+            Self::Postgres(r) => r.recent(limit).await,
         }
     }
 
     /// The pools as a host starting now would load them.
-    pub fn pools(&self, now_ms: i64) -> Result<Vec<LoadedPool>, StoreError> {
+    pub async fn pools(&self, now_ms: i64) -> Result<Vec<LoadedPool>, StoreError> {
         match self {
-            Self::Sqlite(r) => r.pools(now_ms),
+            Self::Sqlite(r) => {
+                let r = r.clone();
+                blocking(move || r.pools(now_ms)).await
+            }
+            Self::Postgres(r) => r.pools().await,
         }
     }
 }

@@ -146,9 +146,14 @@ pub async fn start_server_with_clock(
     }
 }
 
+/// The (blocking) reader of the SQLite store in `dir`.
+pub fn sqlite_reader(dir: &std::path::Path) -> kmsd::store::sqlite::Reader {
+    kmsd::store::sqlite::Reader::new(dir.join(kmsd::store::DB_FILE))
+}
+
 /// `kmsd status` of the host whose data dir is `dir`.
 pub fn status(dir: &std::path::Path, now_ms: i64) -> kmsd::report::StatusReport {
-    kmsd::report::StatusReport::new(kmsd::store::Reader::open(dir).status(now_ms).unwrap())
+    kmsd::report::StatusReport::new(sqlite_reader(dir).status(now_ms).unwrap())
 }
 
 /// `kmsd clients` of the host whose data dir is `dir`, at most `limit`.
@@ -159,7 +164,7 @@ pub fn clients(dir: &std::path::Path, now_ms: i64, limit: usize) -> Vec<kmsd::re
         since_ms: None,
         limit,
     };
-    let rows = kmsd::store::Reader::open(dir).clients(&q).unwrap();
+    let rows = sqlite_reader(dir).clients(&q).unwrap();
     rows.iter().map(kmsd::report::ClientRow::new).collect()
 }
 

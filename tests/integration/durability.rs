@@ -137,7 +137,7 @@ async fn kill_9_during_a_load_loses_no_acknowledged_client() {
             "acknowledged {c} missing from the inventory"
         );
     }
-    let live = kmsd::store::Reader::open(dir.path())
+    let live = sqlite_reader(dir.path())
         .pools(kmsd::store::unix_ms_now())
         .unwrap();
     let windows = live

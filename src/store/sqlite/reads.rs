@@ -190,7 +190,9 @@ pub fn status(conn: &Connection, location: String, now_ms: i64) -> Result<StoreS
     Ok(StoreStatus {
         location,
         schema_version: SCHEMA_VERSION,
+        now_ms,
         notes: notes(conn)?,
+        hosts: Vec::new(),
         pools,
         epids,
         totals,

@@ -1,0 +1,131 @@
+//! The fleet's schema in PostgreSQL, versioned like the SQLite store's:
+//! `kmsd_meta.schema_version` says which migrations ran. Hosts starting at
+//! once take an advisory lock, so one of them migrates and the others wait.
+
+use super::pg_err;
+use crate::store::StoreError;
+use crate::store::window::MAX_N_POLICY;
+use tokio_postgres::Client;
+
+/// Schema version this build writes.
+pub const SCHEMA_VERSION: i64 = 1;
+
+/// The advisory lock key migrations hold ("kmsd" in ASCII, then 1).
+const MIGRATE_LOCK: i64 = 0x6b6d_7364_0000_0001;
+
+/// Brings the schema to [`SCHEMA_VERSION`]; refuses a newer one untouched.
+pub async fn migrate(client: &mut Client) -> Result<(), StoreError> {
+    let tx = client.transaction().await.map_err(pg_err)?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATE_LOCK])
+        .await
+        .map_err(pg_err)?;
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS kmsd_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    )
+    .await
+    .map_err(pg_err)?;
+    let version: i64 = tx
+        .query_opt(
+            "SELECT value FROM kmsd_meta WHERE key = 'schema_version'",
+            &[],
+        )
+        .await
+        .map_err(pg_err)?
+        .map(|r| r.get::<_, String>(0))
+        .map_or(Ok(0), |v| v.parse())
+        .map_err(|_| StoreError::Postgres("kmsd_meta.schema_version is not a number".into()))?;
+    if version > SCHEMA_VERSION {
+        return Err(StoreError::Postgres(format!(
+            "database schema version {version} is newer than this kmsd ({SCHEMA_VERSION}); refusing to touch it"
+        )));
+    }
+    if version < 1 {
+        tx.batch_execute(&format!(
+            "CREATE TABLE pools (
+                 pool TEXT PRIMARY KEY,
+                 capacity INTEGER NOT NULL CHECK (capacity BETWEEN 0 AND {cap}),
+                 version BIGINT NOT NULL
+             );
+             INSERT INTO pools (pool, capacity, version)
+                 VALUES ('windows', 0, 0), ('office2010', 0, 0), ('office2013+', 0, 0);
+             CREATE TABLE pool_entries (
+                 pool TEXT NOT NULL REFERENCES pools (pool),
+                 cmid BYTEA NOT NULL,
+                 last_seen_ms BIGINT NOT NULL,
+                 PRIMARY KEY (pool, cmid)
+             );
+             CREATE TABLE epids (
+                 grp TEXT PRIMARY KEY,
+                 epid TEXT NOT NULL,
+                 created_ms BIGINT NOT NULL
+             );
+             CREATE TABLE hosts (
+                 host_id TEXT PRIMARY KEY,
+                 started_ms BIGINT NOT NULL,
+                 heartbeat_ms BIGINT NOT NULL
+             );
+             CREATE TABLE host_notes (
+                 host_id TEXT NOT NULL REFERENCES hosts (host_id),
+                 key TEXT NOT NULL,
+                 value TEXT NOT NULL,
+                 PRIMARY KEY (host_id, key)
+             );
+             CREATE TABLE clients (
+                 cmid BYTEA NOT NULL,
+                 app_id BYTEA NOT NULL,
+                 first_seen_ms BIGINT NOT NULL,
+                 last_seen_ms BIGINT NOT NULL,
+                 workstation TEXT NOT NULL,
+                 sku_id BYTEA NOT NULL,
+                 address TEXT NOT NULL,
+                 host_id TEXT NOT NULL,
+                 requests BIGINT NOT NULL,
+                 last_hresult BIGINT NOT NULL,
+                 last_count BIGINT NOT NULL,
+                 PRIMARY KEY (cmid, app_id)
+             );
+             CREATE INDEX clients_by_last_seen ON clients (last_seen_ms);
+             CREATE TABLE activations (
+                 id BIGSERIAL PRIMARY KEY,
+                 time_ms BIGINT NOT NULL,
+                 host_id TEXT NOT NULL,
+                 address TEXT NOT NULL,
+                 workstation TEXT NOT NULL,
+                 cmid BYTEA NOT NULL,
+                 app_id BYTEA NOT NULL,
+                 sku_id BYTEA NOT NULL,
+                 kms_id BYTEA NOT NULL,
+                 n_policy BIGINT NOT NULL,
+                 license_status BIGINT NOT NULL,
+                 binding_expiration BIGINT NOT NULL,
+                 vm BOOLEAN NOT NULL,
+                 protocol INTEGER NOT NULL,
+                 count BIGINT NOT NULL,
+                 hresult BIGINT NOT NULL,
+                 pool TEXT
+             );
+             CREATE TABLE totals (
+                 host_id TEXT NOT NULL,
+                 hresult BIGINT NOT NULL,
+                 license_status BIGINT NOT NULL,
+                 n BIGINT NOT NULL,
+                 PRIMARY KEY (host_id, hresult, license_status)
+             );
+             CREATE TABLE copies (
+                 source TEXT PRIMARY KEY,
+                 upto BIGINT NOT NULL
+             );",
+            cap = 2 * MAX_N_POLICY
+        ))
+        .await
+        .map_err(pg_err)?;
+    }
+    tx.execute(
+        "INSERT INTO kmsd_meta (key, value) VALUES ('schema_version', $1)
+         ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+        &[&SCHEMA_VERSION.to_string()],
+    )
+    .await
+    .map_err(pg_err)?;
+    tx.commit().await.map_err(pg_err)
+}
