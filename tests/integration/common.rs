@@ -100,12 +100,75 @@ pub async fn start_server(tweak: impl FnOnce(&mut kmsd::config::ServeConfig)) ->
     start_server_in(dir, tweak).await
 }
 
-/// Starts a host on an existing data dir (restarts).
+/// Starts a host on an existing data dir (restarts). With
+/// `KMSD_TEST_STORE=postgres` (scripts/test runs the counting, loopback and
+/// vlmcs tests a second time so), the host keeps its state in a fresh
+/// database of the test cluster instead (the same one on a restart).
 pub async fn start_server_in(
     dir: tempfile::TempDir,
     tweak: impl FnOnce(&mut kmsd::config::ServeConfig),
 ) -> TestServer {
-    start_server_with_clock(dir, kmsd::host::system_clock(), tweak).await
+    let store = if std::env::var("KMSD_TEST_STORE").as_deref() == Ok("postgres") {
+        let file = dir.path().join("test-store-url");
+        let url = match std::fs::read_to_string(&file) {
+            Ok(u) => u,
+            Err(_) => {
+                let u = pg_database()
+                    .await
+                    .expect("KMSD_TEST_STORE=postgres needs KMSD_TEST_PG");
+                std::fs::write(&file, &u).unwrap();
+                u
+            }
+        };
+        Some(kmsd::store::Backend::Postgres(url))
+    } else {
+        None
+    };
+    start_server_with_clock(dir, kmsd::host::system_clock(), |c| {
+        if let Some(s) = store {
+            c.store = s;
+        }
+        tweak(c)
+    })
+    .await
+}
+
+/// The admin URL of the test PostgreSQL cluster: scripts/test starts one
+/// (scripts/pg) and exports it as `KMSD_TEST_PG`. Under CI its absence
+/// fails the test; elsewhere the caller skips with a message.
+pub fn pg_admin() -> Option<String> {
+    match std::env::var("KMSD_TEST_PG") {
+        Ok(u) if !u.is_empty() => Some(u),
+        _ if std::env::var_os("CI").is_some() => {
+            panic!(
+                "KMSD_TEST_PG is not set: scripts/test starts PostgreSQL; CI never skips the fleet tests"
+            )
+        }
+        _ => {
+            eprintln!(
+                "skipped: no test PostgreSQL (run scripts/test, or scripts/pg start DIR and export KMSD_TEST_PG)"
+            );
+            None
+        }
+    }
+}
+
+/// A fresh, empty database on the test cluster; its URL.
+pub async fn pg_database() -> Option<String> {
+    let admin = pg_admin()?;
+    let (client, conn) = tokio_postgres::connect(&admin, tokio_postgres::NoTls)
+        .await
+        .expect("the test PostgreSQL answers");
+    let task = tokio::spawn(conn);
+    let name = format!("kmsd_t_{:016x}", rand::random::<u64>());
+    client
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+        .unwrap();
+    drop(client);
+    let _ = task.await;
+    let base = admin.rsplit_once('/').unwrap().0;
+    Some(format!("{base}/{name}"))
 }
 
 /// A clock tests can move: real time plus an offset in milliseconds.
@@ -125,7 +188,8 @@ impl TestClock {
     }
 }
 
-/// Starts a host with an explicit clock.
+/// Starts a host with an explicit clock (the host's clock counts only in
+/// the SQLite store: a fleet uses its database's).
 pub async fn start_server_with_clock(
     dir: tempfile::TempDir,
     clock: kmsd::host::Clock,
@@ -169,6 +233,23 @@ pub fn clients(dir: &std::path::Path, now_ms: i64, limit: usize) -> Vec<kmsd::re
 }
 
 impl TestServer {
+    /// `kmsd status`, read through the host's store.
+    pub async fn status(&self) -> kmsd::report::StatusReport {
+        kmsd::report::StatusReport::new(self.host.store().status(self.host.now_ms()).await.unwrap())
+    }
+
+    /// `kmsd clients`, read through the host's store.
+    pub async fn clients(&self, limit: usize) -> Vec<kmsd::report::ClientRow> {
+        let q = kmsd::store::ClientQuery {
+            now_ms: self.host.now_ms(),
+            pool: None,
+            since_ms: None,
+            limit,
+        };
+        let rows = self.host.store().clients(q).await.unwrap();
+        rows.iter().map(kmsd::report::ClientRow::new).collect()
+    }
+
     /// Stops the host and returns its data dir for a restart.
     pub async fn stop(self) -> tempfile::TempDir {
         let _ = tokio::time::timeout(std::time::Duration::from_secs(20), self.app.stop())
@@ -214,6 +295,15 @@ pub fn new_cmid() -> kmsd::protocol::guid::Guid {
 /// Starts the real `kmsd serve` binary on 127.0.0.1:`port` (0: any) with
 /// JSON logs; returns it once it says it listens, and the address.
 pub fn spawn_host(dir: &std::path::Path, port: u16) -> (std::process::Child, std::net::SocketAddr) {
+    spawn_host_with(dir, port, &[])
+}
+
+/// [`spawn_host`] with more `serve` flags.
+pub fn spawn_host_with(
+    dir: &std::path::Path,
+    port: u16,
+    flags: &[&str],
+) -> (std::process::Child, std::net::SocketAddr) {
     use std::io::{BufRead, BufReader};
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_kmsd"))
         .env_remove("RUST_LOG")
@@ -221,6 +311,7 @@ pub fn spawn_host(dir: &std::path::Path, port: u16) -> (std::process::Child, std
         .arg(format!("127.0.0.1:{port}"))
         .arg("--data-dir")
         .arg(dir)
+        .args(flags)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()

@@ -192,7 +192,7 @@ async fn product_policy_refusals_carry_the_right_hresult_and_count_nothing() {
     // None of that was counted.
     assert_eq!(one(srv.addr, &win10_opts(), new_cmid()).await.unwrap(), 1);
     srv.host.flush().await.unwrap();
-    let status = common::status(srv.dir.path(), kmsd::store::unix_ms_now());
+    let status = srv.status().await;
     let refusals: u64 = status
         .totals
         .iter()

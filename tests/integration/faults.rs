@@ -2,7 +2,7 @@
 //! reveals an unpersisted count (the client gets E_FAIL and is not counted),
 //! and the host recovers by itself once the database is writable again.
 
-use crate::common::{self, *};
+use crate::common::*;
 use kmsd::client::{ClientError, Connection};
 use kmsd::protocol::kms::Version;
 use std::time::Duration;
@@ -39,7 +39,7 @@ async fn a_locked_database_gets_an_error_answer_and_the_host_recovers() {
         3
     );
     srv.host.flush().await.unwrap();
-    let status = common::status(srv.dir.path(), kmsd::store::unix_ms_now());
+    let status = srv.status().await;
     let w = status.pools.iter().find(|p| p.pool == "windows").unwrap();
     assert_eq!(w.count, 2);
     srv.stop().await;

@@ -3,7 +3,7 @@
 //! with bad MACs. While each runs, a legitimate client is still served
 //! quickly, and the pools and the store see only the legitimate traffic.
 
-use crate::common::{self, *};
+use crate::common::*;
 use kmsd::client::Connection;
 use kmsd::protocol::kms::Version;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -52,7 +52,7 @@ fn assert_served_quickly(lat: &[Duration], what: &str) {
 /// After the legitimate activations, the store holds exactly them.
 async fn assert_only_legit_recorded(srv: &TestServer, legit: u64) {
     srv.host.flush().await.unwrap();
-    let status = common::status(srv.dir.path(), kmsd::store::unix_ms_now());
+    let status = srv.status().await;
     let total: u64 = status.totals.iter().map(|t| t.requests).sum();
     assert_eq!(total, legit, "{status:#?}");
     assert_eq!(status.inventory, legit);

@@ -9,6 +9,7 @@ mod config;
 mod counting;
 mod durability;
 mod faults;
+mod fleet;
 mod framing;
 mod hostile;
 mod http_ui;

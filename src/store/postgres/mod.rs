@@ -213,6 +213,7 @@ impl PgStore {
             store.shown.clone(),
             opts.clone(),
             store.pools.clone(),
+            store.stop.clone(),
         ));
         store.tasks.spawn(heartbeat(
             store.db.clone(),
@@ -371,19 +372,28 @@ impl PgStore {
     }
 }
 
-/// Runs the host's group commits until every sender is gone or the store
-/// stops.
+/// Runs the host's group commits until the store stops (what is queued
+/// first) or every sender is gone.
 async fn batcher(
     mut rx: mpsc::Receiver<Job>,
     db: DbPool,
     shown: String,
     opts: PgOptions,
     pools: Arc<Mutex<Vec<PoolStatus>>>,
+    stop: CancellationToken,
 ) {
     let quiet = Quiet::default();
     let mut cache: HashMap<Pool, Cached> = HashMap::new();
     let mut jobs: Vec<Job> = Vec::with_capacity(MAX_BATCH);
-    while let Some(first) = rx.recv().await {
+    loop {
+        let first = tokio::select! {
+            biased;
+            j = rx.recv() => match j {
+                Some(j) => j,
+                None => return,
+            },
+            () = stop.cancelled() => return,
+        };
         jobs.push(first);
         while jobs.len() < MAX_BATCH {
             match rx.try_recv() {
