@@ -540,6 +540,23 @@ pub static KEYS: &[Key] = &[
         get: |c| num(c.max_connections_per_ip),
     },
     Key {
+        name: "max_queued_per_ip",
+        kind: Kind::Int,
+        default: "256",
+        doc: "connections over the per-address limit that wait (up to read_timeout_secs) for a slot",
+        reload: Reload::Live,
+        value_name: "N",
+        aliases: &[],
+        note: "Many clients behind one NAT gateway share one address; 0 closes an over-limit connection at once.",
+        sample: r#""#,
+        switches: &[],
+        set: |c, v| {
+            c.max_queued_per_ip = int(v)?;
+            Ok(())
+        },
+        get: |c| num(c.max_queued_per_ip),
+    },
+    Key {
         name: "max_requests_per_connection",
         kind: Kind::Int,
         default: "64",

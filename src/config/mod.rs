@@ -66,6 +66,9 @@ pub struct ServeConfig {
     pub max_connections: usize,
     /// Most connections open at once from one address.
     pub max_connections_per_ip: usize,
+    /// Connections over the per-address limit that wait for a slot (at
+    /// most `read_timeout`) instead of being closed.
+    pub max_queued_per_ip: usize,
     /// Most requests one connection may make.
     pub max_requests_per_connection: u32,
     /// Time allowed for one whole PDU to arrive once the host waits for it.
@@ -143,6 +146,7 @@ impl Default for ServeConfig {
             count_mode: CountMode::Real,
             max_connections: 4096,
             max_connections_per_ip: 64,
+            max_queued_per_ip: 256,
             max_requests_per_connection: 64,
             read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(30),

@@ -126,6 +126,7 @@ fn example(key: &str) -> (&'static str, &'static str) {
         "renewal_interval" => ("1440", "1440"),
         "max_connections" => ("100", "100"),
         "max_connections_per_ip" => ("8", "8"),
+        "max_queued_per_ip" => ("16", "16"),
         "max_requests_per_connection" => ("4", "4"),
         "read_timeout_secs" => ("5", "5"),
         "idle_timeout_secs" => ("20", "20"),

@@ -10,6 +10,7 @@ mod counting;
 mod durability;
 mod faults;
 mod framing;
+mod hardening;
 mod hostile;
 mod http_ui;
 mod lifecycle;
