@@ -735,6 +735,23 @@ pub static KEYS: &[Key] = &[
         get: |c| c.http.map_or_else(|| text("off"), text),
     },
     Key {
+        name: "http_max_connections",
+        kind: Kind::Int,
+        default: "32",
+        doc: "connections the admin listener holds at once",
+        reload: Reload::Restart,
+        value_name: "N",
+        aliases: &[],
+        note: "When all are taken, a new connection replaces the oldest one still sending its request headers; headers must arrive within 5 s and a request is answered within 10 s.",
+        sample: r#""#,
+        switches: &[],
+        set: |c, v| {
+            c.http_max_connections = int(v)?;
+            Ok(())
+        },
+        get: |c| num(c.http_max_connections),
+    },
+    Key {
         name: "log_level",
         kind: Kind::Str,
         default: r#""info""#,

@@ -87,6 +87,8 @@ pub struct ServeConfig {
     pub store_busy_timeout: Duration,
     /// The HTTP admin listener (metrics, health, status page); off when None.
     pub http: Option<SocketAddr>,
+    /// Most connections the admin listener holds at once.
+    pub http_max_connections: usize,
     /// The log filter (a level or a `tracing` filter); `RUST_LOG` overrides it.
     pub log_level: String,
     /// How log lines are written.
@@ -156,6 +158,7 @@ impl Default for ServeConfig {
             access: AccessList::default(),
             store_busy_timeout: Duration::from_secs(5),
             http: None,
+            http_max_connections: 32,
             log_level: "info".into(),
             log_format: LogFormat::Text,
         }
@@ -250,6 +253,7 @@ impl ServeConfig {
         for (key, v) in [
             ("max_connections", self.max_connections),
             ("max_connections_per_ip", self.max_connections_per_ip),
+            ("http_max_connections", self.http_max_connections),
             (
                 "max_requests_per_connection",
                 self.max_requests_per_connection as usize,

@@ -3,6 +3,7 @@
 
 pub mod access;
 pub mod connection;
+pub mod descriptors;
 pub mod signal;
 
 use crate::config::ServeConfig;

@@ -108,10 +108,13 @@ pub enum Note {
     CountMode,
     HostBuild,
     Hwid,
+    /// The KMS connection limit in force (lowered when the descriptors
+    /// cannot hold `max_connections`).
+    MaxConnections,
 }
 
 impl Note {
-    pub const ALL: [Note; 7] = [
+    pub const ALL: [Note; 8] = [
         Note::StartedMs,
         Note::Pid,
         Note::Listen,
@@ -119,6 +122,7 @@ impl Note {
         Note::CountMode,
         Note::HostBuild,
         Note::Hwid,
+        Note::MaxConnections,
     ];
 
     /// The key it is stored under.
@@ -131,6 +135,7 @@ impl Note {
             Note::CountMode => "count_mode",
             Note::HostBuild => "host_build",
             Note::Hwid => "hwid",
+            Note::MaxConnections => "max_connections",
         }
     }
 }

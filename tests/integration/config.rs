@@ -140,6 +140,7 @@ fn example(key: &str) -> (&'static str, &'static str) {
         ),
         "store_busy_timeout_ms" => ("250", "250"),
         "http" => ("127.0.0.1:9688", r#""127.0.0.1:9688""#),
+        "http_max_connections" => ("8", "8"),
         "log_level" => ("debug", r#""debug""#),
         "log_format" => ("json", r#""json""#),
         other => panic!("no example value for the key `{other}`: add one"),
