@@ -224,6 +224,9 @@ impl Tunables {
     }
 }
 
+/// How often the pools read the clock while no client asks.
+const CLOCK_WATCH: Duration = Duration::from_secs(10);
+
 /// Shared, replaceable connection settings.
 pub type SharedTunables = Arc<std::sync::RwLock<Tunables>>;
 
@@ -301,6 +304,19 @@ impl Server {
             };
             tracker.spawn(accept_loop(listener, ctx));
         }
+        // The pools read the clock now and then even when no client asks,
+        // so a step of the clock back is measured to within this.
+        let host = self.host.clone();
+        let stop = shutdown.clone();
+        tracker.spawn(async move {
+            let mut every = tokio::time::interval(CLOCK_WATCH);
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    _ = every.tick() => drop(host.pools_now()),
+                }
+            }
+        });
         shutdown.cancelled().await;
         tracker.close();
         let grace = read_tunables(&self.tunables).shutdown_grace;

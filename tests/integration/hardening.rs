@@ -129,10 +129,7 @@ async fn a_crowd_of_half_requests_on_the_admin_port_starves_nothing() {
         warned.expect("a warning that max_connections was lowered")["fields"]["effective"]
             .as_u64()
             .unwrap();
-    assert!(
-        (512..1024).contains(&effective),
-        "effective {effective}"
-    );
+    assert!((512..1024).contains(&effective), "effective {effective}");
 
     let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(200));
     let crowd: Vec<_> = (0..1500)
@@ -194,4 +191,87 @@ async fn a_crowd_of_half_requests_on_the_admin_port_starves_nothing() {
     );
     let status = status(dir.path(), kmsd::store::unix_ms_now());
     assert_eq!(status.max_connections, Some(effective.to_string()));
+}
+
+const HOUR_MS: i64 = 3_600_000;
+
+/// Activates a new Windows Server machine at the host's clock; its count.
+async fn activate_server(srv: &TestServer) -> u32 {
+    let opts = client_options(
+        "Windows Server 2022 Datacenter",
+        kmsd::protocol::kms::Version::V6,
+    );
+    let mut c = kmsd::client::Connection::open(srv.addr, opts)
+        .await
+        .unwrap();
+    c.activate(new_cmid()).await.unwrap().response.count
+}
+
+fn windows_count(srv: &TestServer) -> u32 {
+    let pools = srv.host.pools_now();
+    pools
+        .iter()
+        .find(|p| p.pool.name() == "windows")
+        .unwrap()
+        .count
+}
+
+/// A step back of a day: nothing breaks, and a machine seen before the
+/// step still leaves the pool 30 days after it asked (by the time that
+/// passed), not 30 days plus the step.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clock_step_back_keeps_the_thirty_day_window() {
+    let clock = TestClock::default();
+    let srv = start_server_with_clock(tempfile::tempdir().unwrap(), clock.clock(), |_| {}).await;
+    assert_eq!(activate_server(&srv).await, 1, "A at day 0");
+    clock.advance_days(10);
+    assert_eq!(activate_server(&srv).await, 2, "B at day 10");
+    clock.advance_days(-1);
+    assert_eq!(activate_server(&srv).await, 3, "C after the step back");
+    assert_eq!(windows_count(&srv), 3);
+    // 29 days 23 hours have passed since A asked: still counted.
+    clock.advance_days(19);
+    clock
+        .0
+        .fetch_add(23 * HOUR_MS, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(windows_count(&srv), 3);
+    // Two hours on, A is 30 days old: gone. (The clock reads 29 days since
+    // A's stamp; without following the step A would stay another day.)
+    clock
+        .0
+        .fetch_add(2 * HOUR_MS, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(windows_count(&srv), 2);
+    // The inventory's last-seen times never move back, and the page
+    // renders (no negative age).
+    let now = srv.host.now_ms();
+    let rows = clients(srv.dir.path(), now, 10);
+    assert_eq!(rows.len(), 3);
+    let state = kmsd::http::AdminState {
+        host: srv.host.clone(),
+        kms_addrs: vec![srv.addr],
+    };
+    let router = kmsd::http::router(state);
+    let req = axum::http::Request::get("/")
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let page = tower_service::Service::call(&mut router.clone(), req)
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    srv.stop().await;
+}
+
+/// A step forward of 21 days expires what is then 30 days old, and nothing
+/// else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clock_step_forward_expires_only_what_the_rules_expire() {
+    let clock = TestClock::default();
+    let srv = start_server_with_clock(tempfile::tempdir().unwrap(), clock.clock(), |_| {}).await;
+    assert_eq!(activate_server(&srv).await, 1, "A at day 0");
+    clock.advance_days(10);
+    assert_eq!(activate_server(&srv).await, 2, "B at day 10");
+    clock.advance_days(21);
+    assert_eq!(windows_count(&srv), 1, "A (31 days) gone, B (21 days) kept");
+    assert_eq!(activate_server(&srv).await, 2, "C counts with B");
+    srv.stop().await;
 }
