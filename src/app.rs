@@ -79,9 +79,15 @@ impl App {
             }
         }
         let listeners = server::bind_all(&cfg)?;
-        let server = Server::new(listeners, host.clone(), cfg.clone());
+        // The connection limit that fits the descriptors (soft limit raised).
+        let max_connections = server::descriptors::fit_config(&cfg);
+        let server_cfg = ServeConfig {
+            max_connections,
+            ..cfg.clone()
+        };
+        let server = Server::new(listeners, host.clone(), server_cfg);
         let kms_addrs = server.local_addrs();
-        if let Err(e) = host.note_listening(&kms_addrs).await {
+        if let Err(e) = host.note_listening(&kms_addrs, max_connections).await {
             tracing::warn!(error = %e, "cannot note the listen addresses for `kmsd status`");
         }
         let shutdown = CancellationToken::new();
@@ -104,8 +110,9 @@ impl App {
                     kms_addrs: kms_addrs.clone(),
                 };
                 let token = shutdown.clone();
+                let max = cfg.http_max_connections;
                 tasks.spawn(async move {
-                    if let Err(e) = crate::http::serve(l, state, token).await {
+                    if let Err(e) = crate::http::serve(l, state, max, token).await {
                         tracing::error!(error = %e, "admin API stopped");
                     }
                 });

@@ -206,13 +206,22 @@ impl Host {
     }
 
     /// Notes the addresses actually listened on, for `kmsd status`.
-    pub async fn note_listening(&self, addrs: &[std::net::SocketAddr]) -> Result<(), StoreError> {
+    pub async fn note_listening(
+        &self,
+        addrs: &[std::net::SocketAddr],
+        max_connections: usize,
+    ) -> Result<(), StoreError> {
         let list = addrs
             .iter()
             .map(ToString::to_string)
             .collect::<Vec<_>>()
             .join(",");
-        self.store.note(vec![(Note::Listen, list)]).await
+        self.store
+            .note(vec![
+                (Note::Listen, list),
+                (Note::MaxConnections, max_connections.to_string()),
+            ])
+            .await
     }
 
     pub fn count_mode(&self) -> CountMode {

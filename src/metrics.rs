@@ -41,6 +41,7 @@ pub enum ConnEvent {
     RefusedNotAllowed,
     RefusedLimit,
     RefusedPerAddressLimit,
+    RefusedQueueTimeout,
     ClosedIdle,
     ClosedReadTimeout,
     ClosedMalformed,
@@ -48,10 +49,11 @@ pub enum ConnEvent {
 }
 
 impl ConnEvent {
-    const ALL: [Self; 7] = [
+    const ALL: [Self; 8] = [
         Self::RefusedNotAllowed,
         Self::RefusedLimit,
         Self::RefusedPerAddressLimit,
+        Self::RefusedQueueTimeout,
         Self::ClosedIdle,
         Self::ClosedReadTimeout,
         Self::ClosedMalformed,
@@ -62,6 +64,7 @@ impl ConnEvent {
             Self::RefusedNotAllowed => ("refused", "not_allowed"),
             Self::RefusedLimit => ("refused", "connection_limit"),
             Self::RefusedPerAddressLimit => ("refused", "per_address_limit"),
+            Self::RefusedQueueTimeout => ("refused", "per_address_queue_timeout"),
             Self::ClosedIdle => ("closed", "idle_timeout"),
             Self::ClosedReadTimeout => ("closed", "read_timeout"),
             Self::ClosedMalformed => ("closed", "malformed"),
@@ -149,7 +152,12 @@ pub struct Metrics {
     requests: Vec<AtomicU64>,
     conn_events: Vec<AtomicU64>,
     pub connections_open: AtomicI64,
+    /// Connections waiting in their address's queue for a slot.
+    pub connections_waiting: AtomicI64,
     pub connections_accepted: AtomicU64,
+    /// The KMS listener's connection limit in force (`max_connections`,
+    /// lowered at start when the descriptor limit cannot hold it).
+    pub max_connections: AtomicU64,
     pub response_latency: Histogram,
     pub store_commit_latency: Histogram,
     pub store_batch_size: Histogram,
@@ -163,7 +171,9 @@ impl Default for Metrics {
                 .collect(),
             conn_events: ConnEvent::ALL.iter().map(|_| AtomicU64::new(0)).collect(),
             connections_open: AtomicI64::new(0),
+            connections_waiting: AtomicI64::new(0),
             connections_accepted: AtomicU64::new(0),
+            max_connections: AtomicU64::new(0),
             response_latency: Histogram::new(LATENCY_BOUNDS),
             store_commit_latency: Histogram::new(LATENCY_BOUNDS),
             store_batch_size: Histogram::new(BATCH_BOUNDS),
@@ -276,6 +286,18 @@ impl Metrics {
             out,
             "kmsd_connections_open {}",
             self.connections_open.load(Relaxed)
+        );
+        out.push_str("# HELP kmsd_connections_waiting Connections waiting for a per-address slot.\n# TYPE kmsd_connections_waiting gauge\n");
+        let _ = writeln!(
+            out,
+            "kmsd_connections_waiting {}",
+            self.connections_waiting.load(Relaxed)
+        );
+        out.push_str("# HELP kmsd_max_connections The KMS listener's connection limit in force.\n# TYPE kmsd_max_connections gauge\n");
+        let _ = writeln!(
+            out,
+            "kmsd_max_connections {}",
+            self.max_connections.load(Relaxed)
         );
         out.push_str("# HELP kmsd_connections_accepted_total Connections admitted.\n# TYPE kmsd_connections_accepted_total counter\n");
         let _ = writeln!(

@@ -64,6 +64,8 @@ pub struct StatusReport {
     pub count_mode: Option<String>,
     pub host_build: Option<String>,
     pub hwid: Option<String>,
+    /// The KMS connection limit in force.
+    pub max_connections: Option<String>,
     pub pools: Vec<PoolReport>,
     pub epids: Vec<EpidReport>,
     pub totals: Vec<TotalReport>,
@@ -180,6 +182,7 @@ impl StatusReport {
             count_mode: note(Note::CountMode),
             host_build: note(Note::HostBuild),
             hwid: note(Note::Hwid),
+            max_connections: note(Note::MaxConnections),
             pools: st
                 .pools
                 .iter()
@@ -272,6 +275,7 @@ impl std::fmt::Display for StatusReport {
             opt(&self.hwid)
         )?;
         writeln!(f, "Count mode:      {}", opt(&self.count_mode))?;
+        writeln!(f, "Connections:     at most {}", opt(&self.max_connections))?;
         writeln!(f)?;
         self.fmt_shared(f)
     }

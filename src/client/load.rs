@@ -145,6 +145,11 @@ pub struct LoadArgs {
     /// Seconds allowed for each step of an exchange.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=60))]
     pub timeout: u64,
+    /// Against 127.0.0.1: loopback source addresses to spread connections
+    /// over (127.0.0.2 ..); 1 sends everything from one address, like a lab
+    /// behind one NAT gateway.
+    #[arg(long, default_value_t = SOURCES as u8, value_parser = clap::value_parser!(u8).range(1..=250))]
+    pub sources: u8,
     /// The target is not on loopback and you operate it: load it anyway.
     #[arg(long)]
     pub allow_remote: bool,
@@ -193,6 +198,9 @@ pub struct LoadOptions {
     /// is then ignored. For servers that answer with canned bytes.
     pub pinned: Option<Pinned>,
     pub workstation: String,
+    /// Against IPv4 loopback: how many source addresses (127.0.0.2 ..) the
+    /// connections are spread over, 1..=250.
+    pub sources: usize,
 }
 
 impl LoadOptions {
@@ -212,6 +220,7 @@ impl LoadOptions {
             timeout: Duration::from_secs(10),
             pinned: None,
             workstation: "kmsd-load".into(),
+            sources: SOURCES,
         }
     }
 
@@ -427,6 +436,7 @@ pub async fn run(args: &LoadArgs) -> anyhow::Result<LoadReport> {
     opts.connection = args.connection;
     opts.requests_per_connection = args.requests_per_connection.max(1);
     opts.timeout = Duration::from_secs(args.timeout.clamp(1, 60));
+    opts.sources = usize::from(args.sources);
     let mut report = run_with(addr, opts).await?;
     report.target = args.target.clone();
     Ok(report)
@@ -519,11 +529,11 @@ impl Shared {
 const SOURCES: usize = 64;
 
 /// Connects to the target; against IPv4 loopback, from the next of
-/// [`SOURCES`] loopback source addresses.
+/// `sources` loopback source addresses ([`SOURCES`] by default).
 async fn connect(s: &Shared) -> std::io::Result<TcpStream> {
     match s.addr.ip() {
         std::net::IpAddr::V4(v4) if v4.is_loopback() => {
-            let n = s.next_source.fetch_add(1, Ordering::Relaxed) % SOURCES;
+            let n = s.next_source.fetch_add(1, Ordering::Relaxed) % s.opts.sources.clamp(1, 250);
             let src = std::net::Ipv4Addr::new(127, 0, 0, 2 + n as u8);
             let sock = tokio::net::TcpSocket::new_v4()?;
             sock.bind(SocketAddr::new(src.into(), 0))?;

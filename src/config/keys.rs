@@ -540,6 +540,23 @@ pub static KEYS: &[Key] = &[
         get: |c| num(c.max_connections_per_ip),
     },
     Key {
+        name: "max_queued_per_ip",
+        kind: Kind::Int,
+        default: "256",
+        doc: "connections over the per-address limit that wait (up to read_timeout_secs) for a slot",
+        reload: Reload::Live,
+        value_name: "N",
+        aliases: &[],
+        note: "Many clients behind one NAT gateway share one address; 0 closes an over-limit connection at once.",
+        sample: r#""#,
+        switches: &[],
+        set: |c, v| {
+            c.max_queued_per_ip = int(v)?;
+            Ok(())
+        },
+        get: |c| num(c.max_queued_per_ip),
+    },
+    Key {
         name: "max_requests_per_connection",
         kind: Kind::Int,
         default: "64",
@@ -773,6 +790,23 @@ pub static KEYS: &[Key] = &[
             Ok(())
         },
         get: |c| c.http.map_or_else(|| text("off"), text),
+    },
+    Key {
+        name: "http_max_connections",
+        kind: Kind::Int,
+        default: "32",
+        doc: "connections the admin listener holds at once",
+        reload: Reload::Restart,
+        value_name: "N",
+        aliases: &[],
+        note: "When all are taken, a new connection replaces the oldest one still sending its request headers; headers must arrive within 5 s and a request is answered within 10 s.",
+        sample: r#""#,
+        switches: &[],
+        set: |c, v| {
+            c.http_max_connections = int(v)?;
+            Ok(())
+        },
+        get: |c| num(c.http_max_connections),
     },
     Key {
         name: "log_level",

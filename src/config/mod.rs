@@ -66,6 +66,9 @@ pub struct ServeConfig {
     pub max_connections: usize,
     /// Most connections open at once from one address.
     pub max_connections_per_ip: usize,
+    /// Connections over the per-address limit that wait for a slot (at
+    /// most `read_timeout`) instead of being closed.
+    pub max_queued_per_ip: usize,
     /// Most requests one connection may make.
     pub max_requests_per_connection: u32,
     /// Time allowed for one whole PDU to arrive once the host waits for it.
@@ -92,6 +95,8 @@ pub struct ServeConfig {
     pub store_busy_timeout: Duration,
     /// The HTTP admin listener (metrics, health, status page); off when None.
     pub http: Option<SocketAddr>,
+    /// Most connections the admin listener holds at once.
+    pub http_max_connections: usize,
     /// The log filter (a level or a `tracing` filter); `RUST_LOG` overrides it.
     pub log_level: String,
     /// How log lines are written.
@@ -151,6 +156,7 @@ impl Default for ServeConfig {
             count_mode: CountMode::Real,
             max_connections: 4096,
             max_connections_per_ip: 64,
+            max_queued_per_ip: 256,
             max_requests_per_connection: 64,
             read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(30),
@@ -163,6 +169,7 @@ impl Default for ServeConfig {
             store_isolation: "read-committed".into(),
             store_busy_timeout: Duration::from_secs(5),
             http: None,
+            http_max_connections: 32,
             log_level: "info".into(),
             log_format: LogFormat::Text,
         }
@@ -257,6 +264,7 @@ impl ServeConfig {
         for (key, v) in [
             ("max_connections", self.max_connections),
             ("max_connections_per_ip", self.max_connections_per_ip),
+            ("http_max_connections", self.http_max_connections),
             (
                 "max_requests_per_connection",
                 self.max_requests_per_connection as usize,

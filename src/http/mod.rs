@@ -18,6 +18,7 @@
 
 mod data;
 mod health;
+pub mod listener;
 mod page;
 
 pub use data::ActivationRow;
@@ -31,7 +32,6 @@ use axum::routing::get;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// What the admin API reads.
@@ -49,35 +49,21 @@ struct Shared {
 
 type S = State<Arc<Shared>>;
 
-/// How long in-flight admin requests may take to finish after shutdown.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
-
 /// Serves the admin API on `listener` until `shutdown` is cancelled; then
-/// lets requests in flight finish (at most a few seconds) and returns.
+/// lets requests in flight finish (at most a few seconds) and returns. At
+/// most `max_connections` connections are held, each for one request under
+/// the limits of [`listener`].
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AdminState,
+    max_connections: usize,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     if let Ok(addr) = listener.local_addr() {
-        tracing::info!(addr = %addr, "admin API listening");
+        tracing::info!(addr = %addr, max_connections, "admin API listening");
     }
     let app = router_with_shutdown(state, shutdown.clone());
-    let signal = shutdown.clone();
-    let server = axum::serve(listener, app)
-        .with_graceful_shutdown(async move { signal.cancelled_owned().await });
-    let server = std::future::IntoFuture::into_future(server);
-    tokio::pin!(server);
-    tokio::select! {
-        r = &mut server => r,
-        () = async {
-            shutdown.cancelled().await;
-            tokio::time::sleep(SHUTDOWN_GRACE).await;
-        } => {
-            tracing::warn!("admin API connections still open after the grace period; leaving them");
-            Ok(())
-        }
-    }
+    listener::serve(listener, app, max_connections, shutdown).await
 }
 
 /// The admin API's routes (readiness never reports shutdown).

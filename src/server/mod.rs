@@ -3,6 +3,7 @@
 
 pub mod access;
 pub mod connection;
+pub mod descriptors;
 pub mod signal;
 
 use crate::config::ServeConfig;
@@ -68,28 +69,128 @@ pub fn bind_all(cfg: &ServeConfig) -> Result<Vec<TcpListener>, BindError> {
     Ok(out)
 }
 
-/// Counts open connections per source address.
+/// The connection slots of each source address, with a short queue in
+/// front of them: a burst from one address (a lab behind one NAT gateway)
+/// waits for a slot instead of being closed, and a crowd from one address
+/// holds at most `max_connections_per_ip` slots plus its queue.
 #[derive(Default)]
-struct PerIp(DashMap<IpAddr, usize>);
+struct PerIp(DashMap<IpAddr, AddressSlots>);
 
-struct PerIpGuard(Arc<PerIp>, IpAddr);
+/// One address's slots. `sem` holds `limit` permits in all (taken or not);
+/// `users` counts connections holding a permit or waiting for one, so the
+/// entry goes once the address is quiet.
+struct AddressSlots {
+    sem: Arc<Semaphore>,
+    limit: usize,
+    users: usize,
+    waiting: usize,
+}
+
+impl AddressSlots {
+    fn new(limit: usize) -> Self {
+        Self {
+            sem: Arc::new(Semaphore::new(limit)),
+            limit,
+            users: 0,
+            waiting: 0,
+        }
+    }
+
+    /// Follows a reloaded limit: a raise at once, a cut as slots come back
+    /// (permits in use are never taken away).
+    fn resize(&mut self, limit: usize) {
+        if limit > self.limit {
+            self.sem.add_permits(limit - self.limit);
+            self.limit = limit;
+        } else if limit < self.limit {
+            self.limit -= self.sem.forget_permits(self.limit - limit);
+        }
+    }
+}
+
+/// What a new connection from an address gets.
+enum Entry {
+    /// A slot, at once.
+    Admitted(PerIpGuard),
+    /// A place in the address's queue.
+    Queued(QueuedSlot),
+    /// Neither: the address's slots and queue are full.
+    Full,
+}
+
+/// A slot held (or waited for) by one connection; dropping it frees it.
+struct PerIpGuard {
+    per_ip: Arc<PerIp>,
+    ip: IpAddr,
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    waiting: bool,
+}
+
+/// A connection waiting in its address's queue.
+struct QueuedSlot {
+    sem: Arc<Semaphore>,
+    guard: PerIpGuard,
+}
+
+impl QueuedSlot {
+    /// Waits (first come, first served) until `deadline` for a slot.
+    async fn wait(mut self, deadline: tokio::time::Instant) -> Option<PerIpGuard> {
+        let got = tokio::time::timeout_at(deadline, self.sem.clone().acquire_owned()).await;
+        let Ok(Ok(permit)) = got else {
+            return None;
+        };
+        self.guard.permit = Some(permit);
+        self.guard.stop_waiting();
+        Some(self.guard)
+    }
+}
 
 impl PerIp {
-    fn enter(self: &Arc<Self>, ip: IpAddr, max: usize) -> Option<PerIpGuard> {
-        let mut n = self.0.entry(ip).or_insert(0);
-        if *n >= max {
-            return None;
+    fn enter(self: &Arc<Self>, ip: IpAddr, max: usize, queue: usize) -> Entry {
+        let mut e = self.0.entry(ip).or_insert_with(|| AddressSlots::new(max));
+        e.resize(max);
+        let guard = |permit, waiting| PerIpGuard {
+            per_ip: self.clone(),
+            ip,
+            permit,
+            waiting,
+        };
+        // A free permit never coexists with waiters (the semaphore hands a
+        // returned permit to the first waiter), so this keeps the queue's order.
+        if let Ok(p) = e.sem.clone().try_acquire_owned() {
+            e.users += 1;
+            return Entry::Admitted(guard(Some(p), false));
         }
-        *n += 1;
-        Some(PerIpGuard(self.clone(), ip))
+        if e.waiting >= queue {
+            return Entry::Full;
+        }
+        e.users += 1;
+        e.waiting += 1;
+        Entry::Queued(QueuedSlot {
+            sem: e.sem.clone(),
+            guard: guard(None, true),
+        })
+    }
+}
+
+impl PerIpGuard {
+    fn stop_waiting(&mut self) {
+        if std::mem::take(&mut self.waiting)
+            && let Some(mut e) = self.per_ip.0.get_mut(&self.ip)
+        {
+            e.waiting -= 1;
+        }
     }
 }
 
 impl Drop for PerIpGuard {
     fn drop(&mut self) {
-        self.0.0.remove_if_mut(&self.1, |_, n| {
-            *n -= 1;
-            *n == 0
+        self.stop_waiting();
+        // The permit goes back (to the first waiter) before the entry may go.
+        drop(self.permit.take());
+        self.per_ip.0.remove_if_mut(&self.ip, |_, e| {
+            e.users -= 1;
+            e.users == 0
         });
     }
 }
@@ -100,6 +201,7 @@ impl Drop for PerIpGuard {
 pub struct Tunables {
     pub access: access::AccessList,
     pub max_connections_per_ip: usize,
+    pub max_queued_per_ip: usize,
     pub max_pdu_len: usize,
     pub read_timeout: Duration,
     pub idle_timeout: Duration,
@@ -112,6 +214,7 @@ impl Tunables {
         Self {
             access: cfg.access.clone(),
             max_connections_per_ip: cfg.max_connections_per_ip,
+            max_queued_per_ip: cfg.max_queued_per_ip,
             max_pdu_len: cfg.max_pdu_len,
             read_timeout: cfg.read_timeout,
             idle_timeout: cfg.idle_timeout,
@@ -120,6 +223,9 @@ impl Tunables {
         }
     }
 }
+
+/// How often the pools read the clock while no client asks.
+const CLOCK_WATCH: Duration = Duration::from_secs(10);
 
 /// Shared, replaceable connection settings.
 pub type SharedTunables = Arc<std::sync::RwLock<Tunables>>;
@@ -167,6 +273,10 @@ impl Server {
     pub async fn run(self, shutdown: CancellationToken) {
         let tracker = TaskTracker::new();
         let slots = Arc::new(Semaphore::new(self.cfg.max_connections));
+        self.host
+            .metrics
+            .max_connections
+            .store(self.cfg.max_connections as u64, Ordering::Relaxed);
         let per_ip = Arc::new(PerIp::default());
         let assoc = Arc::new(AtomicU32::new(rand::random::<u32>() | 1));
         let refusals = Arc::new(access::RefusalLog::default());
@@ -194,6 +304,19 @@ impl Server {
             };
             tracker.spawn(accept_loop(listener, ctx));
         }
+        // The pools read the clock now and then even when no client asks,
+        // so a step of the clock back is measured to within this.
+        let host = self.host.clone();
+        let stop = shutdown.clone();
+        tracker.spawn(async move {
+            let mut every = tokio::time::interval(CLOCK_WATCH);
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    _ = every.tick() => drop(host.pools_now()),
+                }
+            }
+        });
         shutdown.cancelled().await;
         tracker.close();
         let grace = read_tunables(&self.tunables).shutdown_grace;
@@ -247,8 +370,11 @@ async fn accept_loop(listener: TcpListener, ctx: AcceptCtx) {
     }
 }
 
-/// Admits or drops a fresh connection. Refusals happen before anything is
-/// read or allocated for the peer, and are logged once a minute per source.
+/// Admits, queues or drops a fresh connection. Refusals happen before
+/// anything is read or allocated for the peer, and are logged once a minute
+/// per source. A connection over its address's limit waits in the
+/// address's queue (holding one of the total slots, so the total stays
+/// bounded) for at most the read timeout.
 fn admit(stream: TcpStream, peer: SocketAddr, ctx: &AcceptCtx) {
     use crate::metrics::ConnEvent;
     let ip = access::normalize(peer.ip());
@@ -270,42 +396,131 @@ fn admit(stream: TcpStream, peer: SocketAddr, ctx: &AcceptCtx) {
     let Ok(permit) = ctx.slots.clone().try_acquire_owned() else {
         return refuse(ConnEvent::RefusedLimit, "connection limit reached");
     };
-    let Some(ip_guard) = ctx.per_ip.enter(ip, t.max_connections_per_ip) else {
-        return refuse(
-            ConnEvent::RefusedPerAddressLimit,
-            "per-address connection limit reached",
-        );
+    let queued = match ctx
+        .per_ip
+        .enter(ip, t.max_connections_per_ip, t.max_queued_per_ip)
+    {
+        Entry::Admitted(g) => Ok(g),
+        Entry::Queued(q) => Err(q),
+        Entry::Full => {
+            return refuse(
+                ConnEvent::RefusedPerAddressLimit,
+                "per-address connection limit and queue full",
+            );
+        }
     };
-    metrics.connections_accepted.fetch_add(1, Ordering::Relaxed);
-    metrics.connections_open.fetch_add(1, Ordering::Relaxed);
     let _ = stream.set_nodelay(true);
-    let group = ctx.assoc.fetch_add(1, Ordering::Relaxed) | 1;
     let span = info_span!("conn", %peer);
     let host = ctx.host.clone();
-    let fut = connection::serve(
-        stream,
-        peer,
-        ctx.host.clone(),
-        ConnLimits {
-            policy: ctx.policy,
-            port: ctx.port,
-            max_pdu_len: t.max_pdu_len,
-            read_timeout: t.read_timeout,
-            idle_timeout: t.idle_timeout,
-            max_requests: t.max_requests,
-        },
-        group,
-        ctx.shutdown.clone(),
-    );
+    let refusals = ctx.refusals.clone();
+    let shutdown = ctx.shutdown.clone();
+    let limits = ConnLimits {
+        policy: ctx.policy,
+        port: ctx.port,
+        max_pdu_len: t.max_pdu_len,
+        read_timeout: t.read_timeout,
+        idle_timeout: t.idle_timeout,
+        max_requests: t.max_requests,
+    };
+    let assoc = ctx.assoc.clone();
     ctx.tracker.spawn(
         async move {
-            fut.await;
-            host.metrics
-                .connections_open
-                .fetch_sub(1, Ordering::Relaxed);
+            let metrics = &host.metrics;
+            let ip_guard = match queued {
+                Ok(g) => g,
+                Err(q) => {
+                    // Over the address's limit: wait for one of its slots,
+                    // no longer than a PDU may take to arrive.
+                    metrics.connections_waiting.fetch_add(1, Ordering::Relaxed);
+                    let deadline = tokio::time::Instant::now() + limits.read_timeout;
+                    let got = tokio::select! {
+                        _ = shutdown.cancelled() => None,
+                        g = q.wait(deadline) => g,
+                    };
+                    metrics.connections_waiting.fetch_sub(1, Ordering::Relaxed);
+                    match got {
+                        Some(g) => g,
+                        None if shutdown.is_cancelled() => return,
+                        None => {
+                            metrics.conn_event(ConnEvent::RefusedQueueTimeout);
+                            let reason = "no per-address slot within the read timeout";
+                            if refusals.should_log(ip, reason) {
+                                warn!(%peer, reason,
+                                    "connection refused (logged once a minute per source)");
+                            }
+                            return;
+                        }
+                    }
+                }
+            };
+            metrics.connections_accepted.fetch_add(1, Ordering::Relaxed);
+            metrics.connections_open.fetch_add(1, Ordering::Relaxed);
+            let group = assoc.fetch_add(1, Ordering::Relaxed) | 1;
+            connection::serve(stream, peer, host.clone(), limits, group, shutdown).await;
+            metrics.connections_open.fetch_sub(1, Ordering::Relaxed);
             drop(ip_guard);
             drop(permit);
         }
         .instrument(span),
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn admitted(e: Entry) -> PerIpGuard {
+        match e {
+            Entry::Admitted(g) => g,
+            _ => panic!("expected a slot at once"),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_address_over_its_limit_queues_then_is_full() {
+        let per_ip = Arc::new(PerIp::default());
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        let other: IpAddr = "10.0.0.2".parse().unwrap();
+        let a = admitted(per_ip.enter(ip, 2, 1));
+        let _b = admitted(per_ip.enter(ip, 2, 1));
+        let Entry::Queued(q) = per_ip.enter(ip, 2, 1) else {
+            panic!("expected a place in the queue");
+        };
+        assert!(matches!(per_ip.enter(ip, 2, 1), Entry::Full));
+        // Another address is not affected.
+        let _c = admitted(per_ip.enter(other, 2, 1));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        let waiter = tokio::spawn(q.wait(deadline));
+        drop(a);
+        let got = waiter.await.unwrap();
+        assert!(got.is_some(), "the queued connection got the freed slot");
+        // The queue has room again; nothing is free.
+        let Entry::Queued(q) = per_ip.enter(ip, 2, 1) else {
+            panic!("expected a place in the queue");
+        };
+        let short = tokio::time::Instant::now() + Duration::from_millis(50);
+        assert!(q.wait(short).await.is_none(), "no slot before the deadline");
+        // A reload that raises the limit frees a slot at once.
+        let _d = admitted(per_ip.enter(ip, 3, 1));
+        drop(got);
+        drop(_b);
+        drop(_d);
+        drop(_c);
+        assert!(per_ip.0.is_empty(), "a quiet address leaves no entry");
+    }
+
+    #[tokio::test]
+    async fn a_lowered_limit_takes_effect_as_slots_come_back() {
+        let per_ip = Arc::new(PerIp::default());
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        let mut held: Vec<_> = (0..4).map(|_| admitted(per_ip.enter(ip, 4, 0))).collect();
+        assert!(matches!(per_ip.enter(ip, 2, 0), Entry::Full));
+        // Two come back: the cut to 2 takes them, and the two still held
+        // fill the new limit.
+        held.truncate(2);
+        assert!(matches!(per_ip.enter(ip, 2, 0), Entry::Full));
+        held.truncate(1);
+        held.push(admitted(per_ip.enter(ip, 2, 0)));
+        assert!(matches!(per_ip.enter(ip, 2, 0), Entry::Full));
+    }
 }

@@ -131,10 +131,13 @@ pub enum Note {
     Hwid,
     /// The kmsd version the host runs.
     Version,
+    /// The KMS connection limit in force (lowered when the descriptors
+    /// cannot hold `max_connections`).
+    MaxConnections,
 }
 
 impl Note {
-    pub const ALL: [Note; 8] = [
+    pub const ALL: [Note; 9] = [
         Note::StartedMs,
         Note::Pid,
         Note::Listen,
@@ -143,6 +146,7 @@ impl Note {
         Note::HostBuild,
         Note::Hwid,
         Note::Version,
+        Note::MaxConnections,
     ];
 
     /// The key it is stored under.
@@ -156,6 +160,7 @@ impl Note {
             Note::HostBuild => "host_build",
             Note::Hwid => "hwid",
             Note::Version => "version",
+            Note::MaxConnections => "max_connections",
         }
     }
 }

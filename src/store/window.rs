@@ -10,6 +10,9 @@ use std::collections::{BTreeSet, HashMap};
 pub const TTL_MS: i64 = 30 * 24 * 60 * 60 * 1000;
 /// The largest N_Policy the host accepts (larger is refused as invalid).
 pub const MAX_N_POLICY: u32 = 1000;
+/// A clock reading this far behind the latest one is a step back of the
+/// clock, not two readings racing.
+pub const STEP_BACK_MS: i64 = 1000;
 
 /// What one observation did, enough to undo it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,6 +33,9 @@ pub struct Window {
     seen: HashMap<Guid, i64>,
     order: BTreeSet<(i64, Guid)>,
     capacity: usize,
+    /// The latest time this pool was given (or held an entry at): a time
+    /// well before it means the clock stepped back.
+    latest: i64,
 }
 
 impl Window {
@@ -63,8 +69,31 @@ impl Window {
         self.order.iter().map(|&(t, g)| (g, t))
     }
 
-    /// Drops entries last seen 30 days or more before `now`.
+    /// Follows a step of the clock. Forward, nothing to do: the entries
+    /// age by the step, as they would had the time passed. Back (more than
+    /// [`STEP_BACK_MS`] behind the latest time), every entry moves back by
+    /// the step, so it keeps its age and still expires 30 days after it
+    /// was seen, and no entry is seen in the future.
+    fn follow_clock(&mut self, now: i64) {
+        let step = self.latest.saturating_sub(now);
+        if step > STEP_BACK_MS {
+            let moved: Vec<(i64, Guid)> = self
+                .order
+                .iter()
+                .map(|&(t, g)| (t.saturating_sub(step), g))
+                .collect();
+            self.order = moved.iter().copied().collect();
+            self.seen = moved.into_iter().map(|(t, g)| (g, t)).collect();
+            self.latest = now;
+        } else {
+            self.latest = self.latest.max(now);
+        }
+    }
+
+    /// Drops entries last seen 30 days or more before `now` (after
+    /// following a step of the clock back).
     pub fn expire(&mut self, now: i64) {
+        self.follow_clock(now);
         while let Some(&(t, g)) = self.order.first() {
             if t > now - TTL_MS {
                 break;
@@ -150,6 +179,7 @@ impl Window {
         }
         self.seen.insert(cmid, last_seen);
         self.order.insert((last_seen, cmid));
+        self.latest = self.latest.max(last_seen);
     }
 
     /// Sets the capacity learnt from the store (never shrinks).
@@ -236,5 +266,57 @@ mod tests {
         let mut kept: Vec<_> = w.entries().map(|(g, _)| g).collect();
         kept.sort();
         assert_eq!(kept, vec![id(1), id(3), id(4)]);
+    }
+
+    #[test]
+    fn a_step_back_keeps_every_entry_its_age() {
+        let mut w = Window::default();
+        w.observe(id(1), 100 * DAY, 25);
+        w.observe(id(2), 110 * DAY, 25);
+        assert_eq!(w.count_at(111 * DAY), 2);
+        // The clock steps back a day at day 111: it reads day 110.
+        assert_eq!(w.count_at(110 * DAY), 2);
+        let ages: Vec<_> = w.entries().map(|(_, t)| 110 * DAY - t).collect();
+        assert_eq!(ages, vec![11 * DAY, DAY], "ages kept; none in the future");
+        // id 1 expires 30 days after it was seen (day 129 on the stepped
+        // clock, day 130 on the old), not a day later.
+        assert_eq!(w.count_at(129 * DAY - 1), 2);
+        assert_eq!(w.count_at(129 * DAY), 1);
+        // A renewal after the step never moves an entry back.
+        w.observe(id(2), 129 * DAY, 25);
+        assert!(w.entries().all(|(_, t)| t <= 129 * DAY));
+    }
+
+    #[test]
+    fn a_step_forward_expires_what_the_rules_expire_and_no_more() {
+        let mut w = Window::default();
+        w.observe(id(1), 0, 25);
+        w.observe(id(2), 10 * DAY, 25);
+        // Forward 21 days from day 10: id 1 is 31 days old, id 2 21.
+        assert_eq!(w.count_at(31 * DAY), 1);
+        assert!(w.contains(&id(2)) && !w.contains(&id(1)));
+        assert_eq!(w.entries().next(), Some((id(2), 10 * DAY)), "not moved");
+    }
+
+    #[test]
+    fn readings_racing_by_a_few_milliseconds_are_not_a_step() {
+        let mut w = Window::default();
+        w.observe(id(1), 1000 * DAY, 25);
+        w.observe(id(2), 1000 * DAY - 5, 25);
+        assert_eq!(
+            w.entries().map(|(_, t)| t).collect::<Vec<_>>(),
+            vec![1000 * DAY - 5, 1000 * DAY]
+        );
+    }
+
+    #[test]
+    fn a_step_back_while_stopped_is_seen_from_the_restored_entries() {
+        let mut w = Window::with_capacity(10);
+        w.restore(id(1), 20 * DAY);
+        w.restore(id(2), 5 * DAY);
+        // Restarted with the clock a day behind the newest entry.
+        assert_eq!(w.count_at(19 * DAY), 2);
+        assert_eq!(w.entries().last(), Some((id(1), 19 * DAY)));
+        assert_eq!(w.count_at(34 * DAY), 1, "id 2 at its 30 days");
     }
 }

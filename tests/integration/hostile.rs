@@ -153,24 +153,61 @@ async fn a_partial_pdu_gets_the_read_timeout_and_silence_the_idle_timeout() {
     }
 }
 
+/// A silent flood from one address: it holds its 64 slots and its queue of
+/// 256 (default settings); the rest is closed at once, the queued ones when
+/// the queue's wait (the read timeout, 2 s here) ends. Meanwhile another
+/// address is served quickly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_connection_flood_past_the_limit_is_closed_at_once() {
-    let srv = start_server(|c| c.max_connections_per_ip = 64).await;
+async fn a_connection_flood_past_the_limit_and_queue_is_closed_at_once() {
+    use kmsd::metrics::ConnEvent;
+    let srv = start_server(|c| c.read_timeout = Duration::from_secs(2)).await;
+    let (per_ip, queue) = (64, 256);
     let flooder = Ipv4Addr::new(127, 0, 0, 50);
     let mut held = Vec::new();
+    let t = Instant::now();
     for _ in 0..500 {
         held.push(connect_from(flooder, srv.addr).await.unwrap());
     }
     let checks = held
         .iter_mut()
         .map(|s| closed_within(s, Duration::from_millis(500)));
-    let closed = futures_util::future::join_all(checks)
+    let closed: Vec<bool> = futures_util::future::join_all(checks).await;
+    assert_eq!(
+        closed.iter().filter(|c| **c).count(),
+        500 - per_ip - queue,
+        "all but the per-address limit and its queue closed at once"
+    );
+    // While the queue is full, another address is served.
+    assert_served_quickly(&legit(srv.addr, 5).await, "flood");
+    let mut queued: Vec<_> = held
+        .iter_mut()
+        .zip(&closed)
+        .filter(|(_, c)| !**c)
+        .map(|(s, _)| s)
+        .collect();
+    let checks = queued
+        .iter_mut()
+        .map(|s| closed_within(s, Duration::from_secs(8)));
+    let later = futures_util::future::join_all(checks)
         .await
         .into_iter()
         .filter(|c| *c)
         .count();
-    assert_eq!(closed, 500 - 64, "all but the per-address limit closed");
-    assert_served_quickly(&legit(srv.addr, 5).await, "flood");
+    let took = t.elapsed();
+    assert_eq!(
+        later, queue,
+        "the queued ones closed at the queue's deadline"
+    );
+    assert!(
+        took < Duration::from_secs(10),
+        "queue drained after {took:?}"
+    );
+    let m = &srv.host.metrics;
+    assert_eq!(
+        m.conn_events(ConnEvent::RefusedPerAddressLimit),
+        (500 - per_ip - queue) as u64
+    );
+    assert_eq!(m.conn_events(ConnEvent::RefusedQueueTimeout), queue as u64);
     drop(held);
     assert_only_legit_recorded(&srv, 5).await;
     srv.stop().await;

@@ -143,7 +143,7 @@ async fn start_admin(
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let token = CancellationToken::new();
-    let task = tokio::spawn(serve(listener, state, token.clone()));
+    let task = tokio::spawn(serve(listener, state, 32, token.clone()));
     (addr, token, task)
 }
 

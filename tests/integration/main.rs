@@ -11,6 +11,7 @@ mod durability;
 mod faults;
 mod fleet;
 mod framing;
+mod hardening;
 mod hostile;
 mod http_ui;
 mod lifecycle;
