@@ -88,6 +88,8 @@ pub struct ServeConfig {
     pub log_level: String,
     /// How log lines are written.
     pub log_format: LogFormat,
+    /// SRV publication by dynamic DNS update (the `dns_*` keys).
+    pub dns: crate::dns::DnsSettings,
 }
 
 /// How log lines are written.
@@ -154,6 +156,7 @@ impl Default for ServeConfig {
             http: None,
             log_level: "info".into(),
             log_format: LogFormat::Text,
+            dns: crate::dns::DnsSettings::default(),
         }
     }
 }
@@ -265,6 +268,7 @@ impl ServeConfig {
         }
         tracing_subscriber::EnvFilter::try_new(&self.log_level)
             .map_err(|e| bad("log_level", format!("{:?}: {e}", self.log_level)))?;
+        self.dns.validate().map_err(|(key, problem)| bad(key, problem))?;
         Ok(())
     }
 }

@@ -108,10 +108,12 @@ pub enum Note {
     CountMode,
     HostBuild,
     Hwid,
+    /// The DNS publisher's state per domain (JSON, [`crate::dns::DomainState`]s).
+    Dns,
 }
 
 impl Note {
-    pub const ALL: [Note; 7] = [
+    pub const ALL: [Note; 8] = [
         Note::StartedMs,
         Note::Pid,
         Note::Listen,
@@ -119,6 +121,7 @@ impl Note {
         Note::CountMode,
         Note::HostBuild,
         Note::Hwid,
+        Note::Dns,
     ];
 
     /// The key it is stored under.
@@ -131,6 +134,7 @@ impl Note {
             Note::CountMode => "count_mode",
             Note::HostBuild => "host_build",
             Note::Hwid => "hwid",
+            Note::Dns => "dns",
         }
     }
 }
