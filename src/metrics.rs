@@ -317,20 +317,37 @@ impl Metrics {
         };
         out.push_str("# HELP kmsd_dns_published Whether this host's _vlmcs._tcp SRV record is in the domain's zone (1) or not (0).\n# TYPE kmsd_dns_published gauge\n");
         for d in &dns {
-            let _ = writeln!(out, "kmsd_dns_published{{domain=\"{}\"}} {}", d.domain, u8::from(d.published));
+            let _ = writeln!(
+                out,
+                "kmsd_dns_published{{domain=\"{}\"}} {}",
+                d.domain,
+                u8::from(d.published)
+            );
         }
         out.push_str("# HELP kmsd_dns_last_success_timestamp_seconds When the record was last published or re-asserted (0: never).\n# TYPE kmsd_dns_last_success_timestamp_seconds gauge\n");
         for d in &dns {
             let t = d.last_success_ms.map_or(0.0, |ms| ms as f64 / 1000.0);
-            let _ = writeln!(out, "kmsd_dns_last_success_timestamp_seconds{{domain=\"{}\"}} {t}", d.domain);
+            let _ = writeln!(
+                out,
+                "kmsd_dns_last_success_timestamp_seconds{{domain=\"{}\"}} {t}",
+                d.domain
+            );
         }
         out.push_str("# HELP kmsd_dns_failures Failed updates since the last success.\n# TYPE kmsd_dns_failures gauge\n");
         for d in &dns {
-            let _ = writeln!(out, "kmsd_dns_failures{{domain=\"{}\"}} {}", d.domain, d.failures);
+            let _ = writeln!(
+                out,
+                "kmsd_dns_failures{{domain=\"{}\"}} {}",
+                d.domain, d.failures
+            );
         }
         out.push_str("# HELP kmsd_dns_updates_total Successful updates (publish, re-assert, withdraw) since start.\n# TYPE kmsd_dns_updates_total counter\n");
         for d in &dns {
-            let _ = writeln!(out, "kmsd_dns_updates_total{{domain=\"{}\"}} {}", d.domain, d.updates);
+            let _ = writeln!(
+                out,
+                "kmsd_dns_updates_total{{domain=\"{}\"}} {}",
+                d.domain, d.updates
+            );
         }
     }
 }

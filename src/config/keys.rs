@@ -831,7 +831,8 @@ pub static KEYS: &[Key] = &[
             c.dns.host_name = match s.trim() {
                 "" => None,
                 n => Some(
-                    crate::dns::normal_name(n).ok_or_else(|| format!("{n:?} is not a host name"))?,
+                    crate::dns::normal_name(n)
+                        .ok_or_else(|| format!("{n:?} is not a host name"))?,
                 ),
             };
             Ok(())

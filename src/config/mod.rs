@@ -268,7 +268,9 @@ impl ServeConfig {
         }
         tracing_subscriber::EnvFilter::try_new(&self.log_level)
             .map_err(|e| bad("log_level", format!("{:?}: {e}", self.log_level)))?;
-        self.dns.validate().map_err(|(key, problem)| bad(key, problem))?;
+        self.dns
+            .validate()
+            .map_err(|(key, problem)| bad(key, problem))?;
         Ok(())
     }
 }

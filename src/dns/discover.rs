@@ -37,7 +37,10 @@ pub fn order<R: Rng + ?Sized>(records: &[Srv], rng: &mut R) -> Vec<Srv> {
         // Weight 0 first in the working list, as RFC 2782 says, in a
         // random order (else the first zero-weight record always wins when
         // all weights are 0).
-        let mut left: Vec<&Srv> = records.iter().filter(|r| r.priority == p && r.weight == 0).collect();
+        let mut left: Vec<&Srv> = records
+            .iter()
+            .filter(|r| r.priority == p && r.weight == 0)
+            .collect();
         for i in (1..left.len()).rev() {
             left.swap(i, rng.random_range(0..=i));
         }
@@ -127,6 +130,48 @@ pub async fn addresses(srv: &Srv, found: &Found, server: SocketAddr) -> Vec<Sock
         .collect()
 }
 
+/// A host found under `_vlmcs._tcp.DOMAIN`: its record and addresses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FoundHost {
+    pub srv: Srv,
+    pub addrs: Vec<SocketAddr>,
+}
+
+impl std::fmt::Display for FoundHost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}:{} (priority {}, weight {})",
+            self.srv.target.trim_end_matches('.'),
+            self.srv.port,
+            self.srv.priority,
+            self.srv.weight
+        )
+    }
+}
+
+/// The hosts of `domain` in the order to try them (RFC 2782, `rng` for
+/// the weighted picks), asking `server` (else the system's name server).
+pub async fn hosts<R: Rng + ?Sized>(
+    domain: &str,
+    server: Option<SocketAddr>,
+    rng: &mut R,
+) -> Result<Vec<FoundHost>, DnsError> {
+    let server = server_or_system(server)?;
+    let found = lookup(domain, server).await?;
+    let ordered = order(&found.records, rng);
+    let mut out = Vec::with_capacity(ordered.len());
+    for srv in ordered {
+        // "." as the target: the service is decidedly not available there.
+        if srv.target == "." {
+            continue;
+        }
+        let addrs = addresses(&srv, &found, server).await;
+        out.push(FoundHost { srv, addrs });
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -147,14 +192,22 @@ mod tests {
         let recs = [srv(10, 100, "c"), srv(0, 1, "a"), srv(5, 0, "b")];
         let mut rng = StdRng::seed_from_u64(1);
         for _ in 0..100 {
-            let o: Vec<_> = order(&recs, &mut rng).into_iter().map(|r| r.target).collect();
+            let o: Vec<_> = order(&recs, &mut rng)
+                .into_iter()
+                .map(|r| r.target)
+                .collect();
             assert_eq!(o, ["a.", "b.", "c."]);
         }
     }
 
     #[test]
     fn weights_share_the_first_place_in_proportion() {
-        let recs = [srv(0, 60, "a"), srv(0, 30, "b"), srv(0, 10, "c"), srv(1, 50, "d")];
+        let recs = [
+            srv(0, 60, "a"),
+            srv(0, 30, "b"),
+            srv(0, 10, "c"),
+            srv(1, 50, "d"),
+        ];
         let mut rng = StdRng::seed_from_u64(2782);
         let n = 20_000;
         let mut first = std::collections::BTreeMap::new();

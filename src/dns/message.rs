@@ -202,7 +202,12 @@ fn tsig_error(key: &str, e: TsigError) -> DnsError {
 /// Reads the answer to an UPDATE of `zone` (signed with the key named
 /// `key`, if any): Ok when the server applied it. The answer's own
 /// signature is checked by the caller (transport), before this.
-pub fn check_update(resp: &Message, zone: &str, owner: &str, key: Option<&str>) -> Result<(), DnsError> {
+pub fn check_update(
+    resp: &Message,
+    zone: &str,
+    owner: &str,
+    key: Option<&str>,
+) -> Result<(), DnsError> {
     if let (Some(k), Some(sig)) = (key, resp.signature())
         && let Some(e) = sig.data.error
     {
@@ -241,7 +246,10 @@ pub fn zone_of(resp: &Message, domain: &str) -> Result<(String, String), DnsErro
     };
     let rc = resp.metadata.response_code;
     if !matches!(rc, ResponseCode::NoError | ResponseCode::NXDomain) {
-        return Err(no_zone(format!("the SOA query was answered {}", rcode_name(rc))));
+        return Err(no_zone(format!(
+            "the SOA query was answered {}",
+            rcode_name(rc)
+        )));
     }
     resp.answers
         .iter()
@@ -249,7 +257,10 @@ pub fn zone_of(resp: &Message, domain: &str) -> Result<(String, String), DnsErro
         .find_map(|r| match &r.data {
             RData::SOA(soa) => Some((
                 r.name.to_ascii().trim_end_matches('.').to_ascii_lowercase(),
-                soa.mname.to_ascii().trim_end_matches('.').to_ascii_lowercase(),
+                soa.mname
+                    .to_ascii()
+                    .trim_end_matches('.')
+                    .to_ascii_lowercase(),
             )),
             _ => None,
         })
@@ -272,26 +283,56 @@ mod tests {
 
     #[test]
     fn the_update_replaces_only_its_own_record() {
-        let m = update(7, "lab.test", "_vlmcs._tcp.lab.test.", 600, Some(&srv(1688)), Some(&srv(1700)))
-            .unwrap();
+        let m = update(
+            7,
+            "lab.test",
+            "_vlmcs._tcp.lab.test.",
+            600,
+            Some(&srv(1688)),
+            Some(&srv(1700)),
+        )
+        .unwrap();
         assert_eq!(m.metadata.op_code, OpCode::Update);
         assert!(m.answers.is_empty(), "no prerequisite");
         let z = &m.queries[0];
-        assert_eq!((z.name().to_ascii(), z.query_type()), ("lab.test.".into(), RecordType::SOA));
+        assert_eq!(
+            (z.name().to_ascii(), z.query_type()),
+            ("lab.test.".into(), RecordType::SOA)
+        );
         let [del, add] = &m.authorities[..] else {
             panic!("{:?}", m.authorities);
         };
-        assert_eq!((del.dns_class, del.ttl), (DNSClass::NONE, 0), "delete by rdata");
+        assert_eq!(
+            (del.dns_class, del.ttl),
+            (DNSClass::NONE, 0),
+            "delete by rdata"
+        );
         assert_eq!(del.data, srv(1688).rdata().unwrap());
         assert_eq!((add.dns_class, add.ttl), (DNSClass::IN, 600));
         assert_eq!(add.data, srv(1700).rdata().unwrap());
         // Never the RRset (class ANY).
         assert!(m.authorities.iter().all(|r| r.dns_class != DNSClass::ANY));
         // Unchanged: only the add; withdraw: only the delete.
-        let same = update(7, "lab.test", "_vlmcs._tcp.lab.test.", 600, Some(&srv(1)), Some(&srv(1))).unwrap();
+        let same = update(
+            7,
+            "lab.test",
+            "_vlmcs._tcp.lab.test.",
+            600,
+            Some(&srv(1)),
+            Some(&srv(1)),
+        )
+        .unwrap();
         assert_eq!(same.authorities.len(), 1);
         assert_eq!(same.authorities[0].dns_class, DNSClass::IN);
-        let gone = update(7, "lab.test", "_vlmcs._tcp.lab.test.", 600, Some(&srv(1)), None).unwrap();
+        let gone = update(
+            7,
+            "lab.test",
+            "_vlmcs._tcp.lab.test.",
+            600,
+            Some(&srv(1)),
+            None,
+        )
+        .unwrap();
         assert_eq!(gone.authorities.len(), 1);
         assert_eq!(gone.authorities[0].dns_class, DNSClass::NONE);
         // It encodes and reads back.
@@ -307,16 +348,33 @@ mod tests {
         assert_eq!(check_update(&r, zone, owner, Some("k")), Ok(()));
         r.metadata.response_code = ResponseCode::Refused;
         let e = check_update(&r, zone, owner, None).unwrap_err().to_string();
-        assert!(e.contains("(REFUSED)") && e.contains("unsigned updates"), "{e}");
+        assert!(
+            e.contains("(REFUSED)") && e.contains("unsigned updates"),
+            "{e}"
+        );
         r.metadata.response_code = ResponseCode::NotAuth;
-        assert!(check_update(&r, zone, owner, Some("k")).unwrap_err().to_string().contains("NOTAUTH"));
+        assert!(
+            check_update(&r, zone, owner, Some("k"))
+                .unwrap_err()
+                .to_string()
+                .contains("NOTAUTH")
+        );
         r.metadata.response_code = ResponseCode::ServFail;
-        assert!(check_update(&r, zone, owner, Some("k")).unwrap_err().to_string().contains("SERVFAIL"));
+        assert!(
+            check_update(&r, zone, owner, Some("k"))
+                .unwrap_err()
+                .to_string()
+                .contains("SERVFAIL")
+        );
         assert_eq!(
             tsig_error("kmsd-key", TsigError::BadSig).to_string(),
             "the DNS server rejected the TSIG key 'kmsd-key' (BADSIG): the secret does not match the server's copy of the key"
         );
-        assert!(tsig_error("k", TsigError::BadKey).to_string().contains("(BADKEY)"));
+        assert!(
+            tsig_error("k", TsigError::BadKey)
+                .to_string()
+                .contains("(BADKEY)")
+        );
     }
 
     #[test]
@@ -325,17 +383,31 @@ mod tests {
             Record::from_rdata(
                 name(owner).unwrap(),
                 60,
-                RData::SOA(SOA::new(name("ns1.test").unwrap(), name("admin.test").unwrap(), 1, 60, 60, 600, 60)),
+                RData::SOA(SOA::new(
+                    name("ns1.test").unwrap(),
+                    name("admin.test").unwrap(),
+                    1,
+                    60,
+                    60,
+                    600,
+                    60,
+                )),
             )
         };
         let mut r = Message::new(1, MessageType::Response, OpCode::Query);
         r.add_answer(soa("lab.test"));
-        assert_eq!(zone_of(&r, "lab.test").unwrap(), ("lab.test".into(), "ns1.test".into()));
+        assert_eq!(
+            zone_of(&r, "lab.test").unwrap(),
+            ("lab.test".into(), "ns1.test".into())
+        );
         let mut r = Message::new(1, MessageType::Response, OpCode::Query);
         r.metadata.response_code = ResponseCode::NXDomain;
         r.add_authority(soa("test"));
         assert_eq!(zone_of(&r, "sub.test").unwrap().0, "test");
         let r = Message::new(1, MessageType::Response, OpCode::Query);
-        assert!(matches!(zone_of(&r, "x.test"), Err(DnsError::NoZone { .. })));
+        assert!(matches!(
+            zone_of(&r, "x.test"),
+            Err(DnsError::NoZone { .. })
+        ));
     }
 }

@@ -128,7 +128,10 @@ pub fn normal_name(s: &str) -> Option<String> {
                 && l.bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         })
-        && !s.rsplit('.').next().is_some_and(|l| l.bytes().all(|b| b.is_ascii_digit()));
+        && !s
+            .rsplit('.')
+            .next()
+            .is_some_and(|l| l.bytes().all(|b| b.is_ascii_digit()));
     ok.then_some(s)
 }
 
@@ -239,7 +242,14 @@ mod tests {
         assert_eq!("Lab.Test.".parse(), Ok(pd("lab.test", 0, 0)));
         assert_eq!("lab.test,10".parse(), Ok(pd("lab.test", 10, 0)));
         assert_eq!("lab.test, 10 , 50".parse(), Ok(pd("lab.test", 10, 50)));
-        for bad in ["", ",1,2", "lab.test,x", "lab.test,1,2,3", "a..b", "lab test"] {
+        for bad in [
+            "",
+            ",1,2",
+            "lab.test,x",
+            "lab.test,1,2,3",
+            "a..b",
+            "lab test",
+        ] {
             assert!(bad.parse::<PublishDomain>().is_err(), "{bad}");
         }
         assert_eq!(pd("a.test", 0, 0).to_string(), "a.test");
@@ -248,7 +258,11 @@ mod tests {
 
     #[test]
     fn a_comma_split_list_regroups_priorities_and_weights() {
-        let want = vec![pd("lab.test", 10, 50), pd("kms.test", 0, 0), pd("x.test", 5, 0)];
+        let want = vec![
+            pd("lab.test", 10, 50),
+            pd("kms.test", 0, 0),
+            pd("x.test", 5, 0),
+        ];
         for items in [
             vec!["lab.test,10,50,kms.test,x.test,5"],
             vec!["lab.test", "10", "50", "kms.test", "x.test", "5"],
@@ -262,8 +276,14 @@ mod tests {
 
     #[test]
     fn servers_and_targets() {
-        assert_eq!(parse_server("127.0.0.1"), Ok("127.0.0.1:53".parse().unwrap()));
-        assert_eq!(parse_server("[::1]:5353"), Ok("[::1]:5353".parse().unwrap()));
+        assert_eq!(
+            parse_server("127.0.0.1"),
+            Ok("127.0.0.1:53".parse().unwrap())
+        );
+        assert_eq!(
+            parse_server("[::1]:5353"),
+            Ok("[::1]:5353".parse().unwrap())
+        );
         assert!(parse_server("ns.example:53").is_err());
         assert_eq!(
             target_for(Some("kms1"), "lab.test").as_deref(),

@@ -277,7 +277,9 @@ fn fail(slot: &mut Slot, settings: &DnsSettings, e: &DnsError) {
     slot.state.last_error = Some(e.to_string());
     slot.state.failures += 1;
     slot.due = Instant::now() + retry;
-    slot.backoff = (retry * 2).min(MAX_BACKOFF).min(settings.refresh.max(FIRST_BACKOFF));
+    slot.backoff = (retry * 2)
+        .min(MAX_BACKOFF)
+        .min(settings.refresh.max(FIRST_BACKOFF));
 }
 
 /// Finds the zone of `domain` and its primary, and sends the UPDATE that
@@ -316,7 +318,12 @@ async fn update_once(
     let owner = message::srv_owner(domain);
     let update = message::update(rand::random(), &zone, &owner, settings.ttl, delete, add)?;
     let resp = transport::send(primary, update, signer.as_ref(), transport::TIMEOUT).await?;
-    message::check_update(&resp, &zone, &owner, signer.as_ref().map(|s| s.key_name.as_str()))?;
+    message::check_update(
+        &resp,
+        &zone,
+        &owner,
+        signer.as_ref().map(|s| s.key_name.as_str()),
+    )?;
     Ok(primary)
 }
 

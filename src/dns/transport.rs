@@ -79,7 +79,9 @@ pub async fn exchange(
             _ => e.to_string(),
         },
     };
-    let id = request.get(..2).ok_or(DnsError::Build("empty request".into()))?;
+    let id = request
+        .get(..2)
+        .ok_or(DnsError::Build("empty request".into()))?;
     let local: SocketAddr = if server.is_ipv4() {
         ([0u8; 4], 0).into()
     } else {
@@ -109,8 +111,8 @@ pub async fn exchange(
     debug_assert!(truncated);
     let tcp = async {
         let mut s = TcpStream::connect(server).await?;
-        let len = u16::try_from(request.len())
-            .map_err(|_| std::io::Error::other("request too long"))?;
+        let len =
+            u16::try_from(request.len()).map_err(|_| std::io::Error::other("request too long"))?;
         let mut framed = len.to_be_bytes().to_vec();
         framed.extend_from_slice(request);
         s.write_all(&framed).await?;
@@ -175,13 +177,19 @@ mod tests {
             .unwrap()
             .to_vec()
             .unwrap();
-        let e = exchange(port, &req, Duration::from_secs(2)).await.unwrap_err();
+        let e = exchange(port, &req, Duration::from_secs(2))
+            .await
+            .unwrap_err();
         assert!(matches!(e, DnsError::Unreachable { .. }), "{e}");
         // A socket that reads and never answers: a timeout.
         let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let e = exchange(silent.local_addr().unwrap(), &req, Duration::from_millis(200))
-            .await
-            .unwrap_err();
+        let e = exchange(
+            silent.local_addr().unwrap(),
+            &req,
+            Duration::from_millis(200),
+        )
+        .await
+        .unwrap_err();
         assert!(matches!(e, DnsError::Timeout { .. }), "{e}");
     }
 }

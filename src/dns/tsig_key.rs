@@ -11,8 +11,8 @@
 //! comments are allowed, as in named.conf.
 
 use hickory_proto::rr::Name;
-use hickory_proto::rr::rdata::tsig::TsigAlgorithm;
 use hickory_proto::rr::TSigner;
+use hickory_proto::rr::rdata::tsig::TsigAlgorithm;
 use std::path::{Path, PathBuf};
 
 /// The TSIG algorithms kmsd signs with.
@@ -67,8 +67,7 @@ impl TsigKey {
     pub fn load(path: &Path) -> Result<Self, String> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| format!("cannot read the TSIG key file {}: {e}", path.display()))?;
-        Self::parse(&text, path)
-            .map_err(|e| format!("TSIG key file {}: {e}", path.display()))
+        Self::parse(&text, path).map_err(|e| format!("TSIG key file {}: {e}", path.display()))
     }
 
     /// Parses the text of a key file (`path` is kept for display).
@@ -113,9 +112,10 @@ impl TsigKey {
                         });
                     }
                     "secret" => {
-                        secret = Some(base64(value).ok_or_else(|| {
-                            format!("key {name:?}: the secret is not base64")
-                        })?);
+                        secret =
+                            Some(base64(value).ok_or_else(|| {
+                                format!("key {name:?}: the secret is not base64")
+                            })?);
                     }
                     _ => {}
                 }
@@ -257,11 +257,20 @@ mod tests {
     fn bad_files_say_what_is_wrong() {
         for (text, says) in [
             ("", "no `key"),
-            ("key \"k\" { algorithm hmac-md5; secret \"AAAA\"; };", "not supported"),
+            (
+                "key \"k\" { algorithm hmac-md5; secret \"AAAA\"; };",
+                "not supported",
+            ),
             ("key \"k\" { algorithm hmac-sha256; };", "no secret"),
             ("key \"k\" { secret \"AAAA\"; };", "no algorithm"),
-            ("key \"k\" { algorithm hmac-sha256; secret \"!!\"; };", "not base64"),
-            ("key \"k\" { algorithm hmac-sha256 secret \"AAAA\"; };", "expected `;`"),
+            (
+                "key \"k\" { algorithm hmac-sha256; secret \"!!\"; };",
+                "not base64",
+            ),
+            (
+                "key \"k\" { algorithm hmac-sha256 secret \"AAAA\"; };",
+                "expected `;`",
+            ),
             ("key \"k\" { secret \"AAAA", "not closed"),
         ] {
             let e = TsigKey::parse(text, Path::new("k")).unwrap_err();
