@@ -103,15 +103,23 @@ async fn run(
     shutdown: CancellationToken,
 ) {
     let mut settings = rx.borrow_and_update().clone();
-    let previous = previous_states(&host).await;
+    let previous = if settings.publish.is_empty() {
+        Vec::new()
+    } else {
+        previous_states(&host).await
+    };
     let mut slots: BTreeMap<String, Slot> = BTreeMap::new();
     apply(&mut slots, &settings, port, &previous);
     persist(&host, &slots).await;
-    loop {
+    'serve: loop {
         let mut touched = false;
         let now = Instant::now();
         for slot in slots.values_mut().filter(|s| s.due <= now) {
-            attempt(slot, &settings, port).await;
+            // A stop does not wait for a slow server.
+            tokio::select! {
+                _ = shutdown.cancelled() => break 'serve,
+                _ = attempt(slot, &settings, port) => {}
+            }
             touched = true;
         }
         slots.retain(|_, s| s.listed || s.state.current.is_some());
@@ -126,14 +134,14 @@ async fn run(
             }
         };
         tokio::select! {
-            _ = shutdown.cancelled() => break,
+            _ = shutdown.cancelled() => break 'serve,
             changed = rx.changed() => match changed {
                 Ok(()) => {
                     settings = rx.borrow_and_update().clone();
                     apply(&mut slots, &settings, port, &[]);
                 }
                 // The App is gone without stopping: nothing more to do.
-                Err(_) => break,
+                Err(_) => break 'serve,
             },
             _ = sleep => {}
         }
