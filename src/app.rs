@@ -61,6 +61,8 @@ pub struct App {
     shutdown: CancellationToken,
     tasks: TaskTracker,
     log_reload: Option<LogReload>,
+    /// The DNS SRV publisher (idle while `dns_publish` is empty).
+    dns: crate::dns::DnsHandle,
 }
 
 impl App {
@@ -102,6 +104,15 @@ impl App {
             None => None,
         };
         tasks.spawn(server.run(shutdown.clone()));
+        // Published once the listeners are bound, with the port they got;
+        // withdrawn when `shutdown` is cancelled.
+        let dns = crate::dns::publisher::spawn(
+            cfg.dns.clone(),
+            kms_addrs.first().map_or(0, SocketAddr::port),
+            host.clone(),
+            shutdown.clone(),
+            &tasks,
+        );
         let admin_addr = match admin {
             Some(l) => {
                 let addr = l.local_addr().ok();
@@ -130,6 +141,7 @@ impl App {
             shutdown,
             tasks,
             log_reload: opts.log_reload,
+            dns,
         })
     }
 
@@ -162,10 +174,12 @@ impl App {
     }
 
     /// Applies `new`: product policy, access lists, limits and timeouts
-    /// take effect at once (no connection dropped); returns the keys whose
-    /// change needs a restart.
+    /// take effect at once (no connection dropped), the DNS records are
+    /// re-asserted with the new `dns_*` keys; returns the keys whose change
+    /// needs a restart.
     pub async fn reload(&self, new: ServeConfig) -> Vec<&'static str> {
         self.host.set_policy(Policy::from_config(&new)).await;
+        self.dns.reload(new.dns.clone());
         match self.tunables.write() {
             Ok(mut t) => *t = Tunables::from_config(&new),
             Err(e) => *e.into_inner() = Tunables::from_config(&new),
@@ -180,8 +194,9 @@ impl App {
     }
 
     /// Stops: no new connections, in-flight exchanges finish (bounded by
-    /// the shutdown grace), the store is flushed and closed, every task
-    /// has ended when this returns.
+    /// the shutdown grace), the DNS records are withdrawn (if so
+    /// configured), the store is flushed and closed, every task has ended
+    /// when this returns.
     pub async fn stop(self) -> Result<(), StoreError> {
         self.shutdown.cancel();
         self.tasks.wait().await;

@@ -304,6 +304,15 @@ pub struct ActivateArgs {
     /// Host, optionally with port (default port 1688). IPv6 in brackets.
     #[arg(default_value = "127.0.0.1:1688")]
     pub host: String,
+    /// Find the host the way Windows does instead: the _vlmcs._tcp.DOMAIN
+    /// SRV records, lowest priority first, weighted random within one, the
+    /// next host when one does not answer.
+    #[arg(long, value_name = "DOMAIN", conflicts_with = "host")]
+    pub discover: Option<String>,
+    /// DNS server for --discover (default: the first nameserver of
+    /// /etc/resolv.conf).
+    #[arg(long, value_name = "ADDR:PORT", requires = "discover", value_parser = crate::dns::parse_server)]
+    pub dns_server: Option<std::net::SocketAddr>,
     /// KMS protocol version (default: the product's).
     #[arg(long, short = 'p', value_parser = clap::value_parser!(u16).range(4..=6))]
     pub protocol: Option<u16>,

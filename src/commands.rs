@@ -43,7 +43,6 @@ pub fn dns_record(a: &DnsRecordArgs) -> Result<()> {
 }
 
 pub async fn activate(a: &ActivateArgs) -> Result<()> {
-    let addr = crate::client::resolve(&a.host).await?;
     let sku = match (&a.product, a.sku) {
         (_, Some(id)) => {
             products::sku(&id).with_context(|| format!("unknown SKU {id}; see `kmsd products`"))?
@@ -71,9 +70,27 @@ pub async fn activate(a: &ActivateArgs) -> Result<()> {
         clock_offset_ms: 0,
     };
     let n_policy = opts.n_policy;
-    let mut conn = Connection::open(addr, opts)
-        .await
-        .with_context(|| format!("activation against {addr} failed"))?;
+    let (mut conn, found) = match &a.discover {
+        Some(domain) => {
+            let (conn, host, addr) = open_discovered(domain, a.dns_server, &opts).await?;
+            if !a.json {
+                println!("KMS host {host} at {addr} answered (found under _vlmcs._tcp.{domain})");
+            }
+            let name = format!(
+                "{}:{}",
+                host.srv.target.trim_end_matches('.'),
+                host.srv.port
+            );
+            (conn, Some(name))
+        }
+        None => {
+            let addr = crate::client::resolve(&a.host).await?;
+            let conn = Connection::open(addr, opts)
+                .await
+                .with_context(|| format!("activation against {addr} failed"))?;
+            (conn, None)
+        }
+    };
     let mut rng = rand::rng();
     for i in 1..=a.requests {
         let cmid = a.cmid.unwrap_or_else(|| Guid::random_v4(&mut rng));
@@ -87,8 +104,11 @@ pub async fn activate(a: &ActivateArgs) -> Result<()> {
             .map(|h| h.iter().map(|b| format!("{b:02X}")).collect::<String>());
         let activated = r.count >= n_policy;
         if a.json {
+            let host = found
+                .as_ref()
+                .map_or(String::new(), |h| format!("\"host\":{h:?},"));
             println!(
-                "{{\"request\":{i},\"product\":\"{}\",\"protocol\":{},\"syntax\":\"{}\",\"cmid\":\"{}\",\"epid\":\"{}\",\"hwid\":{},\"count\":{},\"n_policy\":{},\"activated\":{},\"activation_interval\":{},\"renewal_interval\":{}}}",
+                "{{{host}\"request\":{i},\"product\":\"{}\",\"protocol\":{},\"syntax\":\"{}\",\"cmid\":\"{}\",\"epid\":\"{}\",\"hwid\":{},\"count\":{},\"n_policy\":{},\"activated\":{},\"activation_interval\":{},\"renewal_interval\":{}}}",
                 sku.name,
                 r.version.major(),
                 x.syntax.name(),
@@ -123,6 +143,48 @@ pub async fn activate(a: &ActivateArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Connects to the first host of `domain`'s SRV records (RFC 2782 order)
+/// that answers a bind, as Windows does: a host that does not answer gives
+/// way to the next; each one tried is logged.
+async fn open_discovered(
+    domain: &str,
+    server: Option<std::net::SocketAddr>,
+    opts: &ClientOptions,
+) -> Result<(
+    Connection,
+    crate::dns::discover::FoundHost,
+    std::net::SocketAddr,
+)> {
+    use rand::SeedableRng;
+    let mut rng = rand::rngs::StdRng::from_rng(&mut rand::rng());
+    let hosts = crate::dns::discover::hosts(domain, server, &mut rng)
+        .await
+        .with_context(|| format!("cannot look up _vlmcs._tcp.{domain}"))?;
+    if hosts.is_empty() {
+        bail!("no KMS host is published under _vlmcs._tcp.{domain}");
+    }
+    let mut tried = Vec::new();
+    for h in hosts {
+        if h.addrs.is_empty() {
+            tracing::warn!(host = %h, "no address for this KMS host; trying the next");
+            tried.push(format!("{h}: no address"));
+        }
+        for &addr in &h.addrs {
+            match Connection::open(addr, opts.clone()).await {
+                Ok(conn) => return Ok((conn, h, addr)),
+                Err(e) => {
+                    tracing::warn!(host = %h, %addr, error = %e, "KMS host does not answer; trying the next");
+                    tried.push(format!("{h} at {addr}: {e}"));
+                }
+            }
+        }
+    }
+    bail!(
+        "no KMS host under _vlmcs._tcp.{domain} answered: {}",
+        tried.join("; ")
+    )
 }
 
 pub async fn load(a: &crate::client::load::LoadArgs) -> Result<()> {

@@ -8,12 +8,15 @@
 //!   the `/healthz` KMS probe (one tokio driver over [`protocol::client`]).
 //! * [`config`]: typed configuration with validation, the key table and
 //!   the file/environment/flag layers.
+//! * [`dns`]: SRV publication by dynamic update (RFC 2136 + TSIG) and
+//!   discovery (RFC 2782).
 pub mod app;
 pub mod cli;
 pub mod client;
 pub mod codec;
 pub mod commands;
 pub mod config;
+pub mod dns;
 pub mod host;
 pub mod http;
 pub mod logging;

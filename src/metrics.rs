@@ -161,6 +161,8 @@ pub struct Metrics {
     pub response_latency: Histogram,
     pub store_commit_latency: Histogram,
     pub store_batch_size: Histogram,
+    /// The DNS publisher's state per domain (written by it, rendered here).
+    pub dns: std::sync::Mutex<Vec<crate::dns::DomainState>>,
 }
 
 impl Default for Metrics {
@@ -177,6 +179,7 @@ impl Default for Metrics {
             response_latency: Histogram::new(LATENCY_BOUNDS),
             store_commit_latency: Histogram::new(LATENCY_BOUNDS),
             store_batch_size: Histogram::new(BATCH_BOUNDS),
+            dns: std::sync::Mutex::new(Vec::new()),
         }
     }
 }
@@ -323,7 +326,51 @@ impl Metrics {
         out.push_str("# HELP kmsd_store_batch_records Records per store batch (group commit).\n# TYPE kmsd_store_batch_records histogram\n");
         self.store_batch_size
             .render(&mut out, "kmsd_store_batch_records", "");
+        self.render_dns(&mut out);
         out
+    }
+
+    /// The DNS publisher's gauges and counters, one series per domain
+    /// (domain names are letters, digits, `-`, `_` and dots: no escaping).
+    fn render_dns(&self, out: &mut String) {
+        let dns = match self.dns.lock() {
+            Ok(g) => g.clone(),
+            Err(e) => e.into_inner().clone(),
+        };
+        out.push_str("# HELP kmsd_dns_published Whether this host's _vlmcs._tcp SRV record is in the domain's zone (1) or not (0).\n# TYPE kmsd_dns_published gauge\n");
+        for d in &dns {
+            let _ = writeln!(
+                out,
+                "kmsd_dns_published{{domain=\"{}\"}} {}",
+                d.domain,
+                u8::from(d.published)
+            );
+        }
+        out.push_str("# HELP kmsd_dns_last_success_timestamp_seconds When the record was last published or re-asserted (0: never).\n# TYPE kmsd_dns_last_success_timestamp_seconds gauge\n");
+        for d in &dns {
+            let t = d.last_success_ms.map_or(0.0, |ms| ms as f64 / 1000.0);
+            let _ = writeln!(
+                out,
+                "kmsd_dns_last_success_timestamp_seconds{{domain=\"{}\"}} {t}",
+                d.domain
+            );
+        }
+        out.push_str("# HELP kmsd_dns_failures Failed updates since the last success.\n# TYPE kmsd_dns_failures gauge\n");
+        for d in &dns {
+            let _ = writeln!(
+                out,
+                "kmsd_dns_failures{{domain=\"{}\"}} {}",
+                d.domain, d.failures
+            );
+        }
+        out.push_str("# HELP kmsd_dns_updates_total Successful updates (publish, re-assert, withdraw) since start.\n# TYPE kmsd_dns_updates_total counter\n");
+        for d in &dns {
+            let _ = writeln!(
+                out,
+                "kmsd_dns_updates_total{{domain=\"{}\"}} {}",
+                d.domain, d.updates
+            );
+        }
     }
 }
 
@@ -374,5 +421,27 @@ mod tests {
         assert!(text.contains("kmsd_response_seconds_bucket{le=\"+Inf\"} 3"));
         assert!(text.contains("kmsd_response_seconds_count 3"));
         assert_eq!(m.requests_with(RequestResult::Answered), 2);
+    }
+
+    #[test]
+    fn renders_the_dns_state_per_domain() {
+        let m = Metrics::default();
+        *m.dns.lock().unwrap() = vec![crate::dns::DomainState {
+            domain: "lab.test".into(),
+            published: true,
+            last_success_ms: Some(1_700_000_000_500),
+            failures: 2,
+            updates: 3,
+            ..Default::default()
+        }];
+        let text = m.render(&[]);
+        for line in [
+            "kmsd_dns_published{domain=\"lab.test\"} 1",
+            "kmsd_dns_last_success_timestamp_seconds{domain=\"lab.test\"} 1700000000.5",
+            "kmsd_dns_failures{domain=\"lab.test\"} 2",
+            "kmsd_dns_updates_total{domain=\"lab.test\"} 3",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line}\n{text}");
+        }
     }
 }

@@ -73,6 +73,42 @@ pub struct StatusReport {
     pub records_kept: u64,
     /// The hosts of a fleet (empty for a single host's data dir).
     pub hosts: Vec<HostReport>,
+    /// The SRV records this host publishes, per domain.
+    pub dns: Vec<DnsReport>,
+}
+
+/// One domain of `dns_publish`: the record and how its publication went.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct DnsReport {
+    pub domain: String,
+    pub record: String,
+    pub published: bool,
+    pub server: Option<String>,
+    pub last_success: Option<String>,
+    pub last_error: Option<String>,
+    /// Failures since the last success.
+    pub failures: u64,
+}
+
+impl DnsReport {
+    /// The reports of the publisher's note (JSON); none if there is none.
+    pub fn from_note(json: Option<&str>) -> Vec<Self> {
+        let states: Vec<crate::dns::DomainState> = json
+            .and_then(|j| serde_json::from_str(j).ok())
+            .unwrap_or_default();
+        states
+            .into_iter()
+            .map(|d| Self {
+                domain: d.domain,
+                record: d.record,
+                published: d.published,
+                server: d.server,
+                last_success: d.last_success_ms.map(iso_utc),
+                last_error: d.last_error,
+                failures: d.failures,
+            })
+            .collect()
+    }
 }
 
 /// One host of a fleet.
@@ -214,6 +250,7 @@ impl StatusReport {
             inventory: st.inventory,
             records_kept: st.records_kept,
             hosts,
+            dns: DnsReport::from_note(st.note(Note::Dns)),
         }
     }
 }
@@ -329,6 +366,33 @@ impl StatusReport {
             )?;
         }
         writeln!(f)?;
+        if !self.dns.is_empty() {
+            writeln!(f, "DNS (the SRV record this host publishes per domain):")?;
+            for d in &self.dns {
+                writeln!(
+                    f,
+                    "  {:<24} {:<13} {}",
+                    d.domain,
+                    if d.published {
+                        "published"
+                    } else {
+                        "not published"
+                    },
+                    if d.record.is_empty() { "-" } else { &d.record }
+                )?;
+                writeln!(
+                    f,
+                    "  {:<24} last success {} via {}",
+                    "",
+                    d.last_success.as_deref().unwrap_or("never"),
+                    d.server.as_deref().unwrap_or("-")
+                )?;
+                if let Some(e) = &d.last_error {
+                    writeln!(f, "  {:<24} last error ({} since): {e}", "", d.failures)?;
+                }
+            }
+            writeln!(f)?;
+        }
         write!(
             f,
             "Client inventory: {} machines; activation records kept: {}",
@@ -449,6 +513,18 @@ mod tests {
         ] {
             assert!(parse_since(bad, now).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn the_dns_note_reads_into_reports() {
+        assert!(DnsReport::from_note(None).is_empty());
+        assert!(DnsReport::from_note(Some("not json")).is_empty());
+        let note = r#"[{"domain":"lab.test","record":"_vlmcs._tcp.lab.test. 600 IN SRV 0 0 1688 kms1.lab.test.","server":"127.0.0.1:53","published":false,"last_success_ms":0,"last_attempt_ms":5,"last_error":"the DNS server rejected the TSIG key 'k' (BADSIG)","failures":3,"updates":1,"current":null}]"#;
+        let r = DnsReport::from_note(Some(note));
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].last_success.as_deref(), Some("1970-01-01T00:00:00Z"));
+        assert_eq!(r[0].failures, 3);
+        assert!(!r[0].published);
     }
 
     #[test]

@@ -115,6 +115,15 @@ pub struct LoadArgs {
     /// unless --allow-remote.
     #[arg(default_value = "127.0.0.1:1688")]
     pub target: String,
+    /// Find the host by DNS instead: the first host of the
+    /// _vlmcs._tcp.DOMAIN SRV records (RFC 2782 order) that accepts a
+    /// connection.
+    #[arg(long, value_name = "DOMAIN", conflicts_with = "target")]
+    pub discover: Option<String>,
+    /// DNS server for --discover (default: the first nameserver of
+    /// /etc/resolv.conf).
+    #[arg(long, value_name = "ADDR:PORT", requires = "discover", value_parser = crate::dns::parse_server)]
+    pub dns_server: Option<SocketAddr>,
     /// Clients running at once.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub concurrency: u32,
@@ -425,7 +434,25 @@ pub async fn resolve_target(target: &str, allow_remote: bool) -> Result<SocketAd
 
 /// `kmsd load`: resolves and checks the target, then runs.
 pub async fn run(args: &LoadArgs) -> anyhow::Result<LoadReport> {
-    let addr = resolve_target(&args.target, args.allow_remote).await?;
+    let (target, addr) = match &args.discover {
+        Some(domain) => {
+            let (host, addr) = discovered(domain, args.dns_server, args.timeout).await?;
+            eprintln!("KMS host {host} at {addr} answered (found under _vlmcs._tcp.{domain})");
+            let addr = resolve_target(&addr.to_string(), args.allow_remote).await?;
+            (
+                format!(
+                    "{}:{}",
+                    host.srv.target.trim_end_matches('.'),
+                    host.srv.port
+                ),
+                addr,
+            )
+        }
+        None => (
+            args.target.clone(),
+            resolve_target(&args.target, args.allow_remote).await?,
+        ),
+    };
     let sku = products::find_sku(&args.product).map_err(anyhow::Error::msg)?;
     let version = Version::from_wire(args.protocol, 0).context("protocol must be 4, 5 or 6")?;
     let mut opts = LoadOptions::new(version, sku);
@@ -438,8 +465,43 @@ pub async fn run(args: &LoadArgs) -> anyhow::Result<LoadReport> {
     opts.timeout = Duration::from_secs(args.timeout.clamp(1, 60));
     opts.sources = usize::from(args.sources);
     let mut report = run_with(addr, opts).await?;
-    report.target = args.target.clone();
+    report.target = target;
     Ok(report)
+}
+
+/// The first host of `domain`'s SRV records (RFC 2782 order) that accepts a
+/// TCP connection within `timeout_secs`.
+async fn discovered(
+    domain: &str,
+    server: Option<SocketAddr>,
+    timeout_secs: u64,
+) -> anyhow::Result<(crate::dns::discover::FoundHost, SocketAddr)> {
+    let mut rng = rand::rngs::StdRng::from_rng(&mut rand::rng());
+    let hosts = crate::dns::discover::hosts(domain, server, &mut rng).await?;
+    let mut tried = Vec::new();
+    for h in hosts {
+        for &addr in &h.addrs {
+            let connect = tokio::time::timeout(
+                Duration::from_secs(timeout_secs.clamp(1, 60)),
+                TcpStream::connect(addr),
+            );
+            match connect.await {
+                Ok(Ok(_)) => return Ok((h, addr)),
+                Ok(Err(e)) => tried.push(format!("{h} at {addr}: {e}")),
+                Err(_) => tried.push(format!("{h} at {addr}: no answer")),
+            }
+        }
+        if h.addrs.is_empty() {
+            tried.push(format!("{h}: no address"));
+        }
+    }
+    if tried.is_empty() {
+        bail!("no KMS host is published under _vlmcs._tcp.{domain}");
+    }
+    bail!(
+        "no KMS host under _vlmcs._tcp.{domain} answered: {}",
+        tried.join("; ")
+    )
 }
 
 /// The KMS request bytes a pinned run sends (what a canned server answers).

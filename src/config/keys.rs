@@ -842,6 +842,145 @@ pub static KEYS: &[Key] = &[
         },
         get: |c| text(c.log_format),
     },
+    Key {
+        name: "dns_publish",
+        kind: Kind::List,
+        default: "[]",
+        doc: "domains whose `_vlmcs._tcp` SRV record this host publishes by dynamic update, `DOMAIN[,PRIORITY[,WEIGHT]]`",
+        reload: Reload::Live,
+        value_name: "DOMAIN[,PRIO[,WEIGHT]]",
+        aliases: &[],
+        note: "The format of Windows' DnsDomainPublishList, e.g. [\"lab.example.com,0,100\"]. The host adds its own record (the port it listens on) and only ever deletes its own, so several hosts can share the RRset; give them all the same dns_ttl. Failures are logged and retried and never stop the KMS service.",
+        sample: r#""#,
+        switches: &[],
+        set: |c, v| {
+            c.dns.publish = crate::dns::parse_publish_list(&strings(v)?)?;
+            Ok(())
+        },
+        get: |c| list(&c.dns.publish),
+    },
+    Key {
+        name: "dns_server",
+        kind: Kind::Str,
+        default: "the zone's SOA primary",
+        doc: "DNS server the updates go to, `ADDR[:PORT]`",
+        reload: Reload::Live,
+        value_name: "ADDR:PORT",
+        aliases: &[],
+        note: "Default: the MNAME of the zone's SOA, looked up through the name servers of /etc/resolv.conf.",
+        sample: r#""#,
+        switches: &[],
+        set: |c, v| {
+            let s = string(v)?;
+            c.dns.server = match s.trim() {
+                "" => None,
+                s => Some(crate::dns::parse_server(s)?),
+            };
+            Ok(())
+        },
+        get: |c| c.dns.server.map_or_else(|| text(""), text),
+    },
+    Key {
+        name: "dns_tsig_key",
+        kind: Kind::Str,
+        default: "none (unsigned updates)",
+        doc: "TSIG key file the updates are signed with, as `tsig-keygen` writes it (hmac-sha256 or hmac-sha512)",
+        reload: Reload::Live,
+        value_name: "PATH",
+        aliases: &[],
+        note: "Read when the configuration is (at start and on SIGHUP). Without a key, updates are unsigned: only for a zone that allows them (a Windows DNS zone set to non-secure updates).",
+        sample: r#""#,
+        switches: &[],
+        set: |c, v| {
+            let s = string(v)?;
+            c.dns.tsig_key = match s.trim() {
+                "" => None,
+                p => Some(crate::dns::TsigKey::load(std::path::Path::new(p))?),
+            };
+            Ok(())
+        },
+        get: |c| {
+            c.dns
+                .tsig_key
+                .as_ref()
+                .map_or_else(|| text(""), |k| text(k.path.display()))
+        },
+    },
+    Key {
+        name: "dns_host_name",
+        kind: Kind::Str,
+        default: "this machine's name",
+        doc: "host name the SRV record points clients at",
+        reload: Reload::Live,
+        value_name: "NAME",
+        aliases: &[],
+        note: "A name without a dot gets the domain appended.",
+        sample: r#""#,
+        switches: &[],
+        set: |c, v| {
+            let s = string(v)?;
+            c.dns.host_name = match s.trim() {
+                "" => None,
+                n => Some(
+                    crate::dns::normal_name(n)
+                        .ok_or_else(|| format!("{n:?} is not a host name"))?,
+                ),
+            };
+            Ok(())
+        },
+        get: |c| text(c.dns.host_name.as_deref().unwrap_or("")),
+    },
+    Key {
+        name: "dns_ttl",
+        kind: Kind::Int,
+        default: "3600",
+        doc: "TTL in seconds of the published SRV record",
+        reload: Reload::Live,
+        value_name: "SECS",
+        aliases: &[],
+        note: "An RRset has one TTL: every host publishing in a domain should use the same.",
+        sample: r#""#,
+        switches: &[],
+        set: |c, v| {
+            c.dns.ttl = int(v)?;
+            Ok(())
+        },
+        get: |c| num(c.dns.ttl),
+    },
+    Key {
+        name: "dns_refresh",
+        kind: Kind::Int,
+        default: "3600",
+        doc: "seconds between re-assertions of the published record",
+        reload: Reload::Live,
+        value_name: "SECS",
+        aliases: &[],
+        note: "The record is also re-asserted on SIGHUP; after a failure it is retried sooner (from 1 s, doubling).",
+        sample: r#""#,
+        switches: &[],
+        set: |c, v| {
+            c.dns.refresh = Duration::from_secs(int(v)?);
+            Ok(())
+        },
+        get: |c| num(c.dns.refresh.as_secs()),
+    },
+    Key {
+        name: "dns_withdraw_on_stop",
+        kind: Kind::Bool,
+        default: "true",
+        doc: "delete the published record on a clean stop",
+        reload: Reload::Live,
+        value_name: "true|false",
+        aliases: &[],
+        note: "",
+        sample: r#""#,
+        switches: &[],
+        set: |c, v| {
+            c.dns.withdraw_on_stop = boolean(v)?;
+            Ok(())
+        },
+        get: |c| Value::Boolean(c.dns.withdraw_on_stop),
+    },
 ];
 
 /// The keys whose value differs between `old` and `new`.

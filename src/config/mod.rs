@@ -101,6 +101,8 @@ pub struct ServeConfig {
     pub log_level: String,
     /// How log lines are written.
     pub log_format: LogFormat,
+    /// SRV publication by dynamic DNS update (the `dns_*` keys).
+    pub dns: crate::dns::DnsSettings,
 }
 
 /// How log lines are written.
@@ -172,6 +174,7 @@ impl Default for ServeConfig {
             http_max_connections: 32,
             log_level: "info".into(),
             log_format: LogFormat::Text,
+            dns: crate::dns::DnsSettings::default(),
         }
     }
 }
@@ -284,6 +287,9 @@ impl ServeConfig {
         }
         tracing_subscriber::EnvFilter::try_new(&self.log_level)
             .map_err(|e| bad("log_level", format!("{:?}: {e}", self.log_level)))?;
+        self.dns
+            .validate()
+            .map_err(|(key, problem)| bad(key, problem))?;
         Ok(())
     }
 }

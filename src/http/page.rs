@@ -120,6 +120,8 @@ struct StatusView<'a> {
     /// ePID groups in the database that this host does not serve.
     not_served: Vec<&'a str>,
     activations: Vec<ActivationLine<'a>>,
+    /// The SRV record published per domain (none: the section is left out).
+    dns: Vec<DnsLine<'a>>,
     inventory: Inventory<'a>,
     foot: Foot<'a>,
 }
@@ -168,6 +170,16 @@ struct GroupRow<'a> {
     group: &'static str,
     pool: &'static str,
     epid: &'a str,
+}
+
+/// One domain this host publishes its SRV record in.
+struct DnsLine<'a> {
+    domain: &'a str,
+    record: &'a str,
+    published: bool,
+    last_success: String,
+    /// The last failure and how many since the last success.
+    error: Option<(&'a str, u64)>,
 }
 
 /// One recent activation.
@@ -374,6 +386,21 @@ impl<'a> StatusView<'a> {
                 })
                 .collect();
 
+        let dns = s
+            .dns
+            .iter()
+            .map(|d| DnsLine {
+                domain: &d.domain,
+                record: &d.record,
+                published: d.published,
+                last_success: d
+                    .last_success
+                    .as_deref()
+                    .map_or_else(|| "never".into(), short_time),
+                error: d.last_error.as_deref().map(|e| (e, d.failures)),
+            })
+            .collect();
+
         StatusView {
             head,
             tiles,
@@ -381,6 +408,7 @@ impl<'a> StatusView<'a> {
             groups,
             not_served,
             activations,
+            dns,
             inventory: Inventory {
                 q: v.q,
                 matching: v.db.matching,
@@ -412,6 +440,7 @@ impl<'a> StatusView<'a> {
                         }
                         (self.render_pools())
                         (self.render_groups())
+                        @if !self.dns.is_empty() { (self.render_dns()) }
                         (self.render_activations())
                         (self.inventory.render())
                     }
@@ -459,6 +488,37 @@ impl<'a> StatusView<'a> {
                         "Not served (refused): " (self.not_served.join(", "))
                     }
                 }
+            }
+        }
+    }
+
+    fn render_dns(&self) -> Markup {
+        html! {
+            section #dns {
+                h2 { "DNS" }
+                p.sub { "The _vlmcs._tcp SRV record this host publishes by dynamic update, per domain." }
+                .card.scroll { table.dns {
+                    thead { tr { th { "Domain" } th { "State" } th { "Record" } th { "Last success (UTC)" } } }
+                    tbody {
+                        @for d in &self.dns {
+                            tr data-domain=(d.domain) {
+                                td { (d.domain) }
+                                td { @if d.published {
+                                    span.badge.ok { "published" }
+                                } @else {
+                                    span.badge.bad { "not published" }
+                                } }
+                                td.mono {
+                                    (d.record)
+                                    @if let Some((e, n)) = d.error {
+                                        br; small.dns-error { "failing (" (n) "): " (e) }
+                                    }
+                                }
+                                td { (d.last_success) }
+                            }
+                        }
+                    }
+                } }
             }
         }
     }
@@ -845,6 +905,13 @@ mod tests {
             }],
             not_served: vec![t("not-served")],
             activations: vec![activation],
+            dns: vec![DnsLine {
+                domain: t("d-domain"),
+                record: t("d-record"),
+                published: false,
+                last_success: evil("d-success"),
+                error: Some((t("d-error"), 2)),
+            }],
             inventory: Inventory {
                 q,
                 matching: 1,
@@ -895,6 +962,10 @@ mod tests {
             "group",
             "epid",
             "not-served",
+            "d-domain",
+            "d-record",
+            "d-success",
+            "d-error",
             "database",
             "rendered",
             "q",

@@ -134,10 +134,12 @@ pub enum Note {
     /// The KMS connection limit in force (lowered when the descriptors
     /// cannot hold `max_connections`).
     MaxConnections,
+    /// The DNS publisher's state per domain (JSON, [`crate::dns::DomainState`]s).
+    Dns,
 }
 
 impl Note {
-    pub const ALL: [Note; 9] = [
+    pub const ALL: [Note; 10] = [
         Note::StartedMs,
         Note::Pid,
         Note::Listen,
@@ -147,6 +149,7 @@ impl Note {
         Note::Hwid,
         Note::Version,
         Note::MaxConnections,
+        Note::Dns,
     ];
 
     /// The key it is stored under.
@@ -161,6 +164,7 @@ impl Note {
             Note::Hwid => "hwid",
             Note::Version => "version",
             Note::MaxConnections => "max_connections",
+            Note::Dns => "dns",
         }
     }
 }

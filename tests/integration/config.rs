@@ -149,6 +149,19 @@ fn example(key: &str) -> (&'static str, &'static str) {
         "http_max_connections" => ("8", "8"),
         "log_level" => ("debug", r#""debug""#),
         "log_format" => ("json", r#""json""#),
+        "dns_publish" => (
+            "lab.example,10,50,kms.example",
+            r#"["lab.example,10,50", "kms.example"]"#,
+        ),
+        "dns_server" => ("127.0.0.1:5353", r#""127.0.0.1:5353""#),
+        "dns_tsig_key" => (
+            "tests/dns/example-tsig.key",
+            r#""tests/dns/example-tsig.key""#,
+        ),
+        "dns_host_name" => ("kms1.lab.example", r#""kms1.lab.example""#),
+        "dns_ttl" => ("600", "600"),
+        "dns_refresh" => ("300", "300"),
+        "dns_withdraw_on_stop" => ("false", "false"),
         other => panic!("no example value for the key `{other}`: add one"),
     }
 }

@@ -7,6 +7,7 @@ mod common;
 
 mod config;
 mod counting;
+mod dns;
 mod durability;
 mod faults;
 mod fleet;
