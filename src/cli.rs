@@ -50,6 +50,34 @@ pub enum Command {
     Config(ConfigCommand),
     /// Print the DNS SRV record that points clients at this host.
     DnsRecord(DnsRecordArgs),
+    /// Store tools.
+    #[command(subcommand)]
+    Store(StoreCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StoreCommand {
+    /// Move a single host's store (its data dir) into a fleet's PostgreSQL
+    /// database: pools, ePIDs, inventory, totals and the activation log.
+    /// Safe to run again: only what is new is copied.
+    Copy(StoreCopyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct StoreCopyArgs {
+    /// The host's data dir (the one `kmsd serve` used).
+    #[arg(long, value_name = "DIR")]
+    pub from: PathBuf,
+    /// The fleet's database: postgres://USER[:PASS]@HOST[:PORT]/DB.
+    #[arg(long, value_name = "URL")]
+    pub to: String,
+    /// Add this host to a database that already holds a fleet (the fleet's
+    /// ePIDs are kept).
+    #[arg(long)]
+    pub merge: bool,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Subcommand)]

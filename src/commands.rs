@@ -292,3 +292,14 @@ pub async fn clients(a: &ClientsArgs) -> Result<()> {
     println!("{} machines", rows.len());
     Ok(())
 }
+
+/// `kmsd store copy`.
+pub async fn store_copy(a: &crate::cli::StoreCopyArgs) -> Result<()> {
+    let report = crate::store::copy::copy(&a.from, &a.to, a.merge).await?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!("{report}");
+    }
+    Ok(())
+}

@@ -3,7 +3,7 @@
 use anyhow::{Context, Result};
 use clap::Parser;
 use kmsd::app::{self, App};
-use kmsd::cli::{Cli, Command, ConfigCommand, LogFormat};
+use kmsd::cli::{Cli, Command, ConfigCommand, LogFormat, StoreCommand};
 use kmsd::commands;
 use kmsd::config::{self, Layers, ServeConfig};
 use kmsd::logging::{self, LogSink};
@@ -62,6 +62,9 @@ fn main() -> Result<()> {
                 Command::Products(args) => commands::products(args),
                 Command::Status(args) => rt()?.block_on(commands::status(args)),
                 Command::Clients(args) => rt()?.block_on(commands::clients(args)),
+                Command::Store(StoreCommand::Copy(args)) => {
+                    rt()?.block_on(commands::store_copy(args))
+                }
                 Command::Serve(_) | Command::Config(_) | Command::DnsRecord(_) => Ok(()),
             }
         }

@@ -10,6 +10,7 @@
 //! interface assumes nothing about where the pools live: a backend batches
 //! the activations waiting at once and gives back their counts.
 
+pub mod copy;
 mod pools;
 pub mod postgres;
 pub mod sqlite;

@@ -485,3 +485,114 @@ fn nix_is_root() -> bool {
         })
         .unwrap_or(false)
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_copy_moves_a_single_host_into_a_fleet_and_can_run_again() {
+    let Some(url) = pg_database().await else {
+        return;
+    };
+    // A single host on SQLite: three servers counted, one refusal.
+    let srv = start_server_with_clock(
+        tempfile::tempdir().unwrap(),
+        kmsd::host::system_clock(),
+        |_| {},
+    )
+    .await;
+    let ids: Vec<Guid> = (0..3).map(|_| new_cmid()).collect();
+    for (i, id) in ids.iter().enumerate() {
+        assert_eq!(one(srv.addr, &server(), *id).await.unwrap(), i as u32 + 1);
+    }
+    let mut retail = server();
+    retail.kms_id = Guid::from_u128(0x1234);
+    assert!(one(srv.addr, &retail, new_cmid()).await.is_err());
+    let windows_epid = srv.host.epid("Windows").unwrap().to_string();
+    let dir = srv.stop().await;
+
+    let first = kmsd::store::copy::copy(dir.path(), &url, false)
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            first.records_copied,
+            first.inventory,
+            first.epids_added,
+            first.pool_entries
+        ),
+        (4, 4, 8, 3),
+        "{first}"
+    );
+    let again = kmsd::store::copy::copy(dir.path(), &url, false)
+        .await
+        .unwrap();
+    assert_eq!(
+        (again.records_copied, again.records_already_there),
+        (0, 4),
+        "{again}"
+    );
+    assert_eq!(again.epids_added, 0);
+
+    // A fleet host on the copy carries on where the single host stopped.
+    let hosts = fleet(&url, 1, "read-committed").await;
+    assert_eq!(
+        hosts[0].host.epid("Windows").unwrap().to_string(),
+        windows_epid
+    );
+    assert_eq!(
+        one(hosts[0].addr, &server(), ids[1]).await.unwrap(),
+        3,
+        "known machine"
+    );
+    assert_eq!(one(hosts[0].addr, &server(), new_cmid()).await.unwrap(), 4);
+    let st = hosts[0].status().await;
+    let answered: u64 = st
+        .totals
+        .iter()
+        .filter(|t| t.result == "answered")
+        .map(|t| t.requests)
+        .sum();
+    assert_eq!(answered, 5, "totals copied once, not twice");
+    assert!(
+        st.hosts
+            .iter()
+            .any(|h| h.id.starts_with("copied:") && h.requests == 4),
+        "the copied host is listed with its requests"
+    );
+    assert_eq!(hosts[0].clients(100).await.len(), 5);
+
+    // Another single host into the same database: refused unless --merge
+    // (through the real binary's command line).
+    let other = tempfile::tempdir().unwrap();
+    let srv = start_server_in(other, |c| c.store = Backend::Sqlite).await;
+    one(srv.addr, &server(), new_cmid()).await.unwrap();
+    let other = srv.stop().await;
+    let run = |merge: bool| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_kmsd"));
+        cmd.args(["store", "copy", "--from"])
+            .arg(other.path())
+            .args(["--to", &url]);
+        if merge {
+            cmd.arg("--merge");
+        }
+        cmd.output().unwrap()
+    };
+    let refused = run(false);
+    assert!(!refused.status.success());
+    let msg = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        msg.contains("already holds a fleet") && msg.contains("--merge"),
+        "{msg}"
+    );
+    let merged = run(true);
+    assert!(
+        merged.status.success(),
+        "{}",
+        String::from_utf8_lossy(&merged.stderr)
+    );
+    let out = String::from_utf8_lossy(&merged.stdout);
+    assert!(
+        out.contains("0 ePIDs added (8 kept from the fleet)"),
+        "{out}"
+    );
+    assert_eq!(one(hosts[0].addr, &server(), new_cmid()).await.unwrap(), 6);
+    stop_all(hosts).await;
+}

@@ -191,7 +191,7 @@ fn i64_of(v: u32) -> i64 {
     i64::from(v)
 }
 
-async fn insert_records(
+pub(crate) async fn insert_records(
     tx: &tokio_postgres::Transaction<'_>,
     host_id: &str,
     records: &[Record],

@@ -157,6 +157,41 @@ fn connect_pool(url: &str, size: usize, timeout: Duration) -> Result<(DbPool, St
     Ok((pool, u.shown))
 }
 
+/// One connection outside a pool (for `kmsd store copy`).
+pub async fn connect_one(u: &url::FleetUrl) -> Result<tokio_postgres::Client, StoreError> {
+    fn spawn<F>(conn: F)
+    where
+        F: std::future::Future<Output = Result<(), tokio_postgres::Error>> + Send + 'static,
+    {
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "fleet database connection ended");
+            }
+        });
+    }
+    match &u.tls {
+        url::Tls::Off => {
+            let (c, conn) = u
+                .config
+                .connect(tokio_postgres::NoTls)
+                .await
+                .map_err(pg_err)?;
+            spawn(conn);
+            Ok(c)
+        }
+        url::Tls::On { ca_file } => {
+            let tls = url::rustls_config(ca_file).map_err(StoreError::Postgres)?;
+            let (c, conn) = u
+                .config
+                .connect(tokio_postgres_rustls::MakeRustlsConnect::new(tls))
+                .await
+                .map_err(pg_err)?;
+            spawn(conn);
+            Ok(c)
+        }
+    }
+}
+
 /// One pooled connection, or the reason there is none in words.
 async fn client(db: &DbPool, shown: &str) -> Result<deadpool_postgres::Object, StoreError> {
     db.get().await.map_err(|e| {

@@ -312,3 +312,64 @@ pub fn recent(conn: &Connection, limit: usize) -> Result<Vec<StoredActivation>, 
     })?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
+
+/// One activation record with every column, for copying a store.
+#[derive(Debug, Clone)]
+pub struct FullRecord {
+    pub id: i64,
+    pub record: crate::store::Record,
+}
+
+/// At most `limit` activation records after id `after`, in id order.
+pub fn records_after(
+    conn: &Connection,
+    after: i64,
+    limit: i64,
+) -> Result<Vec<FullRecord>, StoreError> {
+    let mut stmt = conn.prepare(
+        "SELECT id, time_ms, address, workstation, cmid, app_id, sku_id, kms_id, n_policy,
+                license_status, binding_expiration, vm, protocol, count, hresult, pool
+         FROM activations WHERE id > ?1 ORDER BY id LIMIT ?2",
+    )?;
+    let rows = stmt.query_map(params![after, limit], |r| {
+        Ok(FullRecord {
+            id: r.get(0)?,
+            record: crate::store::Record {
+                time_ms: r.get(1)?,
+                address: r.get(2)?,
+                workstation: r.get(3)?,
+                cmid: r.get(4)?,
+                app_id: r.get(5)?,
+                sku_id: r.get(6)?,
+                kms_id: r.get(7)?,
+                n_policy: r.get(8)?,
+                license_status: r.get(9)?,
+                binding_expiration: r.get(10)?,
+                vm: r.get(11)?,
+                protocol: r.get(12)?,
+                count: r.get(13)?,
+                hresult: r.get(14)?,
+                counted_in: r
+                    .get::<_, Option<String>>(15)?
+                    .as_deref()
+                    .and_then(Pool::from_name),
+                capacity: 0,
+            },
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// The stored ePIDs by group.
+pub fn epids(conn: &Connection) -> Result<Vec<(String, String, i64)>, StoreError> {
+    let mut stmt = conn.prepare("SELECT grp, epid, created_ms FROM epids ORDER BY grp")?;
+    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// The running totals by result and license state.
+pub fn totals(conn: &Connection) -> Result<Vec<(u32, u32, i64)>, StoreError> {
+    let mut stmt = conn.prepare("SELECT hresult, license_status, n FROM totals")?;
+    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
