@@ -8,12 +8,14 @@
 //!   the `/healthz` KMS probe (one tokio driver over [`protocol::client`]).
 //! * [`config`]: typed configuration with validation, the key table and
 //!   the file/environment/flag layers.
+//! * [`docs`]: man pages and shell completions from the clap definitions.
 pub mod app;
 pub mod cli;
 pub mod client;
 pub mod codec;
 pub mod commands;
 pub mod config;
+pub mod docs;
 pub mod host;
 pub mod http;
 pub mod logging;
