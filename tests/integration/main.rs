@@ -13,6 +13,7 @@ mod framing;
 mod hostile;
 mod http_ui;
 mod lifecycle;
+mod load_report;
 mod loopback;
 mod proptests;
 mod soak;

@@ -531,12 +531,31 @@ fn latency_time_chart(series: &[SecondSample]) -> Markup {
     };
     let p50 = line(&|b| b.p50);
     let p99 = line(&|b| b.p99 as f64);
+    // A dot on every point, so a run of one second still shows.
+    let dots: Vec<(String, String, String)> = bins
+        .iter()
+        .filter(|b| b.ok > 0)
+        .map(|b| {
+            let x = f.x(b.t0 + b.width / 2.0);
+            (
+                r1(x),
+                r1(f.y(b.p50 / 1000.0)),
+                r1(f.y(b.p99 as f64 / 1000.0)),
+            )
+        })
+        .collect();
     html! {
         svg.chart #chart-latency-time viewBox=(format!("0 0 {W} {H}")) role="img" xmlns="http://www.w3.org/2000/svg" {
             title { "Median and p99 latency per second" }
             (axes(&f, &time_ticks(secs), &y_ticks, "seconds", "ms"))
             path.p99 d=(p99) {}
             path.p50 d=(p50) {}
+            @if dots.len() <= 60 {
+                @for (x, y50, y99) in &dots {
+                    circle.p99 cx=(x) cy=(y99) r="2.5" {}
+                    circle.p50 cx=(x) cy=(y50) r="2.5" {}
+                }
+            }
         }
         (legend(&[("p50", "median"), ("p99", "99th percentile")]))
     }

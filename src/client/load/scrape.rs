@@ -154,7 +154,7 @@ impl Moved {
 #[derive(Debug, Clone, Serialize)]
 pub struct ServerFigures {
     pub url: String,
-    /// The shown series that exist, in [`SHOWN`] order (gauges too).
+    /// The shown series that moved, in [`SHOWN`] order, and the gauges.
     pub series: Vec<Moved>,
     /// Requests the host answered or refused during the run.
     pub requests: f64,
@@ -193,10 +193,12 @@ impl ServerFigures {
         for name in SHOWN {
             for (k, &v) in &after {
                 let base = k.split('{').next().unwrap_or(k);
-                if base == *name {
+                let before = before.get(k).copied().unwrap_or(0.0);
+                // Counters that did not move are noise; gauges always show.
+                if base == *name && (v != before || *name == "kmsd_pool_count") {
                     series.push(Moved {
                         series: k.clone(),
-                        before: before.get(k).copied().unwrap_or(0.0),
+                        before,
                         after: v,
                     });
                 }
@@ -270,6 +272,7 @@ kmsd_response_seconds_count 10
 kmsd_store_batch_records_sum 10
 kmsd_store_batch_records_count 10
 kmsd_connections_open 1
+kmsd_connections_accepted_total 7
 ";
 
     const AFTER: &str = "\
@@ -284,6 +287,7 @@ kmsd_response_seconds_count 112
 kmsd_store_batch_records_sum 110
 kmsd_store_batch_records_count 35
 kmsd_connections_open 3
+kmsd_connections_accepted_total 7
 ";
 
     #[test]
@@ -295,7 +299,7 @@ kmsd_connections_open 3
         );
         assert_eq!(s["kmsd_response_seconds_bucket{le=\"+Inf\"}"], 10.0);
         assert_eq!(s["kmsd_connections_open"], 1.0);
-        assert_eq!(s.len(), 10);
+        assert_eq!(s.len(), 11);
     }
 
     #[test]
@@ -315,6 +319,8 @@ kmsd_connections_open 3
             .unwrap();
         assert_eq!(pool.delta(), 40.0);
         assert!(!f.series.iter().any(|m| m.series.contains("_open")));
+        // A counter that did not move is left out.
+        assert!(!f.series.iter().any(|m| m.series.contains("accepted")));
         // 102 responses in 0.204 s: 2000 µs each.
         assert!((f.response_mean_us.unwrap() - 2000.0).abs() < 1e-6);
         // 50 of 102 under 1 ms, 99 under 10 ms: the median is in (1, 10] ms.
