@@ -53,6 +53,13 @@ pub enum Command {
     /// Store tools.
     #[command(subcommand)]
     Store(StoreCommand),
+    /// Print a shell completion script, for installs without the package:
+    /// e.g. `kmsd completions bash > ~/.local/share/bash-completion/completions/kmsd`.
+    Completions(CompletionsArgs),
+    /// Write the man pages (kmsd.1 and one per subcommand) into a directory;
+    /// `scripts/package` runs it, so the pages come from these definitions.
+    #[command(hide = true)]
+    Man(ManArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -78,6 +85,20 @@ pub struct StoreCopyArgs {
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// Directory the pages are written to (created if missing).
+    #[arg(value_name = "DIR")]
+    pub dir: PathBuf,
 }
 
 #[derive(Debug, Subcommand)]

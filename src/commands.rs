@@ -189,6 +189,11 @@ async fn open_discovered(
 
 pub async fn load(a: &crate::client::load::LoadArgs) -> Result<()> {
     let report = crate::client::load::run(a).await?;
+    if let Some(path) = &a.report {
+        std::fs::write(path, crate::client::load::html::render(&report))
+            .with_context(|| format!("cannot write the report to {}", path.display()))?;
+        eprintln!("report written to {}", path.display());
+    }
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

@@ -10,6 +10,7 @@
 //!   the file/environment/flag layers.
 //! * [`dns`]: SRV publication by dynamic update (RFC 2136 + TSIG) and
 //!   discovery (RFC 2782).
+//! * [`docs`]: man pages and shell completions from the clap definitions.
 pub mod app;
 pub mod cli;
 pub mod client;
@@ -17,6 +18,7 @@ pub mod codec;
 pub mod commands;
 pub mod config;
 pub mod dns;
+pub mod docs;
 pub mod host;
 pub mod http;
 pub mod logging;

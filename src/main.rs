@@ -47,6 +47,20 @@ fn main() -> Result<()> {
             Ok(())
         }
         Command::DnsRecord(args) => commands::dns_record(args),
+        Command::Completions(args) => {
+            use std::io::Write;
+            let script = kmsd::docs::completions(args.shell);
+            match std::io::stdout().lock().write_all(&script) {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+                _ => Ok(()),
+            }
+        }
+        Command::Man(args) => {
+            for page in kmsd::docs::write_man_pages(&args.dir)? {
+                println!("{}", page.display());
+            }
+            Ok(())
+        }
         other => {
             let level = match (cli.quiet, cli.verbose) {
                 (true, _) => "warn",
@@ -65,7 +79,11 @@ fn main() -> Result<()> {
                 Command::Store(StoreCommand::Copy(args)) => {
                     rt()?.block_on(commands::store_copy(args))
                 }
-                Command::Serve(_) | Command::Config(_) | Command::DnsRecord(_) => Ok(()),
+                Command::Serve(_)
+                | Command::Config(_)
+                | Command::DnsRecord(_)
+                | Command::Completions(_)
+                | Command::Man(_) => Ok(()),
             }
         }
     }

@@ -12,6 +12,15 @@
 //! is still in flight. Targets outside loopback are refused unless the
 //! operator says, with `--allow-remote`, that they own the target.
 //!
+//! Two scenarios: `classic` keeps `--concurrency` clients busy for
+//! `--duration` (or `--requests`); `boot-storm` is N machines (`--clients
+//! N`) that each activate once, their starts spread evenly over `--over`
+//! seconds, like a VDI pool booting (`--over 0` is a burst).
+//!
+//! Besides the totals, a run keeps one bucket per second ([`series`]) for
+//! the charts of `--report FILE.html` ([`html`]) and the progress line on a
+//! terminal; `--metrics URL` adds the host's own figures ([`scrape`]).
+//!
 //! [`run_with`] is the same generator for harnesses (`examples/floor.rs`
 //! measures kmsd and the floor server with it, side by side). Its
 //! [`Pinned`] mode sends the same request every time so that a server that
@@ -30,6 +39,7 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -37,6 +47,12 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 pub use crate::protocol::client::BIND_CALL_ID;
+pub use scrape::{MetricsUrl, ServerFigures};
+pub use series::SecondSample;
+
+pub mod html;
+pub mod scrape;
+pub mod series;
 
 /// The longest run the CLI accepts (seconds).
 pub const MAX_DURATION_SECS: u64 = 3600;
@@ -88,6 +104,31 @@ impl fmt::Display for Clients {
     }
 }
 
+/// The shape of a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Scenario {
+    /// `--concurrency` clients, each starting its next activation as soon
+    /// as the last one ends, for `--duration` or `--requests`.
+    Classic,
+    /// `--clients N` distinct machines, each activating once, their starts
+    /// spread evenly over `--over` seconds (a VDI pool booting; 0: all at
+    /// once). At most `--concurrency` are in flight.
+    BootStorm,
+}
+
+impl fmt::Display for Scenario {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Classic => "classic",
+            Self::BootStorm => "boot-storm",
+        })
+    }
+}
+
+/// The window of a boot storm when `--over` is left out (seconds).
+pub const DEFAULT_OVER_SECS: u64 = 60;
+
 /// How activations use TCP connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -124,13 +165,22 @@ pub struct LoadArgs {
     /// /etc/resolv.conf).
     #[arg(long, value_name = "ADDR:PORT", requires = "discover", value_parser = crate::dns::parse_server)]
     pub dns_server: Option<SocketAddr>,
+    /// `classic` (steady clients for --duration) or `boot-storm` (--clients
+    /// N machines activating once each, spread over --over seconds).
+    #[arg(long, value_enum, default_value = "classic")]
+    pub scenario: Scenario,
+    /// Boot storm: seconds the machines' starts are spread over (0: all at
+    /// once) [default: 60].
+    #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(0..=MAX_DURATION_SECS))]
+    pub over: Option<u64>,
     /// Clients running at once.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub concurrency: u32,
-    /// Seconds to run (the run stops by itself).
+    /// Seconds to run (classic; the run stops by itself).
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=MAX_DURATION_SECS))]
     pub duration: u64,
-    /// Stop after this many activations (answered or failed), if sooner.
+    /// Stop after this many activations (answered or failed), if sooner
+    /// (classic).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub requests: Option<u64>,
     /// KMS protocol version.
@@ -140,7 +190,7 @@ pub struct LoadArgs {
     #[arg(long, default_value = "Windows 10/11 Enterprise")]
     pub product: String,
     /// Client machine IDs: `distinct` (new per activation), `fixed` (one) or
-    /// N (a pool of N used round-robin).
+    /// N (a pool of N used round-robin; in a boot storm, the N machines).
     #[arg(long, default_value = "distinct")]
     pub clients: Clients,
     /// `per-activation` (a new TCP connection each time, as Windows does) or
@@ -162,9 +212,17 @@ pub struct LoadArgs {
     /// The target is not on loopback and you operate it: load it anyway.
     #[arg(long)]
     pub allow_remote: bool,
-    /// Print the report as JSON.
+    /// Print the report as JSON (and no progress line).
     #[arg(long)]
     pub json: bool,
+    /// Also write the report as one self-contained HTML file, with charts.
+    #[arg(long, value_name = "FILE.html")]
+    pub report: Option<PathBuf>,
+    /// The host's Prometheus metrics (kmsd's `--http` listener), read
+    /// before and after the run, e.g. http://127.0.0.1:9688/metrics.
+    /// Loopback only, unless --allow-remote.
+    #[arg(long, value_name = "URL")]
+    pub metrics: Option<String>,
 }
 
 /// The fixed inputs of [`LoadOptions::pinned`] requests.
@@ -194,6 +252,11 @@ pub struct LoadOptions {
     pub duration: Duration,
     /// Stop after this many activations (answered or failed).
     pub requests: Option<u64>,
+    pub scenario: Scenario,
+    /// Boot storm: the window the machines' starts are spread over.
+    pub over: Duration,
+    /// Print a progress line on stderr once a second.
+    pub progress: bool,
     pub version: Version,
     pub sku: &'static products::Sku,
     /// N_Policy sent (the SKU's group threshold by default).
@@ -220,6 +283,9 @@ impl LoadOptions {
             concurrency: 64,
             duration: Duration::from_secs(10),
             requests: None,
+            scenario: Scenario::Classic,
+            over: Duration::from_secs(DEFAULT_OVER_SECS),
+            progress: false,
             version,
             sku,
             n_policy,
@@ -305,14 +371,30 @@ impl fmt::Display for StoppedBy {
 #[derive(Debug, Clone, Serialize)]
 pub struct LoadReport {
     pub target: String,
+    pub scenario: Scenario,
     pub protocol: u16,
     pub product: String,
+    /// The threshold (N_Policy) the clients sent.
+    pub n_policy: u32,
     pub concurrency: usize,
     pub connection: ConnectionMode,
     /// `distinct`, `fixed`, N, or `pinned` (the floor's fixed request).
     pub clients: String,
+    /// Classic: the planned duration (s). Boot storm: the window (s).
+    pub planned_secs: f64,
+    /// Classic: the `--requests` cap. Boot storm: the machines.
+    pub requests_limit: Option<u64>,
+    /// Seconds allowed per step of an exchange.
+    pub timeout_secs: f64,
+    /// When the run started (milliseconds since the Unix epoch).
+    pub started_unix_ms: i64,
     /// Activations whose response passed every check.
     pub activations: u64,
+    /// Of those, the answers whose count was below the client's threshold
+    /// (the client stays unactivated and retries later).
+    pub below_threshold: u64,
+    /// The others: the count reached the threshold, the client activates.
+    pub activated: u64,
     /// Failures by kind: `connect`, `timeout: ...`, `closed: ...`, `io`,
     /// `rpc`, `bind: ...`, `fault 0x...`, `hresult 0x...`, `verify: ...`.
     pub errors: BTreeMap<String, u64>,
@@ -327,6 +409,11 @@ pub struct LoadReport {
     pub latency_us: Latency,
     /// `duration`, `requests` or `deadline` (in-flight exchanges abandoned).
     pub stopped_by: StoppedBy,
+    /// One sample per second of the run.
+    pub series: Vec<SecondSample>,
+    /// The host's figures (`--metrics`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server: Option<ServerFigures>,
     /// The latencies behind `latency_us` (µs), for merging runs.
     #[serde(skip)]
     pub histogram: Histogram<u64>,
@@ -340,6 +427,21 @@ impl LoadReport {
         let mut all = first.clone();
         for r in rest {
             all.activations += r.activations;
+            all.below_threshold += r.below_threshold;
+            all.activated += r.activated;
+            // Second i of each run added up.
+            for (i, x) in r.series.iter().enumerate() {
+                match all.series.get_mut(i) {
+                    Some(a) => {
+                        a.activations += x.activations;
+                        a.below_threshold += x.below_threshold;
+                        a.errors += x.errors;
+                        a.p50_us = a.p50_us.max(x.p50_us);
+                        a.p99_us = a.p99_us.max(x.p99_us);
+                    }
+                    None => all.series.push(*x),
+                }
+            }
             all.error_total += r.error_total;
             all.connections += r.connections;
             all.elapsed_secs += r.elapsed_secs;
@@ -363,16 +465,28 @@ fn per_sec(n: u64, secs: f64) -> f64 {
 
 impl fmt::Display for LoadReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(
-            f,
-            "load on {}: KMS {}.0, {}, {} concurrent, {} connections, clients {}",
-            self.target,
-            self.protocol,
-            self.product,
-            self.concurrency,
-            self.connection,
-            self.clients
-        )?;
+        match self.scenario {
+            Scenario::Classic => writeln!(
+                f,
+                "load on {}: KMS {}.0, {}, {} concurrent, {} connections, clients {}",
+                self.target,
+                self.protocol,
+                self.product,
+                self.concurrency,
+                self.connection,
+                self.clients
+            )?,
+            Scenario::BootStorm => writeln!(
+                f,
+                "boot storm on {}: {} machines over {} s, KMS {}.0, {}, at most {} in flight",
+                self.target,
+                self.clients,
+                self.planned_secs,
+                self.protocol,
+                self.product,
+                self.concurrency,
+            )?,
+        }
         writeln!(
             f,
             "  activations  {:>10} verified in {:.2} s = {:.1}/s ({} connections, stopped by {})",
@@ -381,6 +495,11 @@ impl fmt::Display for LoadReport {
             self.activations_per_sec,
             self.connections,
             self.stopped_by
+        )?;
+        writeln!(
+            f,
+            "  threshold    {:>10} activated, {} below the threshold of {}",
+            self.activated, self.below_threshold, self.n_policy
         )?;
         writeln!(f, "  errors       {:>10}", self.error_total)?;
         for (kind, n) in &self.errors {
@@ -391,7 +510,22 @@ impl fmt::Display for LoadReport {
             f,
             "  latency µs   p50 {}  p90 {}  p99 {}  p99.9 {}  max {}  mean {:.0}",
             l.p50, l.p90, l.p99, l.p999, l.max, l.mean
-        )
+        )?;
+        if let Some(s) = &self.server {
+            match &s.error {
+                Some(e) => write!(f, "\n  host         no figures after the run: {e}")?,
+                None => {
+                    write!(f, "\n  host         {} requests", s.requests)?;
+                    if let Some(m) = s.response_mean_us {
+                        write!(f, ", mean response {m:.0} µs")?;
+                    }
+                    if let Some(b) = s.batch_mean {
+                        write!(f, ", {b:.1} records per commit")?;
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -432,8 +566,27 @@ pub async fn resolve_target(target: &str, allow_remote: bool) -> Result<SocketAd
     })
 }
 
-/// `kmsd load`: resolves and checks the target, then runs.
+/// `kmsd load`: resolves and checks the target (and the metrics URL),
+/// then runs, reading the host's metrics before and after.
 pub async fn run(args: &LoadArgs) -> anyhow::Result<LoadReport> {
+    use std::io::IsTerminal;
+    match args.scenario {
+        Scenario::Classic => {
+            if args.over.is_some() {
+                bail!("--over is for --scenario boot-storm");
+            }
+        }
+        Scenario::BootStorm => {
+            if !matches!(args.clients, Clients::Pool(_)) {
+                bail!("--scenario boot-storm needs --clients N: the number of machines that boot");
+            }
+            if args.requests.is_some() {
+                bail!(
+                    "--requests is for the classic scenario; a boot storm is --clients N machines"
+                );
+            }
+        }
+    }
     let (target, addr) = match &args.discover {
         Some(domain) => {
             let (host, addr) = discovered(domain, args.dns_server, args.timeout).await?;
@@ -453,6 +606,10 @@ pub async fn run(args: &LoadArgs) -> anyhow::Result<LoadReport> {
             resolve_target(&args.target, args.allow_remote).await?,
         ),
     };
+    let metrics = match &args.metrics {
+        Some(url) => Some(MetricsUrl::resolve(url, args.allow_remote).await?),
+        None => None,
+    };
     let sku = products::find_sku(&args.product).map_err(anyhow::Error::msg)?;
     let version = Version::from_wire(args.protocol, 0).context("protocol must be 4, 5 or 6")?;
     let mut opts = LoadOptions::new(version, sku);
@@ -464,8 +621,18 @@ pub async fn run(args: &LoadArgs) -> anyhow::Result<LoadReport> {
     opts.requests_per_connection = args.requests_per_connection.max(1);
     opts.timeout = Duration::from_secs(args.timeout.clamp(1, 60));
     opts.sources = usize::from(args.sources);
+    opts.scenario = args.scenario;
+    opts.over = Duration::from_secs(args.over.unwrap_or(DEFAULT_OVER_SECS));
+    opts.progress = !args.json && std::io::stderr().is_terminal();
+    let before = match &metrics {
+        Some(m) => Some(m.scrape().await?),
+        None => None,
+    };
     let mut report = run_with(addr, opts).await?;
     report.target = target;
+    if let (Some(m), Some(before)) = (&metrics, before) {
+        report.server = Some(ServerFigures::new(&m.url, &before, m.scrape().await));
+    }
     Ok(report)
 }
 
@@ -553,10 +720,39 @@ struct Shared {
     issued: AtomicU64,
     connections: AtomicU64,
     next_source: AtomicUsize,
+    start: Instant,
     stop_at: Instant,
+    series: series::Series,
+}
+
+/// One activation to make.
+struct Job {
+    cmid: Guid,
+    /// Not before this (boot storm).
+    at: Option<Instant>,
 }
 
 impl Shared {
+    /// The next activation, or None once the run is over.
+    fn job(&self, rng: &mut impl Rng) -> Option<Job> {
+        match self.opts.scenario {
+            Scenario::Classic => self.claim().then(|| Job {
+                cmid: self.cmid(rng),
+                at: None,
+            }),
+            Scenario::BootStorm => {
+                let i = self.next.fetch_add(1, Ordering::Relaxed);
+                let n = self.pool.len();
+                let cmid = *self.pool.get(i)?;
+                let offset = self.opts.over.mul_f64(i as f64 / n as f64);
+                Some(Job {
+                    cmid,
+                    at: Some(self.start + offset),
+                })
+            }
+        }
+    }
+
     /// Claims the next activation; false once the run is over.
     fn claim(&self) -> bool {
         if Instant::now() >= self.stop_at {
@@ -618,13 +814,14 @@ async fn open(s: &Shared) -> Result<Link, ClientError> {
     Link::bind(stream, Binding::new(Offer::WINDOWS, BIND_CALL_ID), t).await
 }
 
-/// One activation request for `cmid` on `link`, its response verified.
+/// One activation request for `cmid` on `link`, its response verified;
+/// returns the count the host answered.
 async fn activate(
     link: &mut Link,
     s: &Shared,
     cmid: Guid,
     rng: &mut impl Rng,
-) -> Result<(), ClientError> {
+) -> Result<u32, ClientError> {
     let mut base = s.base;
     base.cmid = cmid;
     // Pinned or not, the request is built and encrypted here every time,
@@ -641,13 +838,14 @@ async fn activate(
             iv
         }
     };
-    link.request(&base, iv).await?;
-    Ok(())
+    let x = link.request(&base, iv).await?;
+    Ok(x.response.count)
 }
 
 /// What one worker saw.
 struct Tally {
     ok: u64,
+    below: u64,
     errors: BTreeMap<String, u64>,
     hist: Histogram<u64>,
 }
@@ -661,34 +859,45 @@ async fn worker(s: Arc<Shared>, seed: u64) -> Tally {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut t = Tally {
         ok: 0,
+        below: 0,
         errors: BTreeMap::new(),
         hist: histogram(),
     };
     let mut conn: Option<Link> = None;
-    while s.claim() {
-        let cmid = s.cmid(&mut rng);
+    let mut rec = series::Recorder::default();
+    while let Some(Job { cmid, at }) = s.job(&mut rng) {
+        if let Some(at) = at {
+            tokio::time::sleep_until(at).await;
+        }
         let t0 = Instant::now();
         let result = async {
             let mut c = match conn.take() {
                 Some(c) => c,
                 None => open(&s).await?,
             };
-            activate(&mut c, &s, cmid, &mut rng).await?;
+            let count = activate(&mut c, &s, cmid, &mut rng).await?;
             if s.opts.connection == ConnectionMode::KeepAlive
                 && c.requests_sent() < s.opts.requests_per_connection
             {
                 conn = Some(c);
             }
-            Ok::<(), ClientError>(())
+            Ok::<u32, ClientError>(count)
         }
         .await;
+        let t1 = Instant::now();
         match result {
-            Ok(()) => {
+            Ok(count) => {
                 t.ok += 1;
-                let us = u64::try_from(t0.elapsed().as_micros()).unwrap_or(u64::MAX);
-                t.hist.saturating_record(us.clamp(1, MAX_LATENCY_US));
+                let below = count < s.opts.n_policy;
+                t.below += u64::from(below);
+                let us = u64::try_from((t1 - t0).as_micros())
+                    .unwrap_or(u64::MAX)
+                    .clamp(1, MAX_LATENCY_US);
+                t.hist.saturating_record(us);
+                rec.ok(&s.series, t1, us, below);
             }
             Err(e) => {
+                rec.error(&s.series, t1);
                 *t.errors.entry(failure_kind(&e)).or_default() += 1;
                 if matches!(e, ClientError::Connect { .. }) {
                     tokio::time::sleep(CONNECT_BACKOFF).await;
@@ -696,6 +905,7 @@ async fn worker(s: Arc<Shared>, seed: u64) -> Tally {
             }
         }
     }
+    rec.flush(&s.series);
     t
 }
 
@@ -705,7 +915,15 @@ pub async fn run_with(addr: SocketAddr, opts: LoadOptions) -> anyhow::Result<Loa
     if opts.concurrency == 0 {
         bail!("concurrency must be at least 1");
     }
-    let duration = opts.duration.min(Duration::from_secs(MAX_DURATION_SECS));
+    let boot_storm = opts.scenario == Scenario::BootStorm;
+    if boot_storm && !matches!(opts.clients, Clients::Pool(_)) {
+        bail!("a boot storm needs a number of machines (Clients::Pool)");
+    }
+    let duration = match opts.scenario {
+        Scenario::Classic => opts.duration,
+        Scenario::BootStorm => opts.over,
+    }
+    .min(Duration::from_secs(MAX_DURATION_SECS));
     let base = opts.base()?;
     let mut seed_rng = rand::rngs::StdRng::from_rng(&mut rand::rng());
     let pool = match opts.clients {
@@ -713,6 +931,7 @@ pub async fn run_with(addr: SocketAddr, opts: LoadOptions) -> anyhow::Result<Loa
         Clients::Fixed => vec![Guid::random_v4(&mut seed_rng)],
         Clients::Pool(n) => (0..n).map(|_| Guid::random_v4(&mut seed_rng)).collect(),
     };
+    let started_unix_ms = crate::store::unix_ms_now();
     let start = Instant::now();
     // In-flight exchanges get a few step timeouts past the duration; then
     // they are abandoned.
@@ -729,22 +948,30 @@ pub async fn run_with(addr: SocketAddr, opts: LoadOptions) -> anyhow::Result<Loa
         issued: AtomicU64::new(0),
         connections: AtomicU64::new(0),
         next_source: AtomicUsize::new(0),
+        start,
         stop_at: start + duration,
+        series: series::Series::new(start),
         opts,
     });
     let mut set = tokio::task::JoinSet::new();
     for _ in 0..s.opts.concurrency {
         set.spawn(worker(s.clone(), seed_rng.next_u64()));
     }
+    let progress = s
+        .opts
+        .progress
+        .then(|| tokio::spawn(progress(s.clone(), duration)));
     let mut hist = histogram();
     let mut errors = BTreeMap::new();
     let mut ok = 0u64;
+    let mut below = 0u64;
     let mut deadline_hit = false;
     loop {
         match tokio::time::timeout_at(hard_deadline, set.join_next()).await {
             Ok(None) => break,
             Ok(Some(Ok(t))) => {
                 ok += t.ok;
+                below += t.below;
                 let _ = hist.add(&t.hist);
                 for (k, v) in t.errors {
                     *errors.entry(k).or_default() += v;
@@ -760,13 +987,18 @@ pub async fn run_with(addr: SocketAddr, opts: LoadOptions) -> anyhow::Result<Loa
             }
         }
     }
+    if let Some(p) = progress {
+        p.abort();
+        let _ = p.await;
+        eprint!("\r\x1b[K");
+    }
     let cap_reached = s
         .opts
         .requests
         .is_some_and(|cap| s.issued.load(Ordering::Relaxed) >= cap);
     let stopped_by = if deadline_hit {
         StoppedBy::Deadline
-    } else if cap_reached {
+    } else if cap_reached || boot_storm {
         StoppedBy::Requests
     } else {
         StoppedBy::Duration
@@ -775,12 +1007,24 @@ pub async fn run_with(addr: SocketAddr, opts: LoadOptions) -> anyhow::Result<Loa
     let error_total = errors.values().sum();
     Ok(LoadReport {
         target: addr.to_string(),
+        scenario: s.opts.scenario,
         protocol: s.opts.version.major(),
         product: s.opts.sku.name.to_owned(),
+        n_policy: s.opts.n_policy,
         concurrency: s.opts.concurrency,
         connection: s.opts.connection,
         clients,
+        planned_secs: duration.as_secs_f64(),
+        requests_limit: if boot_storm {
+            Some(s.pool.len() as u64)
+        } else {
+            s.opts.requests
+        },
+        timeout_secs: s.opts.timeout.as_secs_f64(),
+        started_unix_ms,
         activations: ok,
+        below_threshold: below,
+        activated: ok - below,
         errors,
         error_total,
         connections: s.connections.load(Ordering::Relaxed),
@@ -788,8 +1032,67 @@ pub async fn run_with(addr: SocketAddr, opts: LoadOptions) -> anyhow::Result<Loa
         activations_per_sec: per_sec(ok, elapsed),
         latency_us: Latency::of(&hist),
         stopped_by,
+        series: s.series.samples(elapsed),
+        server: None,
         histogram: hist,
     })
+}
+
+/// The progress line: once a second on stderr (a terminal), overwritten
+/// in place; the caller clears it when the run ends.
+async fn progress(s: Arc<Shared>, planned: Duration) {
+    use std::io::Write;
+    let mut tick =
+        tokio::time::interval_at(s.start + Duration::from_secs(1), Duration::from_secs(1));
+    let mut last = (s.start, 0u64);
+    loop {
+        let now = tick.tick().await;
+        let (ok, errors) = s.series.totals();
+        let rate = (ok - last.1.min(ok)) as f64 / (now - last.0).as_secs_f64().max(1e-3);
+        last = (now, ok);
+        let line = progress_line(&ProgressFigures {
+            elapsed: now - s.start,
+            planned,
+            activations: ok,
+            rate,
+            errors,
+            machines: (s.opts.scenario == Scenario::BootStorm).then(|| {
+                let started = s.next.load(Ordering::Relaxed).min(s.pool.len());
+                (started as u64, s.pool.len() as u64)
+            }),
+        });
+        let mut e = std::io::stderr().lock();
+        let _ = write!(e, "\r\x1b[K{line}");
+        let _ = e.flush();
+    }
+}
+
+/// What the progress line shows.
+struct ProgressFigures {
+    elapsed: Duration,
+    planned: Duration,
+    activations: u64,
+    /// Verified activations per second since the last line.
+    rate: f64,
+    errors: u64,
+    /// Boot storm: machines started, of all.
+    machines: Option<(u64, u64)>,
+}
+
+fn progress_line(p: &ProgressFigures) -> String {
+    let elapsed = p.elapsed.as_secs();
+    let left = p.planned.saturating_sub(p.elapsed).as_secs();
+    let mut line = format!(
+        "{elapsed} s / {} s, {left} s left | {} verified, {:.0}/s | {} errors",
+        p.planned.as_secs(),
+        p.activations,
+        p.rate,
+        p.errors
+    );
+    if let Some((started, all)) = p.machines {
+        line.push_str(&format!(" | {started}/{all} machines started"));
+    }
+    line
 }
 
 #[cfg(test)]

@@ -349,7 +349,7 @@ async fn api_metrics_probes_and_search() {
 }
 
 /// Where Chromium is, if installed.
-fn chromium() -> Option<PathBuf> {
+pub(crate) fn chromium() -> Option<PathBuf> {
     ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
         .iter()
         .map(PathBuf::from)
@@ -357,7 +357,12 @@ fn chromium() -> Option<PathBuf> {
 }
 
 /// Runs headless Chromium on `url` with `extra` flags; returns stdout.
-async fn run_chromium(bin: &Path, profile: &Path, url: &str, extra: &[String]) -> String {
+pub(crate) async fn run_chromium(
+    bin: &Path,
+    profile: &Path,
+    url: &str,
+    extra: &[String],
+) -> String {
     let mut cmd = tokio::process::Command::new(bin);
     cmd.args([
         "--headless",

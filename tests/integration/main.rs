@@ -16,6 +16,7 @@ mod hardening;
 mod hostile;
 mod http_ui;
 mod lifecycle;
+mod load_report;
 mod loopback;
 mod proptests;
 mod soak;
