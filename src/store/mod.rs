@@ -383,6 +383,7 @@ impl Store {
                             opts.isolation
                         ))
                     })?,
+                    metrics,
                 };
                 postgres::PgStore::open(&pg, now_ms)
                     .await

@@ -69,7 +69,7 @@ pub fn isolation(name: &str) -> Option<IsolationLevel> {
 }
 
 /// How the fleet store is opened.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct PgOptions {
     pub url: String,
     /// This host's name in the fleet (stable across restarts).
@@ -79,6 +79,8 @@ pub struct PgOptions {
     /// Most time a request waits for its commit before it is refused.
     pub timeout: Duration,
     pub isolation: IsolationLevel,
+    /// Where commit times and batch sizes are observed.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
@@ -451,7 +453,13 @@ async fn batcher(
         let result = if items.is_empty() {
             Ok(Vec::new())
         } else {
-            commit(&db, &shown, &opts, &items, &mut cache).await
+            let t = Instant::now();
+            let r = commit(&db, &shown, &opts, &items, &mut cache).await;
+            opts.metrics
+                .store_commit_latency
+                .observe(t.elapsed().as_secs_f64());
+            opts.metrics.store_batch_size.observe(items.len() as f64);
+            r
         };
         match result {
             Ok(counts) => {
