@@ -8,6 +8,7 @@
 
 use super::grade::{
     Answered, BindSeen, CountSeen, ExchangeSeen, Negotiated, Observations, RefusalSeen, Seen,
+    VERIFY_FAILED,
 };
 use crate::client::filetime_now;
 use crate::codec::RpcPduCodec;
@@ -31,7 +32,7 @@ use tokio_util::codec::Framed;
 /// The machine ID of the battery's own requests: one fixed machine, so a
 /// probe adds at most one machine to a pool, and probing again only renews
 /// it. (`--count-check` adds fresh ones.)
-pub const PROBE_CMID: Guid = Guid::from_u128(0x6b6d7364_7072_4f62_a500_0000_0000_0001);
+pub const PROBE_CMID: Guid = Guid::from_u128(0x6b6d7364_7072_4f62_a500_000000000001);
 /// The workstation name the probe sends.
 pub const WORKSTATION: &str = "kmsd-probe";
 /// The Windows product of the battery (threshold 5, so a real host's
@@ -235,6 +236,9 @@ impl Wire {
             Seen::Answer(_) => Ok(format!(
                 "context {context} (NDR32) added to the association and a request on it answered"
             )),
+            s if s.is_reply() => Ok(format!(
+                "context {context} (NDR32) added and a request on it replied to ({s})"
+            )),
             other => Err(format!(
                 "context {context} accepted, but a request on it got {other}"
             )),
@@ -264,7 +268,7 @@ fn answered(r: &VerifiedResponse, syntax: Syntax) -> Answered {
 
 fn verify_failed(v: &VerifyError) -> Seen {
     Seen::Error {
-        error: format!("response failed verification: {v}"),
+        error: format!("{VERIFY_FAILED}: {v}"),
         emulator: *v == VerifyError::EmulatorIv,
     }
 }
@@ -363,7 +367,7 @@ pub async fn probe(target: String, addr: SocketAddr, opts: &ProbeOptions) -> Obs
                 .activate(&mut bound, &base(win, v, PROBE_CMID, None))
                 .await;
             sent += 1;
-            answered += u32::from(matches!(seen, Seen::Answer(_)));
+            answered += u32::from(seen.is_reply());
             o.exchanges.push(ExchangeSeen {
                 what: format!("v{} {}", v.major(), win.name),
                 kms_id: win.kms_id,

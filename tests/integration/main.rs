@@ -17,6 +17,7 @@ mod hostile;
 mod http_ui;
 mod lifecycle;
 mod loopback;
+mod probe;
 mod proptests;
 mod soak;
 mod vectors;
