@@ -506,7 +506,7 @@ fn expect_refusal(name: &str, r: &RefusalSeen) -> Check {
 
 fn integrity(version: u16) -> &'static str {
     match version {
-        4 => "CMAC",
+        4 => "CBC-MAC",
         5 => "SHA-256 hash",
         _ => "HMAC-SHA256",
     }
