@@ -43,6 +43,12 @@ pub enum Command {
     /// unless --allow-remote), every response verified; reports activations/s,
     /// errors by kind and latency percentiles. Stops by itself.
     Load(crate::client::load::LoadArgs),
+    /// Grade a KMS host (or every host under _vlmcs._tcp.DOMAIN) against
+    /// what a Windows KMS host does: RPC, protocols 4/5/6, refusals, ePIDs,
+    /// intervals, counting (--count-check), latency. A report card per
+    /// host; exit 0 all conform, 1 one does not or looks like an emulator,
+    /// 2 one could not be reached.
+    Probe(crate::probe::ProbeArgs),
     /// List the products (SKUs) the catalog knows.
     Products(ProductsArgs),
     /// Configuration tools.

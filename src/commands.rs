@@ -1,5 +1,5 @@
 //! The bodies of the subcommands other than `serve` (see [`crate::app`]):
-//! what `kmsd activate`, `load`, `products`, `status`, `clients` and
+//! what `kmsd activate`, `load`, `probe`, `products`, `status`, `clients` and
 //! `dns-record` do and print.
 
 use crate::cli::{ActivateArgs, ClientsArgs, DnsRecordArgs, ProductsArgs, StatusArgs};
@@ -198,6 +198,39 @@ pub async fn load(a: &crate::client::load::LoadArgs) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         println!("{report}");
+    }
+    Ok(())
+}
+
+/// `kmsd probe`: prints a report card per host, then exits 0 (every host
+/// conforms), 1 (one does not, or looks like an emulator) or 2 (one could
+/// not be reached, or the targets could not be found).
+pub async fn probe(a: &crate::probe::ProbeArgs) -> Result<()> {
+    use std::io::Write;
+    let cards = match crate::probe::run(a).await {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("kmsd probe: {e}");
+            std::process::exit(2);
+        }
+    };
+    let code = crate::probe::exit_code(&cards);
+    let mut out = std::io::stdout().lock();
+    if a.json {
+        let v = serde_json::json!({ "hosts": cards, "exit_code": code });
+        writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
+    } else {
+        for (i, c) in cards.iter().enumerate() {
+            if i > 0 {
+                writeln!(out)?;
+            }
+            writeln!(out, "{c}")?;
+        }
+    }
+    out.flush()?;
+    drop(out);
+    if code != 0 {
+        std::process::exit(code);
     }
     Ok(())
 }

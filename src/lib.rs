@@ -8,6 +8,7 @@
 //!   the `/healthz` KMS probe (one tokio driver over [`protocol::client`]).
 //! * [`config`]: typed configuration with validation, the key table and
 //!   the file/environment/flag layers.
+//! * [`probe`]: `kmsd probe`, grading any KMS host against a Windows one.
 //! * [`dns`]: SRV publication by dynamic update (RFC 2136 + TSIG) and
 //!   discovery (RFC 2782).
 //! * [`docs`]: man pages and shell completions from the clap definitions.
@@ -23,6 +24,7 @@ pub mod host;
 pub mod http;
 pub mod logging;
 pub mod metrics;
+pub mod probe;
 pub mod protocol;
 pub mod report;
 pub mod server;

@@ -73,6 +73,7 @@ fn main() -> Result<()> {
             match other {
                 Command::Activate(args) => rt()?.block_on(commands::activate(args)),
                 Command::Load(args) => rt()?.block_on(commands::load(args)),
+                Command::Probe(args) => rt()?.block_on(commands::probe(args)),
                 Command::Products(args) => commands::products(args),
                 Command::Status(args) => rt()?.block_on(commands::status(args)),
                 Command::Clients(args) => rt()?.block_on(commands::clients(args)),

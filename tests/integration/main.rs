@@ -18,6 +18,7 @@ mod http_ui;
 mod lifecycle;
 mod load_report;
 mod loopback;
+mod probe;
 mod proptests;
 mod soak;
 mod vectors;

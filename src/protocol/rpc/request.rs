@@ -272,13 +272,26 @@ pub fn encode_request(
     kms: &[u8],
     out: &mut Vec<u8>,
 ) {
+    encode_call(call_id, context_id, 0, syntax, kms, out);
+}
+
+/// [`encode_request`] for operation `opnum` (the KMS interface has only
+/// 0; `kmsd probe` sends another to see the host's fault).
+pub fn encode_call(
+    call_id: u32,
+    context_id: u16,
+    opnum: u16,
+    syntax: Syntax,
+    kms: &[u8],
+    out: &mut Vec<u8>,
+) {
     let start = out.len();
     Header::write(out, ptype::REQUEST, flags::FIRST_LAST, call_id);
     let n = kms.len();
     let stub_len = n + if syntax == Syntax::Ndr64 { 16 } else { 8 };
     out.extend_from_slice(&(stub_len as u32).to_le_bytes());
     out.extend_from_slice(&context_id.to_le_bytes());
-    out.extend_from_slice(&0u16.to_le_bytes());
+    out.extend_from_slice(&opnum.to_le_bytes());
     match syntax {
         Syntax::Ndr32 => {
             out.extend_from_slice(&(n as u32).to_le_bytes());
