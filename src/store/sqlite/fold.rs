@@ -11,11 +11,11 @@ use std::collections::HashMap;
 
 /// Most log records one fold transaction reads at start-up and shutdown.
 const FOLD_MAX: i64 = 65_536;
-/// Most log records one fold reads while serving and commits are queued
-/// (they wait for it, so it is kept short).
-pub(super) const FOLD_CHUNK: i64 = 256;
-/// Most log records one fold reads when no commit is waiting.
-pub(super) const FOLD_IDLE_CHUNK: i64 = 64;
+/// Most log records one fold reads while serving (commits that arrive
+/// meanwhile wait for it, so it is kept short).
+pub(super) const FOLD_CHUNK: i64 = 512;
+/// Unfolded records from which a fold runs whenever no commit is waiting.
+pub(super) const FOLD_EVERY: u64 = 256;
 /// Unfolded records past which folding no longer waits for a gap.
 pub const FOLD_BACKLOG: u64 = 4096;
 

@@ -9,9 +9,11 @@
 //! The inventory (`clients`) and the stored pools (`pool_entries`) are keyed
 //! by CMID, so updating them inside the hot commit would dirty a random page
 //! per record and make every client wait for those pages' fsync. They are
-//! instead folded from the log ([`fold`]) by the same thread after commits:
-//! a short chunk when no commit is waiting, a longer one once the tail
-//! passes [`FOLD_BACKLOG`] records, and all of it at shutdown and start-up.
+//! instead folded from the log ([`fold`]) by the same thread after commits,
+//! in chunks of a few hundred records (a fold costs about the same for one
+//! record as for hundreds): when a few hundred are waiting and no commit is,
+//! regardless once the tail passes [`FOLD_BACKLOG`] records, and all of it
+//! at shutdown and start-up.
 //! A fold does not wait for the disk (the log can always be folded again;
 //! the next synchronous commit carries its pages to disk anyway);
 //! `folded.upto` says how far. Readers fold the unfolded tail in memory

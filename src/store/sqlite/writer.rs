@@ -2,7 +2,7 @@
 //! whatever is waiting into one transaction (group commit), then folds and
 //! prunes in the gaps.
 
-use super::fold::{FOLD_BACKLOG, FOLD_CHUNK, FOLD_IDLE_CHUNK, fold_all, fold_unsynced, full_sync};
+use super::fold::{FOLD_BACKLOG, FOLD_CHUNK, FOLD_EVERY, fold_all, fold_unsynced, full_sync};
 use super::prune::prune;
 use super::reads::set_meta;
 use crate::protocol::kms::products::Pool;
@@ -63,7 +63,20 @@ fn write_record(tx: &rusqlite::Transaction<'_>, r: &Record) -> rusqlite::Result<
 /// Writes a batch in one transaction: per record the activation record
 /// (an append); per batch the pools' capacities and the running totals (one
 /// statement per distinct key, not per record).
+#[cfg(test)]
 pub(super) fn commit_batch(conn: &mut Connection, batch: &[&Record]) -> Result<(), StoreError> {
+    commit_batch_known(conn, batch, &mut Vec::new())
+}
+
+/// [`commit_batch`], skipping a pool's capacity upsert when `known` says
+/// the stored capacity is already at least the batch's (capacities only
+/// grow, and the upsert keeps the larger one, so skipping it changes
+/// nothing). `known` is updated once the commit succeeds.
+pub(super) fn commit_batch_known(
+    conn: &mut Connection,
+    batch: &[&Record],
+    known: &mut Vec<(Pool, u32)>,
+) -> Result<(), StoreError> {
     let tx = conn.transaction()?;
     let mut capacities: Vec<(Pool, u32)> = Vec::new();
     let mut totals: Vec<((u32, u32), i64)> = Vec::new();
@@ -81,7 +94,8 @@ pub(super) fn commit_batch(conn: &mut Connection, batch: &[&Record]) -> Result<(
             None => totals.push((key, 1)),
         }
     }
-    for (pool, capacity) in capacities {
+    capacities.retain(|(pool, c)| !known.iter().any(|(p, k)| p == pool && k >= c));
+    for &(pool, capacity) in &capacities {
         tx.prepare_cached(
             "INSERT INTO pools (pool, capacity) VALUES (?1, ?2)
              ON CONFLICT(pool) DO UPDATE SET capacity = MAX(capacity, excluded.capacity)",
@@ -96,6 +110,12 @@ pub(super) fn commit_batch(conn: &mut Connection, batch: &[&Record]) -> Result<(
         .execute(params![hresult, status, n])?;
     }
     tx.commit()?;
+    for (pool, c) in capacities {
+        match known.iter_mut().find(|(p, _)| *p == pool) {
+            Some((_, k)) => *k = (*k).max(c),
+            None => known.push((pool, c)),
+        }
+    }
     Ok(())
 }
 
@@ -158,6 +178,8 @@ fn writer(
     let mut since_prune = 0u64;
     let mut last_prune = Instant::now();
     let mut unfolded = 0u64;
+    // Pool capacities this thread has committed (they only grow).
+    let mut capacities: Vec<(Pool, u32)> = Vec::new();
     // False when a fold may have left the connection not syncing commits.
     let mut synced = true;
     while let Some(first) = rx.blocking_recv() {
@@ -184,7 +206,7 @@ fn writer(
         } else {
             synced = true;
             let t = Instant::now();
-            let r = commit_batch(&mut conn, &records);
+            let r = commit_batch_known(&mut conn, &records, &mut capacities);
             metrics
                 .store_commit_latency
                 .observe(t.elapsed().as_secs_f64());
@@ -222,15 +244,21 @@ fn writer(
             return;
         }
         // Folding and pruning run after the replies, so the clients whose
-        // records were just committed do not wait for them. One fold chunk
-        // per commit at most: a short one when no commit is waiting, a
-        // longer one once the tail has grown long (or before a prune, which
-        // only deletes folded records).
+        // records were just committed do not wait for them. A fold is a
+        // transaction of its own whose cost hardly depends on how many
+        // records it folds (the stored pools are rewritten whole, the
+        // inventory rows of a busy machine once), so records are folded in
+        // chunks of [`FOLD_CHUNK`]: once [`FOLD_EVERY`] wait and no commit
+        // is queued, or regardless once the tail passes [`FOLD_BACKLOG`]
+        // (or before a prune, which only deletes folded records). Readers
+        // fold the tail in memory and start-up folds it all, so a short
+        // tail left unfolded on a quiet host costs nothing.
         let prune_due = since_prune >= 10_000 || last_prune.elapsed().as_secs() >= 3600;
-        let chunk = if unfolded >= FOLD_BACKLOG || prune_due {
+        let chunk = if unfolded >= FOLD_BACKLOG
+            || (prune_due && unfolded > 0)
+            || (unfolded >= FOLD_EVERY && rx.is_empty())
+        {
             FOLD_CHUNK
-        } else if unfolded > 0 && rx.is_empty() {
-            FOLD_IDLE_CHUNK
         } else {
             0
         };
