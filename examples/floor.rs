@@ -60,6 +60,11 @@ enum Command {
     /// loopback, load them in turn with the same generator, print both and
     /// the ratios.
     Compare(CompareArgs),
+    /// Start the floor, `kmsd serve` and (if given) the `vlmcsd` crate's
+    /// server as separate processes on loopback, load each in turn with the
+    /// same generator at each concurrency, and print server CPU per
+    /// activation (from /proc/PID/stat), rate and latency side by side.
+    Versus(VersusArgs),
     /// Run the floor server alone (it answers the pinned load of `load --floor`).
     Serve {
         #[arg(long, default_value = "127.0.0.1:16880")]
@@ -134,6 +139,45 @@ struct CompareArgs {
     /// Load only this server (`floor` or `kmsd`; for profiling one side).
     #[arg(long)]
     only: Option<String>,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+struct VersusArgs {
+    /// Concurrencies to measure, in this order within each round.
+    #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
+    concurrency: Vec<usize>,
+    /// Seconds per run.
+    #[arg(long, default_value_t = 5)]
+    duration: u64,
+    /// Rounds; within a round the servers alternate at each concurrency.
+    #[arg(long, default_value_t = 2)]
+    rounds: usize,
+    /// Seconds of discarded warm-up against each server first.
+    #[arg(long, default_value_t = 1)]
+    warmup: u64,
+    /// The kmsd binary (run as `kmsd serve` with its defaults, on a fresh
+    /// data dir).
+    #[arg(long, default_value = "target/release/kmsd")]
+    kmsd: std::path::PathBuf,
+    /// A second kmsd binary, measured beside the first as `kmsd B` (A/B).
+    #[arg(long)]
+    kmsd_b: Option<std::path::PathBuf>,
+    /// Extra arguments for `kmsd serve` (repeat), e.g. `--kmsd-arg=-q`.
+    #[arg(long = "kmsd-arg", allow_hyphen_values = true)]
+    kmsd_args: Vec<String>,
+    /// The `vlmcsd` crate's binary (`cargo install vlmcsd`); left out if absent.
+    #[arg(long)]
+    vlmcsd: Option<std::path::PathBuf>,
+    /// Also load kmsd with distinct CMIDs (a new machine per activation).
+    #[arg(long)]
+    distinct: bool,
+    /// Where the kmsd data dir goes (its file system is where the
+    /// fdatasync is timed). Default: a temp dir.
+    #[arg(long)]
+    dir: Option<std::path::PathBuf>,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -504,6 +548,7 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Compare(a) => compare(&a),
+        Command::Versus(a) => versus::run(&a),
         Command::Serve { listen, load } => {
             if !load::is_loopback(&listen) {
                 bail!("the floor listens on loopback only");
@@ -543,5 +588,400 @@ fn main() -> Result<()> {
             }
             Ok(())
         }
+    }
+}
+
+/// `versus`: every server a separate process, CPU from /proc/PID/stat.
+mod versus {
+    use super::*;
+    use std::path::Path;
+    use std::process::{Child, Command as Proc, Stdio};
+    use std::time::Instant;
+
+    struct Server {
+        name: &'static str,
+        addr: SocketAddr,
+        child: Child,
+    }
+
+    impl Drop for Server {
+        fn drop(&mut self) {
+            // SIGTERM first so kmsd stops cleanly, then make sure.
+            let _ = Proc::new("kill")
+                .arg("-TERM")
+                .arg(self.child.id().to_string())
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    fn free_port() -> Result<u16> {
+        Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port())
+    }
+
+    fn start(name: &'static str, mut cmd: Proc, addr: SocketAddr, log: &Path) -> Result<Server> {
+        let log = std::fs::File::create(log)?;
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("cannot start {name}"))?;
+        let mut server = Server { name, addr, child };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
+                return Ok(server);
+            }
+            if let Ok(Some(st)) = server.child.try_wait() {
+                bail!("{name} exited at start-up: {st}");
+            }
+            if Instant::now() > deadline {
+                bail!("{name} does not accept connections on {addr}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// User + system seconds of a process (all its threads, live or ended).
+    fn cpu_of(pid: u32) -> f64 {
+        stat_ticks(&format!("/proc/{pid}/stat")) / 100.0
+    }
+
+    fn stat_ticks(path: &str) -> f64 {
+        let Ok(stat) = std::fs::read_to_string(path) else {
+            return 0.0;
+        };
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+            return 0.0;
+        };
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        [11, 12]
+            .iter()
+            .filter_map(|&i| f.get(i).and_then(|v| v.parse::<f64>().ok()))
+            .sum()
+    }
+
+    /// CPU seconds by thread name of a process's live threads.
+    fn cpu_by_thread(pid: u32) -> BTreeMap<String, f64> {
+        let mut out = BTreeMap::new();
+        let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            return out;
+        };
+        for t in dir.flatten() {
+            let p = t.path();
+            let Ok(comm) = std::fs::read_to_string(p.join("comm")) else {
+                continue;
+            };
+            let ticks = stat_ticks(&p.join("stat").to_string_lossy());
+            *out.entry(comm.trim().to_owned()).or_default() += ticks / 100.0;
+        }
+        out
+    }
+
+    /// p50 and p99 (µs) of `n` 4 KiB writes each followed by fdatasync, in
+    /// a file in `dir`: overwriting one block, and appending (a growing
+    /// file, like SQLite's WAL between checkpoints).
+    pub fn fdatasync_us(dir: &Path, n: usize) -> Result<[(u64, u64); 2]> {
+        use std::os::unix::fs::FileExt;
+        let path = dir.join("fdatasync-probe");
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .read(true)
+            .write(true)
+            .open(&path)?;
+        let block = [0x5au8; 4096];
+        f.write_all_at(&block, 0)?;
+        f.sync_all()?;
+        let mut out = [(0, 0); 2];
+        for (k, append) in [false, true].into_iter().enumerate() {
+            let mut t = Vec::with_capacity(n);
+            for i in 0..n {
+                let off = if append { 4096 * (i as u64 + 1) } else { 0 };
+                let s = Instant::now();
+                f.write_all_at(&block, off)?;
+                f.sync_data()?;
+                t.push(s.elapsed().as_micros() as u64);
+            }
+            t.sort_unstable();
+            out[k] = (t[n / 2], t[n * 99 / 100]);
+        }
+        drop(f);
+        std::fs::remove_file(&path)?;
+        Ok(out)
+    }
+
+    #[derive(Debug, Clone, Serialize)]
+    struct Row {
+        concurrency: usize,
+        server: String,
+        activations: u64,
+        errors: u64,
+        activations_per_sec: f64,
+        p50_us: u64,
+        p99_us: u64,
+        server_cpu_us_per_activation: f64,
+        /// kmsd only: CPU µs per activation by thread name.
+        threads: BTreeMap<String, f64>,
+    }
+
+    fn thread_group(name: &str) -> String {
+        match name {
+            n if n.starts_with("tokio-runtime") => "runtime".into(),
+            n if n.starts_with("kmsd-store") => "store".into(),
+            n if n.starts_with("kmsd-log") => "log".into(),
+            n if n.starts_with("kmsd") => "main".into(),
+            n => n.to_owned(),
+        }
+    }
+
+    pub fn run(a: &VersusArgs) -> Result<()> {
+        let tmp = match &a.dir {
+            Some(d) => tempfile::tempdir_in(d)?,
+            None => tempfile::tempdir()?,
+        };
+        let rt = runtime("load")?;
+        let sku = products::find_sku("Windows 10/11 Enterprise").map_err(anyhow::Error::msg)?;
+        let version = Version::from_wire(6, 0).context("v6")?;
+        let base = LoadOptions::new(version, sku);
+        let mut syncs = Vec::new();
+        let mut servers = Vec::new();
+        let port = free_port()?;
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let mut floor = Proc::new(std::env::current_exe()?);
+        floor.args(["serve", "--listen", &addr.to_string()]);
+        servers.push(start("floor", floor, addr, &tmp.path().join("floor.log"))?);
+        let port = free_port()?;
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let mut kmsd = Proc::new(&a.kmsd);
+        kmsd.args(["serve", "--listen", &addr.to_string(), "--data-dir"])
+            .arg(tmp.path().join("data"))
+            .args(&a.kmsd_args)
+            .env_remove("RUST_LOG");
+        servers.push(start("kmsd", kmsd, addr, &tmp.path().join("kmsd.log"))?);
+        if let Some(b) = &a.kmsd_b {
+            let addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+            let mut kmsd = Proc::new(b);
+            kmsd.args(["serve", "--listen", &addr.to_string(), "--data-dir"])
+                .arg(tmp.path().join("data-b"))
+                .args(&a.kmsd_args)
+                .env_remove("RUST_LOG");
+            servers.push(start("kmsd B", kmsd, addr, &tmp.path().join("kmsd-b.log"))?);
+        }
+        if let Some(v) = &a.vlmcsd {
+            let port = free_port()?;
+            let addr = SocketAddr::from(([127, 0, 0, 1], port));
+            let mut cmd = Proc::new(v);
+            cmd.args(["--listen", &addr.to_string(), "--max-connections", "4096"]);
+            servers.push(start("vlmcsd", cmd, addr, &tmp.path().join("vlmcsd.log"))?);
+        }
+        let mut plan: Vec<(usize, &'static str, bool)> = Vec::new();
+        for (s, server) in servers.iter().enumerate() {
+            plan.push((s, server.name, true));
+            if a.distinct && server.name == "kmsd" {
+                plan.push((s, "kmsd (distinct CMIDs)", false));
+            }
+            if a.distinct && server.name == "kmsd B" {
+                plan.push((s, "kmsd B (distinct CMIDs)", false));
+            }
+        }
+        let opts = |pinned: bool, c: usize, secs: u64| {
+            let mut o = base.clone();
+            o.concurrency = c.clamp(1, 10_000);
+            o.duration = Duration::from_secs(secs);
+            if pinned {
+                o.pinned = Some(Pinned::FLOOR);
+            }
+            o
+        };
+        if a.warmup > 0 {
+            for &(s, _, pinned) in &plan {
+                rt.block_on(load::run_with(servers[s].addr, opts(pinned, 16, a.warmup)))?;
+            }
+        }
+        let mut rows: Vec<Row> = Vec::new();
+        for round in 0..a.rounds.max(1) {
+            // Timed in every round: the disk's latency drifts with what else
+            // the machine does.
+            syncs.push(fdatasync_us(tmp.path(), 200)?);
+            for &c in &a.concurrency {
+                for &(s, name, pinned) in &plan {
+                    let srv = &servers[s];
+                    let pid = srv.child.id();
+                    let (t0, c0) = (cpu_by_thread(pid), cpu_of(pid));
+                    let report =
+                        rt.block_on(load::run_with(srv.addr, opts(pinned, c, a.duration)))?;
+                    let (t1, c1) = (cpu_by_thread(pid), cpu_of(pid));
+                    let n = report.activations.max(1) as f64;
+                    let mut threads = BTreeMap::new();
+                    if srv.name.starts_with("kmsd") {
+                        for (k, v) in &t1 {
+                            let d = v - t0.get(k).copied().unwrap_or(0.0);
+                            *threads.entry(thread_group(k)).or_insert(0.0) += d * 1e6 / n;
+                        }
+                    }
+                    let row = Row {
+                        concurrency: c,
+                        server: name.into(),
+                        activations: report.activations,
+                        errors: report.error_total,
+                        activations_per_sec: report.activations_per_sec,
+                        p50_us: report.latency_us.p50,
+                        p99_us: report.latency_us.p99,
+                        server_cpu_us_per_activation: (c1 - c0) * 1e6 / n,
+                        threads,
+                    };
+                    if !a.json {
+                        eprintln!(
+                            "round {} c={c:<3} {name:<22} {:>9.1}/s  p50 {:>6} µs  p99 {:>6} µs  errors {}  server CPU {:.1} µs/act {}",
+                            round + 1,
+                            row.activations_per_sec,
+                            row.p50_us,
+                            row.p99_us,
+                            row.errors,
+                            row.server_cpu_us_per_activation,
+                            row.threads
+                                .iter()
+                                .map(|(k, v)| format!("{k} {v:.1}"))
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        );
+                    }
+                    rows.push(row);
+                }
+            }
+        }
+        drop(servers);
+        let mean = |k: usize, p99: bool| {
+            syncs
+                .iter()
+                .map(|s| if p99 { s[k].1 } else { s[k].0 })
+                .sum::<u64>()
+                / syncs.len().max(1) as u64
+        };
+        let sync = [
+            (mean(0, false), mean(0, true)),
+            (mean(1, false), mean(1, true)),
+        ];
+        // Merge the rounds: CPU per activation over all activations; rate
+        // and percentiles the mean of the rounds' (and said so).
+        let mut merged: Vec<Row> = Vec::new();
+        for &c in &a.concurrency {
+            for &(_, name, _) in &plan {
+                let rs: Vec<&Row> = rows
+                    .iter()
+                    .filter(|r| r.concurrency == c && r.server == name)
+                    .collect();
+                let k = rs.len().max(1) as f64;
+                let acts: u64 = rs.iter().map(|r| r.activations).sum();
+                let w = |f: &dyn Fn(&Row) -> f64| {
+                    rs.iter().map(|r| f(r) * r.activations as f64).sum::<f64>() / acts.max(1) as f64
+                };
+                let mut threads = BTreeMap::new();
+                for r in &rs {
+                    for (t, v) in &r.threads {
+                        *threads.entry(t.clone()).or_insert(0.0) +=
+                            v * r.activations as f64 / acts.max(1) as f64;
+                    }
+                }
+                merged.push(Row {
+                    concurrency: c,
+                    server: name.into(),
+                    activations: acts,
+                    errors: rs.iter().map(|r| r.errors).sum(),
+                    activations_per_sec: rs.iter().map(|r| r.activations_per_sec).sum::<f64>() / k,
+                    p50_us: (rs.iter().map(|r| r.p50_us as f64).sum::<f64>() / k) as u64,
+                    p99_us: (rs.iter().map(|r| r.p99_us as f64).sum::<f64>() / k) as u64,
+                    server_cpu_us_per_activation: w(&|r| r.server_cpu_us_per_activation),
+                    threads,
+                });
+            }
+        }
+        if a.json {
+            println!(
+                "{}",
+                serde_json::json!({
+                    "machine": machine(),
+                    "fdatasync_overwrite_us": {"p50": sync[0].0, "p99": sync[0].1},
+                    "fdatasync_append_us": {"p50": sync[1].0, "p99": sync[1].1},
+                    "fdatasync_by_round_us": syncs,
+                    "runs": rows,
+                    "merged": merged,
+                })
+            );
+            return Ok(());
+        }
+        println!("machine: {}", machine());
+        println!(
+            "fdatasync of 4 KiB in the data dir's file system (mean over rounds of 200 each): overwrite p50 {} µs (p99 {}), append p50 {} µs (p99 {}); overwrite p50 by round: {:?}",
+            sync[0].0,
+            sync[0].1,
+            sync[1].0,
+            sync[1].1,
+            syncs.iter().map(|s| s[0].0).collect::<Vec<_>>()
+        );
+        println!(
+            "{} rounds x {} s per run; rate and percentiles are the mean over rounds, CPU per activation over all of them\n",
+            a.rounds.max(1),
+            a.duration
+        );
+        println!(
+            "| clients | server | activations/s | p50 µs | p99 µs | errors | server CPU µs/act | CPU / floor's | kmsd by thread (µs/act) |"
+        );
+        println!("|---|---|---|---|---|---|---|---|---|");
+        for r in &merged {
+            let floor = merged
+                .iter()
+                .find(|f| f.concurrency == r.concurrency && f.server == "floor")
+                .map_or(f64::NAN, |f| f.server_cpu_us_per_activation);
+            println!(
+                "| {} | {} | {:.0} | {} | {} | {} | {:.1} | {:.2} | {} |",
+                r.concurrency,
+                r.server,
+                r.activations_per_sec,
+                r.p50_us,
+                r.p99_us,
+                r.errors,
+                r.server_cpu_us_per_activation,
+                r.server_cpu_us_per_activation / floor,
+                r.threads
+                    .iter()
+                    .filter(|(_, v)| **v >= 0.05)
+                    .map(|(k, v)| format!("{k} {v:.1}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        let get = |c: usize, n: &str| merged.iter().find(|r| r.concurrency == c && r.server == n);
+        println!();
+        for &c in &a.concurrency {
+            if let (Some(f), Some(k)) = (get(c, "floor"), get(c, "kmsd")) {
+                let mut line = format!(
+                    "clients {c}: kmsd CPU/act {:.2} x floor's; p50 {} µs vs floor p50 + 1.25 x fdatasync p50 = {} µs",
+                    k.server_cpu_us_per_activation / f.server_cpu_us_per_activation,
+                    k.p50_us,
+                    f.p50_us + sync[0].0 * 5 / 4
+                );
+                if let Some(v) = get(c, "vlmcsd") {
+                    line += &format!(
+                        "; kmsd rate / vlmcsd rate {:.2}",
+                        k.activations_per_sec / v.activations_per_sec
+                    );
+                }
+                println!("{line}");
+            }
+        }
+        Ok(())
     }
 }
