@@ -1178,8 +1178,10 @@ mod tests {
             let r = run_with(addr, o).await.unwrap();
             assert_eq!((r.activations, r.error_total), (40, 0), "{r}");
             assert_eq!(r.stopped_by, StoppedBy::Requests);
+            // Keep-alive reuses connections (7 requests each): however the 40
+            // requests fall over the 4 workers, 6 to 13 connections, far from 40.
             let expect_conns = if connection == ConnectionMode::KeepAlive {
-                8..=12
+                6..=13
             } else {
                 40..=40
             };

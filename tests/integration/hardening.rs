@@ -158,10 +158,12 @@ async fn a_crowd_of_half_requests_on_the_admin_port_starves_nothing() {
     assert_eq!(held.len(), 1500, "every crowd connection was accepted");
 
     let (mut health, mut activation) = (Vec::new(), Vec::new());
-    for _ in 0..3 {
+    // Five tries: the claim is that a fresh client is served within a
+    // second while the crowd holds on; a busy CI box may slow one try.
+    for _ in 0..5 {
         let t = Instant::now();
-        let got = tokio::time::timeout(Duration::from_secs(5), http_get(admin, "/healthz")).await;
-        let (code, body) = got.expect("/healthz within 5 s").unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(10), http_get(admin, "/healthz")).await;
+        let (code, body) = got.expect("/healthz within 10 s").unwrap();
         assert_eq!(code, 200, "/healthz: {body}");
         health.push(t.elapsed());
         let t = Instant::now();
