@@ -35,8 +35,9 @@ pub fn dns_record(a: &DnsRecordArgs) -> Result<()> {
     println!("; zone file line (clients look up _vlmcs._tcp in their DNS domain)");
     println!("{name} {} IN SRV {rdata}", a.ttl);
     println!();
-    println!("; nsupdate script: save the lines below and run `nsupdate -k KEYFILE FILE`");
-    println!("update delete {name} SRV");
+    println!("; nsupdate script: save the lines below and run `nsupdate -k KEYFILE FILE`.");
+    println!("; It replaces only this host's record: other hosts' records (a fleet) stay.");
+    println!("update delete {name} SRV {rdata}");
     println!("update add {name} {} SRV {rdata}", a.ttl);
     println!("send");
     Ok(())

@@ -432,6 +432,11 @@ fn dns_record_prints_the_srv_record_both_ways() {
         "update add _vlmcs._tcp.lab.example.test. 3600 SRV 0 0 1688 kms1.lab.example.test."
     ));
     assert!(text.contains("\nsend"));
+    // Only this host's record is deleted, never the whole RRset (a fleet's).
+    assert!(text.contains(
+        "update delete _vlmcs._tcp.lab.example.test. SRV 0 0 1688 kms1.lab.example.test.\n"
+    ));
+    assert!(!text.contains("SRV\n"), "no RRset-wide delete: {text}");
 }
 
 #[test]

@@ -596,3 +596,81 @@ async fn store_copy_moves_a_single_host_into_a_fleet_and_can_run_again() {
     assert_eq!(one(hosts[0].addr, &server(), new_cmid()).await.unwrap(), 6);
     stop_all(hosts).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_the_right_ca_works_and_a_wrong_ca_is_refused_by_name() {
+    if pg_admin().is_none() {
+        return;
+    }
+    // Its own cluster with TLS on (scripts/pg makes a CA and a certificate
+    // for 127.0.0.1 with openssl).
+    let pgdir = tempfile::tempdir().unwrap();
+    let cluster = pgdir.path().join("pg");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/pg");
+    let out = std::process::Command::new(script)
+        .env("PG_TLS", "1")
+        .arg("start")
+        .arg(&cluster)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let admin = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let ca = cluster.join("tls/ca.pem");
+    let url = format!("{admin}?sslmode=verify-full&sslrootcert={}", ca.display());
+    let hosts = fleet(&url, 1, "read-committed").await;
+    assert_eq!(one(hosts[0].addr, &server(), new_cmid()).await.unwrap(), 1);
+    assert!(
+        hosts[0]
+            .host
+            .store()
+            .location()
+            .starts_with("postgres://postgres@127.0.0.1")
+    );
+    stop_all(hosts).await;
+    // A CA that did not sign the server's certificate.
+    let other = pgdir.path().join("other-ca.pem");
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=other",
+        ])
+        .arg("-keyout")
+        .arg(pgdir.path().join("other.key"))
+        .arg("-out")
+        .arg(&other)
+        .output()
+        .unwrap();
+    assert!(made.status.success());
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = test_config(dir.path());
+    cfg.store = format!(
+        "{admin}?sslmode=verify-full&sslrootcert={}",
+        other.display()
+    )
+    .parse()
+    .unwrap();
+    let err = kmsd::app::App::start(cfg, Default::default())
+        .await
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        err.contains("cannot use the fleet database") && err.to_lowercase().contains("certificate"),
+        "{err}"
+    );
+    let _ = std::process::Command::new(script)
+        .arg("stop")
+        .arg(&cluster)
+        .status();
+}

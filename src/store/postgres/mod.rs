@@ -629,7 +629,9 @@ impl PgReader {
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
-        client(&self.db, &self.shown).await
+        let c = client(&self.db, &self.shown).await?;
+        reads::has_schema(&c, &self.shown).await?;
+        Ok(c)
     }
 
     pub async fn status(&self) -> Result<StoreStatus, StoreError> {

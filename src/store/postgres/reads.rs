@@ -22,6 +22,22 @@ fn u32_of(v: i64) -> u32 {
     u32::try_from(v).unwrap_or(u32::MAX)
 }
 
+/// Refuses a database that holds no kmsd schema yet, in words.
+pub async fn has_schema(c: &Pg, shown: &str) -> Result<(), StoreError> {
+    let there: bool = c
+        .query_one("SELECT to_regclass('pools') IS NOT NULL", &[])
+        .await
+        .map_err(pg_err)?
+        .get(0);
+    if there {
+        Ok(())
+    } else {
+        Err(StoreError::Postgres(format!(
+            "{shown} holds no kmsd fleet yet: start a host with --store on it, or run kmsd store copy"
+        )))
+    }
+}
+
 /// The database clock, unix milliseconds.
 pub async fn db_now(c: &Pg) -> Result<i64, StoreError> {
     Ok(c.query_one(
