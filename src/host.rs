@@ -89,7 +89,8 @@ pub enum StartError {
 pub struct Host {
     clock: Clock,
     epids: HashMap<&'static str, Epid>,
-    policy: RwLock<Policy>,
+    /// Swapped whole on SIGHUP; a request takes a reference (no copy).
+    policy: RwLock<Arc<Policy>>,
     hwid: [u8; 8],
     store: Store,
     pub stats: Stats,
@@ -142,7 +143,7 @@ impl Host {
         let host = Self {
             clock,
             epids,
-            policy: RwLock::new(Policy::from_config(cfg)),
+            policy: RwLock::new(Arc::new(Policy::from_config(cfg))),
             hwid: cfg.hwid,
             store,
             stats: Stats::default(),
@@ -181,21 +182,22 @@ impl Host {
 
     /// The ePID groups served right now.
     pub fn served_groups(&self) -> Vec<&'static str> {
-        self.policy().product.served
+        self.policy().product.served.clone()
     }
 
     /// The decision policy in force.
-    pub fn policy(&self) -> Policy {
-        self.policy
-            .read()
-            .map(|p| p.clone())
-            .unwrap_or_else(|e| e.into_inner().clone())
+    pub fn policy(&self) -> Arc<Policy> {
+        match self.policy.read() {
+            Ok(p) => Arc::clone(&p),
+            Err(e) => Arc::clone(&e.into_inner()),
+        }
     }
 
     /// Replaces the decision policy (SIGHUP) and notes the served groups
     /// for `kmsd status`.
     pub async fn set_policy(&self, p: Policy) {
         let served = p.product.served.join(",");
+        let p = Arc::new(p);
         match self.policy.write() {
             Ok(mut g) => *g = p,
             Err(e) => *e.into_inner() = p,

@@ -376,40 +376,13 @@ async fn the_database_restarted_under_load_loses_nothing_and_the_host_recovers()
         return;
     }
     // Its own cluster: stopping the shared one would break other tests.
-    let pgdir = tempfile::tempdir().unwrap();
-    let cluster = pgdir.path().join("pg");
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/pg");
-    let out = std::process::Command::new(script)
-        .arg("start")
-        .arg(&cluster)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let admin = String::from_utf8(out.stdout).unwrap().trim().to_owned();
-    let port: u16 = admin
-        .rsplit(':')
-        .next()
-        .unwrap()
-        .split('/')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
-    let url = admin;
+    let cluster = OwnCluster::start(false);
+    let url = cluster.admin.clone();
     let hosts = fleet(&url, 1, "read-committed").await;
     let h = &hosts[0];
     let load = acked_under_load(h.addr, Instant::now() + Duration::from_secs(6));
     tokio::time::sleep(Duration::from_millis(1000)).await;
-    let stop = std::process::Command::new(script)
-        .arg("stop")
-        .arg(&cluster)
-        .status()
-        .unwrap();
-    assert!(stop.success());
+    cluster.run(&["stop"]);
     // While it is down: a request is answered (an error) within the bounded
     // time, the health probe says why.
     let t = Instant::now();
@@ -424,34 +397,7 @@ async fn the_database_restarted_under_load_loses_nothing_and_the_host_recovers()
     );
     assert!(h.host.store().probe().await.is_err());
     // Restart it on the same port: the host recovers by itself.
-    let data = cluster.join("data");
-    let pg_ctl = std::fs::read_dir("/usr/lib/postgresql")
-        .ok()
-        .and_then(|mut d| d.next())
-        .and_then(|e| e.ok())
-        .map(|e| e.path().join("bin/pg_ctl"))
-        .unwrap_or_else(|| "pg_ctl".into());
-    let opts = format!(
-        "-c listen_addresses=127.0.0.1 -p {port} -k {}",
-        cluster.display()
-    );
-    let mut cmd = if nix_is_root() {
-        let mut c = std::process::Command::new("runuser");
-        c.args(["-u", "postgres", "--"]).arg(&pg_ctl);
-        c
-    } else {
-        std::process::Command::new(&pg_ctl)
-    };
-    let started = cmd
-        .arg("-D")
-        .arg(&data)
-        .arg("-l")
-        .arg(cluster.join("server.log"))
-        .args(["-w", "start", "-o", &opts])
-        .stdout(std::process::Stdio::null())
-        .status()
-        .unwrap();
-    assert!(started.success());
+    cluster.run(&["resume", &cluster.port().to_string()]);
     let (acked, errors) = load.await.unwrap();
     assert!(!errors.is_empty(), "the outage was seen by clients");
     let stored = stored_cmids(&url).await;
@@ -469,21 +415,69 @@ async fn the_database_restarted_under_load_loses_nothing_and_the_host_recovers()
     }
     assert!(h.host.store().probe().await.is_ok());
     stop_all(hosts).await;
-    let _ = std::process::Command::new(script)
-        .arg("stop")
-        .arg(&cluster)
-        .status();
 }
 
-fn nix_is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .map(|l| l.split_whitespace().nth(1) == Some("0"))
-        })
-        .unwrap_or(false)
+/// A PostgreSQL cluster of one test's own (stopping the shared one would
+/// break the others), from scripts/pg; stopped when dropped, even when the
+/// test fails.
+struct OwnCluster {
+    dir: tempfile::TempDir,
+    admin: String,
+}
+
+impl OwnCluster {
+    fn start(tls: bool) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cmd = std::process::Command::new(Self::SCRIPT);
+        if tls {
+            cmd.env("PG_TLS", "1");
+        }
+        let out = cmd
+            .arg("start")
+            .arg(dir.path().join("pg"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let admin = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+        Self { dir, admin }
+    }
+
+    const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/pg");
+
+    /// The cluster's own directory (data, socket, TLS files).
+    fn path(&self) -> std::path::PathBuf {
+        self.dir.path().join("pg")
+    }
+
+    fn port(&self) -> u16 {
+        let hostport = self.admin.rsplit('@').next().unwrap();
+        hostport.split(['/', ':']).nth(1).unwrap().parse().unwrap()
+    }
+
+    /// `scripts/pg ACTION DIR [ARGS]`, which must succeed.
+    fn run(&self, args: &[&str]) {
+        let (action, rest) = args.split_first().unwrap();
+        let ok = std::process::Command::new(Self::SCRIPT)
+            .arg(action)
+            .arg(self.path())
+            .args(rest)
+            .status()
+            .unwrap();
+        assert!(ok.success(), "scripts/pg {args:?}");
+    }
+}
+
+impl Drop for OwnCluster {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new(Self::SCRIPT)
+            .arg("stop")
+            .arg(self.path())
+            .status();
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -604,22 +598,9 @@ async fn tls_with_the_right_ca_works_and_a_wrong_ca_is_refused_by_name() {
     }
     // Its own cluster with TLS on (scripts/pg makes a CA and a certificate
     // for 127.0.0.1 with openssl).
-    let pgdir = tempfile::tempdir().unwrap();
-    let cluster = pgdir.path().join("pg");
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/pg");
-    let out = std::process::Command::new(script)
-        .env("PG_TLS", "1")
-        .arg("start")
-        .arg(&cluster)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let admin = String::from_utf8(out.stdout).unwrap().trim().to_owned();
-    let ca = cluster.join("tls/ca.pem");
+    let cluster = OwnCluster::start(true);
+    let admin = cluster.admin.clone();
+    let ca = cluster.path().join("tls/ca.pem");
     let url = format!("{admin}?sslmode=verify-full&sslrootcert={}", ca.display());
     let hosts = fleet(&url, 1, "read-committed").await;
     assert_eq!(one(hosts[0].addr, &server(), new_cmid()).await.unwrap(), 1);
@@ -632,7 +613,7 @@ async fn tls_with_the_right_ca_works_and_a_wrong_ca_is_refused_by_name() {
     );
     stop_all(hosts).await;
     // A CA that did not sign the server's certificate.
-    let other = pgdir.path().join("other-ca.pem");
+    let other = cluster.path().join("other-ca.pem");
     let made = std::process::Command::new("openssl")
         .args([
             "req",
@@ -646,7 +627,7 @@ async fn tls_with_the_right_ca_works_and_a_wrong_ca_is_refused_by_name() {
             "/CN=other",
         ])
         .arg("-keyout")
-        .arg(pgdir.path().join("other.key"))
+        .arg(cluster.path().join("other.key"))
         .arg("-out")
         .arg(&other)
         .output()
@@ -669,8 +650,4 @@ async fn tls_with_the_right_ca_works_and_a_wrong_ca_is_refused_by_name() {
         err.contains("cannot use the fleet database") && err.to_lowercase().contains("certificate"),
         "{err}"
     );
-    let _ = std::process::Command::new(script)
-        .arg("stop")
-        .arg(&cluster)
-        .status();
 }

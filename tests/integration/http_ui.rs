@@ -356,6 +356,40 @@ pub(crate) fn chromium() -> Option<PathBuf> {
         .find(|p| p.exists())
 }
 
+/// Takes a Chromium screenshot of `url` at `size` ("W,H") and checks it is
+/// a PNG of a non-trivial page; copies it to `$keep_env` when that is set.
+pub(crate) async fn screenshot_is_not_blank(
+    bin: &Path,
+    profile: &Path,
+    url: &str,
+    size: &str,
+    keep_env: &str,
+) {
+    let shot_dir = tempfile::tempdir().unwrap();
+    let shot = shot_dir.path().join("shot.png");
+    run_chromium(
+        bin,
+        profile,
+        url,
+        &[
+            format!("--screenshot={}", shot.display()),
+            format!("--window-size={size}"),
+            "--hide-scrollbars".into(),
+        ],
+    )
+    .await;
+    let png = std::fs::read(&shot).expect("screenshot written");
+    assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "a PNG");
+    assert!(
+        png.len() > 30_000,
+        "a non-trivial page ({} bytes)",
+        png.len()
+    );
+    if let Some(keep) = std::env::var_os(keep_env) {
+        std::fs::copy(&shot, keep).expect("copy the screenshot");
+    }
+}
+
 /// Runs headless Chromium on `url` with `extra` flags; returns stdout.
 pub(crate) async fn run_chromium(
     bin: &Path,
@@ -506,29 +540,14 @@ async fn a_browser_shows_the_pools_and_activations() {
     assert!(rows[0].contains(OFFICE_WS) && rows[0].contains("live"));
 
     // A screenshot: it exists and is not blank.
-    let shot_dir = tempfile::tempdir().unwrap();
-    let shot = shot_dir.path().join("status.png");
-    run_chromium(
+    screenshot_is_not_blank(
         &bin,
         profile.path(),
         &url,
-        &[
-            format!("--screenshot={}", shot.display()),
-            "--window-size=1280,2000".into(),
-            "--hide-scrollbars".into(),
-        ],
+        "1280,2000",
+        "KMSD_UI_SCREENSHOT",
     )
     .await;
-    let png = std::fs::read(&shot).expect("screenshot written");
-    assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "a PNG");
-    assert!(
-        png.len() > 30_000,
-        "a non-trivial page ({} bytes)",
-        png.len()
-    );
-    if let Some(keep) = std::env::var_os("KMSD_UI_SCREENSHOT") {
-        std::fs::copy(&shot, keep).expect("copy the screenshot");
-    }
 
     token.cancel();
     tokio::time::timeout(WAIT, task)

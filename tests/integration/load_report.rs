@@ -14,7 +14,7 @@
 //!   traffic.
 
 use crate::common::{TestServer, start_server};
-use crate::http_ui::{chromium, run_chromium};
+use crate::http_ui::{chromium, run_chromium, screenshot_is_not_blank};
 use scraper::{Html, Selector};
 use serde_json::Value;
 use std::path::Path;
@@ -202,29 +202,15 @@ async fn the_report_holds_the_run_the_charts_and_the_hosts_figures() {
         return;
     };
     let profile = tempfile::tempdir().unwrap();
-    let shot = dir.path().join("report.png");
     let url = format!("file://{}", report.display());
-    run_chromium(
+    screenshot_is_not_blank(
         &bin,
         profile.path(),
         &url,
-        &[
-            format!("--screenshot={}", shot.display()),
-            "--window-size=1200,2200".into(),
-            "--hide-scrollbars".into(),
-        ],
+        "1200,2200",
+        "KMSD_REPORT_SCREENSHOT",
     )
     .await;
-    let png = std::fs::read(&shot).expect("screenshot written");
-    assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "a PNG");
-    assert!(
-        png.len() > 30_000,
-        "a non-trivial page ({} bytes)",
-        png.len()
-    );
-    if let Some(keep) = std::env::var_os("KMSD_REPORT_SCREENSHOT") {
-        std::fs::copy(&shot, keep).expect("copy the screenshot");
-    }
     // The rendered DOM still holds the charts (nothing was blocked).
     let dom = run_chromium(&bin, profile.path(), &url, &["--dump-dom".into()]).await;
     assert!(dom.contains("id=\"chart-latency\"") && dom.contains("<path"));
