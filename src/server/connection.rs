@@ -158,8 +158,11 @@ pub async fn serve(
                 break;
             }
         };
+        // The answer leaves before its log line is formatted: the line is
+        // not on the client's critical path.
+        let sent = out.is_empty() || framed.get_mut().write_all(&out).await.is_ok();
         log_outcome(&outcome);
-        if !out.is_empty() && framed.get_mut().write_all(&out).await.is_err() {
+        if !sent {
             break;
         }
         if matches!(
