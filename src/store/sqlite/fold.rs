@@ -44,6 +44,8 @@ pub struct Tail {
     pub clients: HashMap<(Guid, Guid), TailClient>,
     /// Last seen ms per (pool, CMID), for the requests that were counted.
     pub pool_entries: HashMap<(Pool, Guid), i64>,
+    /// Records per (result, license state): what the running totals gain.
+    pub totals: HashMap<(u32, u32), u64>,
 }
 
 /// How far the inventory and stored pools reflect the activation log.
@@ -58,7 +60,8 @@ pub fn read_tail(conn: &Connection, after: i64, limit: i64) -> rusqlite::Result<
         ..Tail::default()
     };
     let mut stmt = conn.prepare_cached(
-        "SELECT id, time_ms, address, workstation, cmid, app_id, sku_id, count, hresult, pool
+        "SELECT id, time_ms, address, workstation, cmid, app_id, sku_id, count, hresult, pool,
+                license_status
          FROM activations WHERE id > ?1 ORDER BY id LIMIT ?2",
     )?;
     let mut rows = stmt.query(params![after, limit])?;
@@ -97,14 +100,18 @@ pub fn read_tail(conn: &Connection, after: i64, limit: i64) -> rusqlite::Result<
             let t = tail.pool_entries.entry((pool, cmid)).or_insert(time);
             *t = (*t).max(time);
         }
+        *tail
+            .totals
+            .entry((update.last_hresult, row.get(10)?))
+            .or_default() += 1;
         tail.upto = row.get(0)?;
         tail.records += 1;
     }
     Ok(tail)
 }
 
-/// Folds at most `max` unfolded log records into the inventory and
-/// the stored pools, in one transaction that also moves the mark. Returns
+/// Folds at most `max` unfolded log records into the inventory, the
+/// stored pools and the running totals, in one transaction that also moves the mark. Returns
 /// the records folded (0 when there were none).
 ///
 /// With `keep_records`, the same transaction also trims the log's head past
@@ -157,6 +164,13 @@ pub fn fold(conn: &mut Connection, max: i64, keep_records: Option<u64>) -> Resul
             for (cmid, t) in entries {
                 insert.execute(params![pool.name(), cmid, t])?;
             }
+        }
+        let mut total = tx.prepare_cached(
+            "INSERT INTO totals (hresult, license_status, n) VALUES (?1, ?2, ?3)
+             ON CONFLICT(hresult, license_status) DO UPDATE SET n = n + excluded.n",
+        )?;
+        for (&(hresult, status), &n) in &tail.totals {
+            total.execute(params![hresult, status, n as i64])?;
         }
         tx.prepare_cached("UPDATE folded SET upto = ?1 WHERE id = 1")?
             .execute([tail.upto])?;

@@ -4,12 +4,13 @@
 //! without each response paying for its own fsync. The pools are counted in
 //! memory ([`Pools`]) and restored from the file at start-up.
 //!
-//! The hot commit only appends: the activation log (which names the pool a
-//! request was counted in), the pools' capacities and the running totals.
-//! The inventory (`clients`) and the stored pools (`pool_entries`) are keyed
+//! The hot commit only appends to the activation log (which names the pool
+//! a request was counted in), plus a pool's capacity when it grew. The
+//! inventory (`clients`) and the stored pools (`pool_entries`) are keyed
 //! by CMID, so updating them inside the hot commit would dirty a random page
-//! per record and make every client wait for those pages' fsync. They are
-//! instead folded from the log ([`fold`]) by the same thread after commits,
+//! per record and make every client wait for those pages' fsync; the
+//! running totals (`totals`) would add a second page to every commit. They
+//! are instead folded from the log ([`fold`]) by the same thread after commits,
 //! in chunks of a few hundred records (a fold costs about the same for one
 //! record as for hundreds): when a few hundred are waiting and no commit is,
 //! regardless once the tail passes [`FOLD_BACKLOG`] records, and all of it

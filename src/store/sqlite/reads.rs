@@ -166,19 +166,14 @@ pub fn status(conn: &Connection, location: String, now_ms: i64) -> Result<StoreS
     for row in stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))? {
         epids.push(row?);
     }
-    let mut totals = Vec::new();
-    let mut stmt = conn.prepare(
-        "SELECT hresult, license_status, n FROM totals ORDER BY hresult, license_status",
-    )?;
-    for row in stmt.query_map([], |r| {
-        Ok(Total {
-            hresult: Hresult(r.get(0)?),
-            license_status: r.get(1)?,
-            requests: r.get::<_, i64>(2)? as u64,
+    let totals = totals(conn)?
+        .into_iter()
+        .map(|(hresult, license_status, n)| Total {
+            hresult: Hresult(hresult),
+            license_status,
+            requests: n as u64,
         })
-    })? {
-        totals.push(row?);
-    }
+        .collect();
     let inventory = inventory_size(conn)?;
     let records_kept = conn.query_row(
         // Two sub-selects: SQLite answers each from the rowid b-tree's ends,
@@ -367,9 +362,20 @@ pub fn epids(conn: &Connection) -> Result<Vec<(String, String, i64)>, StoreError
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
-/// The running totals by result and license state.
+/// The running totals by result and license state, ordered: the folded
+/// ones plus the unfolded tail's (call inside one read transaction).
 pub fn totals(conn: &Connection) -> Result<Vec<(u32, u32, i64)>, StoreError> {
-    let mut stmt = conn.prepare("SELECT hresult, license_status, n FROM totals")?;
+    let mut stmt = conn.prepare(
+        "SELECT hresult, license_status, SUM(n) FROM (
+             SELECT hresult, license_status, n FROM totals
+             UNION ALL
+             SELECT hresult, license_status, COUNT(*) FROM activations
+             WHERE id > (SELECT upto FROM folded WHERE id = 1)
+             GROUP BY hresult, license_status)
+         GROUP BY hresult, license_status
+         HAVING SUM(n) > 0
+         ORDER BY hresult, license_status",
+    )?;
     let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
     Ok(rows.collect::<Result<_, _>>()?)
 }

@@ -6,7 +6,7 @@ use rusqlite::{Connection, OpenFlags};
 use std::path::Path;
 
 /// Schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 fn open_conn(path: &Path, flags: OpenFlags) -> Result<Connection, StoreError> {
     let conn = Connection::open_with_flags(path, flags).map_err(|e| StoreError::open(path, e))?;
@@ -163,6 +163,21 @@ pub(super) fn migrate(conn: &Connection, from: i64) -> Result<(), StoreError> {
              );
              INSERT INTO folded (id, upto) SELECT 1, COALESCE(MAX(id), 0) FROM activations;
              PRAGMA user_version = 3;
+             COMMIT;",
+        )?;
+    }
+    if from < 4 {
+        // v4: the running totals are folded from the log like the
+        // inventory (v3 added them in the hot commit), so they cover the
+        // folded records only: take the unfolded tail's records out again.
+        conn.execute_batch(
+            "BEGIN;
+             UPDATE totals SET n = n - (
+                 SELECT COUNT(*) FROM activations a
+                 WHERE a.id > (SELECT upto FROM folded WHERE id = 1)
+                   AND a.hresult = totals.hresult
+                   AND a.license_status = totals.license_status);
+             PRAGMA user_version = 4;
              COMMIT;",
         )?;
     }

@@ -441,3 +441,70 @@ fn commit_batch_v1(conn: &mut Connection, records: &[Record]) {
     }
     tx.commit().unwrap();
 }
+
+fn totals_of(conn: &Connection) -> Vec<(u32, u32, i64)> {
+    reads::totals(conn).unwrap()
+}
+
+fn totals_table(conn: &Connection) -> Vec<(u32, u32, i64)> {
+    conn.prepare("SELECT hresult, license_status, n FROM totals ORDER BY hresult, license_status")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
+#[test]
+fn totals_count_the_unfolded_tail_once_and_the_fold_moves_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut conn = open_rw(&dir.path().join("db")).unwrap();
+    let mut refused = record(9, 0xC004_F042);
+    refused.license_status = 1;
+    let batch = [record(1, 0), record(2, 0), refused];
+    commit_batch(&mut conn, &batch.iter().collect::<Vec<_>>()).unwrap();
+    let want = vec![(0, 2, 2), (0xC004_F042, 1, 1)];
+    assert_eq!(
+        totals_table(&conn),
+        vec![],
+        "the hot commit leaves totals alone"
+    );
+    assert_eq!(totals_of(&conn), want, "readers add the unfolded tail");
+    fold_all(&mut conn).unwrap();
+    assert_eq!(
+        totals_table(&conn),
+        want,
+        "the fold moves them into the table"
+    );
+    assert_eq!(
+        totals_of(&conn),
+        want,
+        "and readers do not count them twice"
+    );
+    commit_batch(&mut conn, &[&record(3, 0)]).unwrap();
+    assert_eq!(totals_of(&conn), vec![(0, 2, 3), (0xC004_F042, 1, 1)]);
+}
+
+#[test]
+fn a_v3_database_keeps_its_totals_exact_across_the_v4_migration() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    {
+        let mut conn = open_rw(&path).unwrap();
+        let batch = [record(1, 0), record(2, 0), record(3, 0xC004_F042)];
+        commit_batch(&mut conn, &batch.iter().collect::<Vec<_>>()).unwrap();
+        fold_all(&mut conn).unwrap();
+        // Two more records left unfolded, their totals already added by the
+        // hot commit, as v3 did.
+        commit_batch(&mut conn, &[&record(4, 0), &record(5, 0)]).unwrap();
+        conn.execute_batch(
+            "UPDATE totals SET n = n + 2 WHERE hresult = 0; PRAGMA user_version = 3;",
+        )
+        .unwrap();
+    }
+    let mut conn = open_rw(&path).unwrap();
+    let want = vec![(0, 2, 4), (0xC004_F042, 2, 1)];
+    assert_eq!(totals_of(&conn), want, "the tail is counted once");
+    fold_all(&mut conn).unwrap();
+    assert_eq!(totals_table(&conn), want);
+}

@@ -61,8 +61,10 @@ fn write_record(tx: &rusqlite::Transaction<'_>, r: &Record) -> rusqlite::Result<
 }
 
 /// Writes a batch in one transaction: per record the activation record
-/// (an append); per batch the pools' capacities and the running totals (one
-/// statement per distinct key, not per record).
+/// (an append), and a pool's capacity when it grew. Nothing else: the
+/// inventory, the stored pools and the running totals are folded from the
+/// log later, off the clients' path, so a commit dirties the log's last
+/// page and nothing more.
 #[cfg(test)]
 pub(super) fn commit_batch(conn: &mut Connection, batch: &[&Record]) -> Result<(), StoreError> {
     commit_batch_known(conn, batch, &mut Vec::new())
@@ -79,7 +81,6 @@ pub(super) fn commit_batch_known(
 ) -> Result<(), StoreError> {
     let tx = conn.transaction()?;
     let mut capacities: Vec<(Pool, u32)> = Vec::new();
-    let mut totals: Vec<((u32, u32), i64)> = Vec::new();
     for r in batch {
         write_record(&tx, r)?;
         if let Some(pool) = r.counted_in {
@@ -87,11 +88,6 @@ pub(super) fn commit_batch_known(
                 Some((_, c)) => *c = (*c).max(r.capacity),
                 None => capacities.push((pool, r.capacity)),
             }
-        }
-        let key = (r.hresult, r.license_status);
-        match totals.iter_mut().find(|(k, _)| *k == key) {
-            Some((_, n)) => *n += 1,
-            None => totals.push((key, 1)),
         }
     }
     capacities.retain(|(pool, c)| !known.iter().any(|(p, k)| p == pool && k >= c));
@@ -101,13 +97,6 @@ pub(super) fn commit_batch_known(
              ON CONFLICT(pool) DO UPDATE SET capacity = MAX(capacity, excluded.capacity)",
         )?
         .execute(params![pool.name(), capacity])?;
-    }
-    for ((hresult, status), n) in totals {
-        tx.prepare_cached(
-            "INSERT INTO totals (hresult, license_status, n) VALUES (?1, ?2, ?3)
-             ON CONFLICT(hresult, license_status) DO UPDATE SET n = n + excluded.n",
-        )?
-        .execute(params![hresult, status, n])?;
     }
     tx.commit()?;
     for (pool, c) in capacities {
