@@ -101,3 +101,26 @@ pub fn init(level: &str, json: bool, sink: LogSink) -> (LogReload, Option<Worker
     });
     (reload, guard)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Paced;
+    use std::io::Write;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn paced_lines_wait_for_the_flush_which_then_rests() {
+        let period = Duration::from_millis(30);
+        let mut w = Paced::new(Vec::new(), period);
+        w.write_all(b"one\n").unwrap();
+        w.write_all(b"two\n").unwrap();
+        assert!(
+            w.out.get_ref().is_empty(),
+            "lines are gathered, not written one by one"
+        );
+        let t = Instant::now();
+        w.flush().unwrap();
+        assert!(t.elapsed() >= period, "the flush rests for the period");
+        assert_eq!(w.out.get_ref().as_slice(), b"one\ntwo\n");
+    }
+}
