@@ -1,7 +1,9 @@
 //! The durable store's group commit: N records written concurrently and
-//! awaited, as N clients' responses wait for their records (SQLite WAL,
-//! synchronous=FULL, one writer thread batching what is queued). Reported as
-//! records per second.
+//! awaited, as N clients' responses wait for their records (SQLite WAL, one
+//! writer thread batching what is queued), with the default durability
+//! (`synchronous=FULL`: every commit flushed) and with `durability = "os"`
+//! (`NORMAL`: written, flushed only at checkpoints). Reported as records per
+//! second.
 //!
 //! The records cycle over 1,000 client machine IDs. With ever-new IDs the
 //! writer's prune (every 10,000 records) costs seconds and dominates; that
@@ -11,7 +13,7 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use kmsd::protocol::guid::Guid;
 use kmsd::protocol::kms::products::{self, Pool};
 use kmsd::store::sqlite::{self, Writer};
-use kmsd::store::{self, Record};
+use kmsd::store::{self, Durability, Record};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Distinct client machine IDs the records cycle over.
@@ -45,32 +47,40 @@ fn group_commit(c: &mut Criterion) {
         .enable_all()
         .build()
         .expect("runtime");
-    let dir = tempfile::tempdir().expect("temp dir");
-    let path = dir.path().join(store::DB_FILE);
-    let conn = sqlite::open_rw(&path).expect("database");
-    let metrics = std::sync::Arc::new(kmsd::metrics::Metrics::default());
-    let durable = Writer::start(conn, 1_000_000, metrics).expect("writer thread");
-    let next = AtomicU64::new(0);
     let mut g = c.benchmark_group("store");
-    for n in [1u64, 64, 512] {
-        g.throughput(Throughput::Elements(n));
-        g.sample_size(if n > 64 { 20 } else { 50 });
-        g.bench_function(format!("group_commit_{n}"), |b| {
-            b.iter(|| {
-                let now = store::unix_ms_now();
-                rt.block_on(async {
-                    let mut set = tokio::task::JoinSet::new();
-                    for _ in 0..n {
-                        let d = durable.clone();
-                        let r = record(next.fetch_add(1, Ordering::Relaxed), now);
-                        set.spawn(async move { d.write(r).await });
-                    }
-                    while let Some(r) = set.join_next().await {
-                        r.expect("task").expect("committed");
-                    }
+    // `group_commit_N`: the default, every commit flushed; `os_group_commit_N`:
+    // `durability = "os"`, written but not flushed.
+    for durability in [Durability::Full, Durability::Os] {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join(store::DB_FILE);
+        let conn = sqlite::open_rw(&path).expect("database");
+        let metrics = std::sync::Arc::new(kmsd::metrics::Metrics::default());
+        let durable = Writer::start(conn, 1_000_000, durability, metrics).expect("writer thread");
+        let next = AtomicU64::new(0);
+        let prefix = match durability {
+            Durability::Full => "",
+            Durability::Os => "os_",
+        };
+        for n in [1u64, 64, 512] {
+            g.throughput(Throughput::Elements(n));
+            g.sample_size(if n > 64 { 20 } else { 50 });
+            g.bench_function(format!("{prefix}group_commit_{n}"), |b| {
+                b.iter(|| {
+                    let now = store::unix_ms_now();
+                    rt.block_on(async {
+                        let mut set = tokio::task::JoinSet::new();
+                        for _ in 0..n {
+                            let d = durable.clone();
+                            let r = record(next.fetch_add(1, Ordering::Relaxed), now);
+                            set.spawn(async move { d.write(r).await });
+                        }
+                        while let Some(r) = set.join_next().await {
+                            r.expect("task").expect("committed");
+                        }
+                    })
                 })
-            })
-        });
+            });
+        }
     }
     g.finish();
 }

@@ -112,6 +112,7 @@ impl Host {
             data_dir: cfg.data_dir.clone(),
             count_mode: cfg.count_mode,
             keep_records: cfg.keep_records,
+            durability: cfg.durability,
             busy_timeout: cfg.store_busy_timeout,
             timeout: cfg.store_timeout,
             isolation: cfg.store_isolation.clone(),

@@ -771,6 +771,25 @@ pub static KEYS: &[Key] = &[
         get: |c| num(c.store_busy_timeout.as_millis()),
     },
     Key {
+        name: "durability",
+        kind: Kind::Str,
+        default: r#""full""#,
+        doc: "SQLite: `full` (a count is on disk before its answer leaves) or `os` (written, not flushed)",
+        reload: Reload::Restart,
+        value_name: "full|os",
+        aliases: &[],
+        note: "`os` survives a crash or kill -9 of kmsd, not a power cut or an OS crash; for labs. The default waits for the disk's flush on every commit.",
+        sample: r#""#,
+        switches: &[],
+        set: |c, v| {
+            let s = string(v)?;
+            c.durability = crate::store::Durability::parse(s)
+                .ok_or_else(|| format!("{s:?}: expected full or os"))?;
+            Ok(())
+        },
+        get: |c| text(c.durability.name()),
+    },
+    Key {
         name: "http",
         kind: Kind::Str,
         default: "off",

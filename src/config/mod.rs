@@ -93,6 +93,8 @@ pub struct ServeConfig {
     pub store_isolation: String,
     /// How long a store write waits for a locked database before failing.
     pub store_busy_timeout: Duration,
+    /// Whether the embedded store's commit waits for the disk.
+    pub durability: crate::store::Durability,
     /// The HTTP admin listener (metrics, health, status page); off when None.
     pub http: Option<SocketAddr>,
     /// Most connections the admin listener holds at once.
@@ -170,6 +172,7 @@ impl Default for ServeConfig {
             store_timeout: Duration::from_secs(5),
             store_isolation: "read-committed".into(),
             store_busy_timeout: Duration::from_secs(5),
+            durability: crate::store::Durability::Full,
             http: None,
             http_max_connections: 32,
             log_level: "info".into(),
@@ -222,6 +225,14 @@ impl ServeConfig {
                     "build {} hosts do not negotiate NDR64; turn ndr64 off or pick a newer host_build",
                     self.host_build
                 ),
+            ));
+        }
+        if self.durability != crate::store::Durability::Full
+            && matches!(self.store, crate::store::Backend::Postgres(_))
+        {
+            return Err(bad(
+                "durability",
+                "\"os\" applies to the embedded SQLite store; a fleet's commits are as durable as its PostgreSQL makes them (synchronous_commit)",
             ));
         }
         if !(1..=0xFFFF).contains(&self.lcid) {
@@ -361,6 +372,11 @@ mod tests {
         let mut c = ServeConfig::default();
         c.log_level = "info,[".into();
         assert_eq!(c.validate().unwrap_err().key, "log_level");
+        let mut c = ServeConfig::default();
+        c.durability = crate::store::Durability::Os;
+        c.validate().unwrap();
+        c.store = crate::store::Backend::Postgres("postgres://kmsd@127.0.0.1/fleet".into());
+        assert_eq!(c.validate().unwrap_err().key, "durability");
         let mut c = ServeConfig::default();
         c.max_pdu_len = 100;
         assert_eq!(c.validate().unwrap_err().key, "max_pdu_len");

@@ -304,6 +304,36 @@ impl std::str::FromStr for Backend {
     }
 }
 
+/// How far the embedded store's commit goes before its clients are
+/// answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// On disk: every commit waits for the flush (`fsync`) (the default).
+    #[default]
+    Full,
+    /// Handed to the operating system: a commit is written to the file but
+    /// not flushed. Survives a crash or `kill -9` of kmsd, not a power cut or
+    /// an OS crash, which can lose the counts of the last moments.
+    Os,
+}
+
+impl Durability {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "full" => Some(Self::Full),
+            "os" => Some(Self::Os),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Full => "full",
+            Self::Os => "os",
+        }
+    }
+}
+
 /// How a store is opened for the host.
 #[derive(Debug, Clone)]
 pub struct StoreOptions {
@@ -311,6 +341,8 @@ pub struct StoreOptions {
     pub data_dir: PathBuf,
     pub count_mode: CountMode,
     pub keep_records: u64,
+    /// SQLite: whether a commit waits for the disk.
+    pub durability: Durability,
     /// SQLite: how long a write waits for a locked database.
     pub busy_timeout: std::time::Duration,
     /// PostgreSQL: most time a request waits for its commit.

@@ -145,6 +145,7 @@ fn example(key: &str) -> (&'static str, &'static str) {
         "store_timeout_ms" => ("2500", "2500"),
         "store_isolation" => ("serializable", r#""serializable""#),
         "store_busy_timeout_ms" => ("250", "250"),
+        "durability" => ("os", r#""os""#),
         "http" => ("127.0.0.1:9688", r#""127.0.0.1:9688""#),
         "http_max_connections" => ("8", "8"),
         "log_level" => ("debug", r#""debug""#),

@@ -69,8 +69,20 @@ fn stored(dir: &std::path::Path, table: &str) -> std::collections::HashSet<Guid>
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_during_a_load_loses_no_acknowledged_client() {
+    kill_9_during_a_load(&[]).await;
+}
+
+/// `durability = "os"` commits without the flush: a `kill -9` of kmsd
+/// still loses nothing (what was written is in the OS's page cache), only
+/// a power cut or an OS crash could.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_with_durability_os_loses_no_acknowledged_client_either() {
+    kill_9_during_a_load(&["--durability", "os"]).await;
+}
+
+async fn kill_9_during_a_load(flags: &[&str]) {
     let dir = tempfile::tempdir().unwrap();
-    let (mut child, addr) = spawn_host(dir.path(), 0);
+    let (mut child, addr) = spawn_host_with(dir.path(), 0, flags);
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let load = tokio::spawn(load(addr, 8, stop.clone()));
     // Let the load run, then kill the host mid-flight.
@@ -103,7 +115,7 @@ async fn kill_9_during_a_load_loses_no_acknowledged_client() {
     }
     // Restart: the pool is full (50 live Windows clients), a known client
     // does not grow it, and the host answers as before.
-    let (mut child, addr) = spawn_host(dir.path(), 0);
+    let (mut child, addr) = spawn_host_with(dir.path(), 0, flags);
     let opts = client_options("Windows 10/11 Enterprise", Version::V6);
     let mut c = Connection::open(addr, opts).await.unwrap();
     let expect = (acked.len().min(50)) as u32;

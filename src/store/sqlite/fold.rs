@@ -5,7 +5,7 @@ use super::prune::trim_log;
 use super::reads::{capacity, newest_entries};
 use crate::protocol::guid::Guid;
 use crate::protocol::kms::products::Pool;
-use crate::store::StoreError;
+use crate::store::{Durability, StoreError};
 use rusqlite::{Connection, params};
 use std::collections::HashMap;
 
@@ -184,30 +184,39 @@ pub fn fold(conn: &mut Connection, max: i64, keep_records: Option<u64>) -> Resul
 
 /// [`fold`] without waiting for the disk: everything it writes can be
 /// folded again from the log, and the next synchronous commit (WAL frames
-/// are written in order) makes it durable too.
+/// are written in order) makes it durable too. Then puts back the commits'
+/// level for `durability`.
 /// The caller must not commit a record while this fails: its commits would
 /// no longer wait for the disk.
 pub(super) fn fold_unsynced(
     conn: &mut Connection,
     max: i64,
     keep_records: u64,
+    durability: Durability,
 ) -> Result<u64, StoreError> {
     conn.execute_batch("PRAGMA synchronous=OFF")?;
     let folded = fold(conn, max, Some(keep_records));
-    full_sync(conn)?;
+    commit_level(conn, durability)?;
     folded
 }
 
-/// Sets `synchronous=FULL` and checks that it took: a record is only
-/// acknowledged after a commit that waited for the disk.
-pub(super) fn full_sync(conn: &Connection) -> Result<(), StoreError> {
-    conn.execute_batch("PRAGMA synchronous=FULL")?;
+/// Sets the `synchronous` level of commits for `durability` and checks
+/// that it took: with [`Durability::Full`] (FULL, 2) a commit waits for the
+/// disk; with [`Durability::Os`] (NORMAL, 1) a WAL commit is written but
+/// flushed only at checkpoints. A record is only acknowledged after a
+/// commit at that level.
+pub(super) fn commit_level(conn: &Connection, durability: Durability) -> Result<(), StoreError> {
+    let want: i64 = match durability {
+        Durability::Full => 2,
+        Durability::Os => 1,
+    };
+    conn.execute_batch(&format!("PRAGMA synchronous={want}"))?;
     let level: i64 = conn.query_row("PRAGMA synchronous", [], |r| r.get(0))?;
-    if level == 2 {
+    if level == want {
         Ok(())
     } else {
         Err(StoreError::Sqlite(format!(
-            "synchronous is {level} where FULL (2) was set"
+            "synchronous is {level} where {want} was set"
         )))
     }
 }

@@ -101,7 +101,12 @@ impl SqliteStore {
         }
         let pools = Pools::new(opts.count_mode);
         pools.restore(&load(&conn, now_ms)?);
-        let writer = Writer::start(conn, opts.keep_records, metrics)?;
+        if opts.durability == super::Durability::Os {
+            tracing::warn!(
+                "durability = \"os\": commits are not flushed to disk; a power cut or an OS crash can lose the last moments' counts (a crash of kmsd loses nothing)"
+            );
+        }
+        let writer = Writer::start(conn, opts.keep_records, opts.durability, metrics)?;
         Ok(Self {
             path,
             pools,

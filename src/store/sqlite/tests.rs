@@ -1,11 +1,11 @@
 //! The SQLite store's tests: migrations, folding, pruning, the writer.
 
-use super::fold::{fold_unsynced, full_sync};
+use super::fold::{commit_level, fold_unsynced};
 use super::schema::migrate;
 use super::writer::commit_batch;
 use super::*;
 use crate::protocol::kms::products::Pool;
-use crate::store::StoreError;
+use crate::store::{Durability, StoreError};
 use rusqlite::{Connection, params};
 use std::collections::HashMap;
 
@@ -223,7 +223,7 @@ fn folding_in_any_chunks_equals_writing_each_record() {
         for batch in records.chunks(batch_len) {
             let refs: Vec<&Record> = batch.iter().collect();
             commit_batch(&mut conn, &refs).unwrap();
-            fold_unsynced(&mut conn, chunk, 1_000_000).unwrap();
+            fold_unsynced(&mut conn, chunk, 1_000_000, Durability::Full).unwrap();
         }
         fold_all(&mut conn).unwrap();
         assert_eq!(
@@ -346,12 +346,12 @@ fn folding_trims_the_log_head_in_small_steps() {
         .unwrap()
     };
     // 20 folded, so only those 20 may go (keep 10 would allow 90).
-    fold_unsynced(&mut conn, 20, 10).unwrap();
+    fold_unsynced(&mut conn, 20, 10, Durability::Full).unwrap();
     assert_eq!(span(&conn), (21, 80));
     // 30 more folded: at most twice that trimmed, still only folded ones.
-    fold_unsynced(&mut conn, 30, 10).unwrap();
+    fold_unsynced(&mut conn, 30, 10, Durability::Full).unwrap();
     assert_eq!(span(&conn), (51, 50));
-    fold_unsynced(&mut conn, 50, 10).unwrap();
+    fold_unsynced(&mut conn, 50, 10, Durability::Full).unwrap();
     assert_eq!(span(&conn), (91, 10), "keeps keep_records");
 }
 
@@ -363,11 +363,24 @@ fn commits_after_a_fold_wait_for_the_disk_again() {
         |c: &Connection| -> i64 { c.query_row("PRAGMA synchronous", [], |r| r.get(0)).unwrap() };
     assert_eq!(level(&conn), 2);
     commit_batch(&mut conn, &[&record(1, 0)]).unwrap();
-    fold_unsynced(&mut conn, 64, 1_000_000).unwrap();
+    fold_unsynced(&mut conn, 64, 1_000_000, Durability::Full).unwrap();
     assert_eq!(level(&conn), 2, "FULL again after an unsynced fold");
     conn.execute_batch("PRAGMA synchronous=OFF").unwrap();
-    full_sync(&conn).unwrap();
+    commit_level(&conn, Durability::Full).unwrap();
     assert_eq!(level(&conn), 2);
+}
+
+#[test]
+fn with_durability_os_commits_stay_unflushed_after_a_fold() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut conn = open_rw(&dir.path().join("db")).unwrap();
+    let level =
+        |c: &Connection| -> i64 { c.query_row("PRAGMA synchronous", [], |r| r.get(0)).unwrap() };
+    commit_level(&conn, Durability::Os).unwrap();
+    assert_eq!(level(&conn), 1, "NORMAL: WAL commits are not flushed");
+    commit_batch(&mut conn, &[&record(1, 0)]).unwrap();
+    fold_unsynced(&mut conn, 64, 1_000_000, Durability::Os).unwrap();
+    assert_eq!(level(&conn), 1, "the fold puts back NORMAL, not FULL");
 }
 
 #[tokio::test]
@@ -376,7 +389,7 @@ async fn close_commits_and_folds_everything() {
     let path = dir.path().join("db");
     let conn = open_rw(&path).unwrap();
     let metrics = std::sync::Arc::new(crate::metrics::Metrics::default());
-    let durable = Writer::start(conn, 1_000_000, metrics).unwrap();
+    let durable = Writer::start(conn, 1_000_000, Durability::Full, metrics).unwrap();
     for r in mixed_records() {
         durable.write(r).await.unwrap();
     }

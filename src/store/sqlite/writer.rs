@@ -2,11 +2,11 @@
 //! whatever is waiting into one transaction (group commit), then folds and
 //! prunes in the gaps.
 
-use super::fold::{FOLD_BACKLOG, FOLD_CHUNK, FOLD_EVERY, fold_all, fold_unsynced, full_sync};
+use super::fold::{FOLD_BACKLOG, FOLD_CHUNK, FOLD_EVERY, commit_level, fold_all, fold_unsynced};
 use super::prune::prune;
 use super::reads::set_meta;
 use crate::protocol::kms::products::Pool;
-use crate::store::StoreError;
+use crate::store::{Durability, StoreError};
 use crate::store::{Note, Record};
 use rusqlite::{Connection, params};
 use std::time::Instant;
@@ -110,16 +110,19 @@ pub(super) fn commit_batch_known(
 
 impl Writer {
     /// Starts the writer thread on `conn` (already opened and migrated).
-    /// `keep_records` bounds the activation log.
+    /// `keep_records` bounds the activation log; `durability` says whether
+    /// a commit waits for the disk (set on `conn` here).
     pub fn start(
         conn: Connection,
         keep_records: u64,
+        durability: Durability,
         metrics: std::sync::Arc<crate::metrics::Metrics>,
     ) -> Result<Self, StoreError> {
+        commit_level(&conn, durability)?;
         let (tx, rx) = mpsc::channel(4096);
         std::thread::Builder::new()
             .name("kmsd-store".into())
-            .spawn(move || writer(conn, rx, keep_records, &metrics))
+            .spawn(move || writer(conn, rx, keep_records, durability, &metrics))
             .map_err(|e| StoreError::Sqlite(format!("cannot start the store thread: {e}")))?;
         Ok(Self { tx })
     }
@@ -161,6 +164,7 @@ fn writer(
     mut conn: Connection,
     mut rx: mpsc::Receiver<Job>,
     keep_records: u64,
+    durability: Durability,
     metrics: &crate::metrics::Metrics,
 ) {
     let mut jobs: Vec<Job> = Vec::with_capacity(MAX_BATCH);
@@ -169,7 +173,8 @@ fn writer(
     let mut unfolded = 0u64;
     // Pool capacities this thread has committed (they only grow).
     let mut capacities: Vec<(Pool, u32)> = Vec::new();
-    // False when a fold may have left the connection not syncing commits.
+    // False when a fold may have left the connection's commits below the
+    // configured level.
     let mut synced = true;
     while let Some(first) = rx.blocking_recv() {
         jobs.push(first);
@@ -188,9 +193,9 @@ fn writer(
             .collect();
         let result = if records.is_empty() {
             Ok(())
-        } else if !synced && let Err(e) = full_sync(&conn) {
-            // Never acknowledge a record from a commit that did not wait
-            // for the disk.
+        } else if !synced && let Err(e) = commit_level(&conn, durability) {
+            // Never acknowledge a record from a commit below the configured
+            // level (with the default, one that did not wait for the disk).
             Err(e)
         } else {
             synced = true;
@@ -252,7 +257,7 @@ fn writer(
             0
         };
         if chunk > 0 {
-            match fold_unsynced(&mut conn, chunk, keep_records) {
+            match fold_unsynced(&mut conn, chunk, keep_records, durability) {
                 Ok(n) if n < chunk as u64 => unfolded = 0, // the whole tail
                 Ok(n) => unfolded = unfolded.saturating_sub(n),
                 Err(e) => {
