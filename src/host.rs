@@ -301,7 +301,7 @@ impl Host {
                         }
                         Err(e) => {
                             self.stats.store_failures.fetch_add(1, Ordering::Relaxed);
-                            tracing::error!(error = %e, cmid = %p.request.base.cmid,
+                            tracing::error!(%peer, error = %e, cmid = %p.request.base.cmid,
                                 "record not committed; answering E_FAIL so the client retries");
                             (
                                 server::refuse(&p, hresult::FAIL, "store unavailable", out),
@@ -330,7 +330,7 @@ impl Host {
     ) -> Outcome {
         self.stats.refused.fetch_add(1, Ordering::Relaxed);
         if let Err(e) = self.store.record(record(&p.request, peer, now, hr)).await {
-            tracing::warn!(error = %e, "refusal record not committed");
+            tracing::warn!(%peer, error = %e, "refusal record not committed");
         }
         server::refuse(p, hr, why, out)
     }

@@ -141,7 +141,7 @@ pub async fn serve(
             }
             Ok(Some(Err(CodecError::Pdu(e)))) => {
                 host.metrics.conn_event(ConnEvent::ClosedMalformed);
-                warn!(error = %e, "unframeable PDU; closing connection");
+                warn!(%peer, error = %e, "unframeable PDU; closing connection");
                 break;
             }
             Ok(Some(Ok(pdu))) => pdu,
@@ -154,14 +154,14 @@ pub async fn serve(
             Ok(o) => o,
             Err(e) => {
                 host.metrics.conn_event(ConnEvent::ClosedMalformed);
-                warn!(error = %e, "malformed PDU; closing connection");
+                warn!(%peer, error = %e, "malformed PDU; closing connection");
                 break;
             }
         };
         // The answer leaves before its log line is formatted: the line is
         // not on the client's critical path.
         let sent = out.is_empty() || framed.get_mut().write_all(&out).await.is_ok();
-        log_outcome(&outcome);
+        log_outcome(&outcome, peer);
         if !sent {
             break;
         }
@@ -183,7 +183,7 @@ pub async fn serve(
     }
 }
 
-fn log_outcome(o: &Outcome) {
+fn log_outcome(o: &Outcome, peer: SocketAddr) {
     match o {
         Outcome::Negotiated { alter, accepted } => {
             debug!(alter, accepted, "presentation contexts negotiated");
@@ -192,6 +192,7 @@ fn log_outcome(o: &Outcome) {
             // The fields of the Windows host's event 12290, on one line.
             let b = &request.base;
             info!(
+                %peer,
                 workstation = %b.workstation.name(),
                 cmid = %b.cmid,
                 app_id = %b.app_id,
@@ -217,6 +218,7 @@ fn log_outcome(o: &Outcome) {
         } => {
             let b = &request.base;
             warn!(
+                %peer,
                 workstation = %b.workstation.name(),
                 cmid = %b.cmid,
                 app_id = %b.app_id,
@@ -231,7 +233,7 @@ fn log_outcome(o: &Outcome) {
             );
         }
         Outcome::Invalid { error, .. } => {
-            warn!(error = %error, "invalid KMS request answered with 0x8007000D");
+            warn!(%peer, error = %error, "invalid KMS request answered with 0x8007000D");
         }
         Outcome::Fault {
             status,
@@ -239,6 +241,7 @@ fn log_outcome(o: &Outcome) {
             call_id,
         } => {
             warn!(
+                %peer,
                 call_id,
                 status = format_args!("{status:#010x}"),
                 reason = why,
@@ -246,7 +249,7 @@ fn log_outcome(o: &Outcome) {
             );
         }
         Outcome::BadStub { error, call_id } => {
-            warn!(call_id, error = %error, "bad stub data; RPC fault sent");
+            warn!(%peer, call_id, error = %error, "bad stub data; RPC fault sent");
         }
     }
 }

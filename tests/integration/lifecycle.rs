@@ -59,3 +59,71 @@ async fn reload_applies_live_keys_and_names_restart_keys() {
     let rows = clients(dir.path(), kmsd::store::unix_ms_now(), 10);
     assert_eq!(rows.len(), 2, "both machines in the inventory");
 }
+
+/// The activation line (the Windows host's event 12290) reaches the log of
+/// the real binary through the paced log thread without more log traffic
+/// to push it out, and names the client's address itself (the connection
+/// span is debug-level).
+#[tokio::test]
+async fn the_activation_line_names_the_client_and_is_written_promptly() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_kmsd"))
+        .env_remove("RUST_LOG")
+        .args(["--log-format", "json", "serve", "--listen", "127.0.0.1:0"])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("kmsd starts");
+    let (tx, rx) = std::sync::mpsc::channel::<serde_json::Value>();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx
+                .send(serde_json::from_str(&line).unwrap_or_default())
+                .is_err()
+            {
+                break;
+            }
+        }
+    });
+    let next = |what: &str, pred: &dyn Fn(&serde_json::Value) -> bool| loop {
+        let v = rx
+            .recv_timeout(Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("no {what} line: {e}"));
+        if pred(&v) {
+            break v;
+        }
+    };
+    let listening = next("listening", &|v| v["fields"]["message"] == "listening");
+    let addr: std::net::SocketAddr = listening["fields"]["addr"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let cmid = new_cmid();
+    let mut c = Connection::open(
+        addr,
+        client_options("Windows 10/11 Enterprise", Version::V6),
+    )
+    .await
+    .unwrap();
+    let answered = c.activate(cmid).await.unwrap();
+    let line = next("activation", &|v| {
+        v["fields"]["message"] == "activation answered"
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    let f = &line["fields"];
+    assert_eq!(f["cmid"], cmid.to_string());
+    assert_eq!(f["count"], u64::from(answered.response.count));
+    let peer: std::net::SocketAddr = f["peer"].as_str().expect("peer field").parse().unwrap();
+    assert_eq!(peer.ip(), addr.ip(), "{line}");
+    assert_ne!(
+        peer.port(),
+        addr.port(),
+        "the client's port, not the host's"
+    );
+}
