@@ -732,13 +732,34 @@ mod versus {
         p50_us: u64,
         p99_us: u64,
         server_cpu_us_per_activation: f64,
+        /// The load generator's own CPU (this process) per activation.
+        load_cpu_us_per_activation: f64,
+        /// Share of the machine's CPU time left idle (or waiting for I/O)
+        /// over the run: near 0 means the run was CPU-bound.
+        idle_share: f64,
         /// kmsd only: CPU µs per activation by thread name.
         threads: BTreeMap<String, f64>,
     }
 
+    /// (idle + iowait, total) jiffies of all CPUs, from /proc/stat.
+    fn machine_ticks() -> (f64, f64) {
+        let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+        let cpu: Vec<f64> = stat
+            .lines()
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .skip(1)
+            .take(8)
+            .filter_map(|v| v.parse().ok())
+            .collect();
+        let idle = cpu.get(3).copied().unwrap_or(0.0) + cpu.get(4).copied().unwrap_or(0.0);
+        (idle, cpu.iter().sum())
+    }
+
     fn thread_group(name: &str) -> String {
         match name {
-            n if n.starts_with("tokio-runtime") => "runtime".into(),
+            n if n.starts_with("tokio-") => "runtime".into(),
             n if n.starts_with("kmsd-store") => "store".into(),
             n if n.starts_with("kmsd-log") => "log".into(),
             n if n.starts_with("kmsd") => "main".into(),
@@ -819,10 +840,13 @@ mod versus {
                 for &(s, name, pinned) in &plan {
                     let srv = &servers[s];
                     let pid = srv.child.id();
-                    let (t0, c0) = (cpu_by_thread(pid), cpu_of(pid));
+                    let me = std::process::id();
+                    let (t0, c0, l0, m0) =
+                        (cpu_by_thread(pid), cpu_of(pid), cpu_of(me), machine_ticks());
                     let report =
                         rt.block_on(load::run_with(srv.addr, opts(pinned, c, a.duration)))?;
-                    let (t1, c1) = (cpu_by_thread(pid), cpu_of(pid));
+                    let (t1, c1, l1, m1) =
+                        (cpu_by_thread(pid), cpu_of(pid), cpu_of(me), machine_ticks());
                     let n = report.activations.max(1) as f64;
                     let mut threads = BTreeMap::new();
                     if srv.name.starts_with("kmsd") {
@@ -840,17 +864,21 @@ mod versus {
                         p50_us: report.latency_us.p50,
                         p99_us: report.latency_us.p99,
                         server_cpu_us_per_activation: (c1 - c0) * 1e6 / n,
+                        load_cpu_us_per_activation: (l1 - l0) * 1e6 / n,
+                        idle_share: (m1.0 - m0.0) / (m1.1 - m0.1).max(1.0),
                         threads,
                     };
                     if !a.json {
                         eprintln!(
-                            "round {} c={c:<3} {name:<22} {:>9.1}/s  p50 {:>6} µs  p99 {:>6} µs  errors {}  server CPU {:.1} µs/act {}",
+                            "round {} c={c:<3} {name:<22} {:>9.1}/s  p50 {:>6} µs  p99 {:>6} µs  errors {}  server CPU {:.1} µs/act  load CPU {:.1} µs/act  idle {:.0} %  {}",
                             round + 1,
                             row.activations_per_sec,
                             row.p50_us,
                             row.p99_us,
                             row.errors,
                             row.server_cpu_us_per_activation,
+                            row.load_cpu_us_per_activation,
+                            row.idle_share * 100.0,
                             row.threads
                                 .iter()
                                 .map(|(k, v)| format!("{k} {v:.1}"))
@@ -904,6 +932,8 @@ mod versus {
                     p50_us: (rs.iter().map(|r| r.p50_us as f64).sum::<f64>() / k) as u64,
                     p99_us: (rs.iter().map(|r| r.p99_us as f64).sum::<f64>() / k) as u64,
                     server_cpu_us_per_activation: w(&|r| r.server_cpu_us_per_activation),
+                    load_cpu_us_per_activation: w(&|r| r.load_cpu_us_per_activation),
+                    idle_share: rs.iter().map(|r| r.idle_share).sum::<f64>() / k,
                     threads,
                 });
             }
@@ -937,16 +967,16 @@ mod versus {
             a.duration
         );
         println!(
-            "| clients | server | activations/s | p50 µs | p99 µs | errors | server CPU µs/act | CPU / floor's | kmsd by thread (µs/act) |"
+            "| clients | server | activations/s | p50 µs | p99 µs | errors | server CPU µs/act | CPU / floor's | load CPU µs/act | idle % | kmsd by thread (µs/act) |"
         );
-        println!("|---|---|---|---|---|---|---|---|---|");
+        println!("|---|---|---|---|---|---|---|---|---|---|---|");
         for r in &merged {
             let floor = merged
                 .iter()
                 .find(|f| f.concurrency == r.concurrency && f.server == "floor")
                 .map_or(f64::NAN, |f| f.server_cpu_us_per_activation);
             println!(
-                "| {} | {} | {:.0} | {} | {} | {} | {:.1} | {:.2} | {} |",
+                "| {} | {} | {:.0} | {} | {} | {} | {:.1} | {:.2} | {:.1} | {:.0} | {} |",
                 r.concurrency,
                 r.server,
                 r.activations_per_sec,
@@ -955,6 +985,8 @@ mod versus {
                 r.errors,
                 r.server_cpu_us_per_activation,
                 r.server_cpu_us_per_activation / floor,
+                r.load_cpu_us_per_activation,
+                r.idle_share * 100.0,
                 r.threads
                     .iter()
                     .filter(|(_, v)| **v >= 0.05)
