@@ -160,10 +160,26 @@ async fn a_crowd_of_half_requests_on_the_admin_port_starves_nothing() {
     let (mut health, mut activation) = (Vec::new(), Vec::new());
     // Five tries: the claim is that a fresh client is served within a
     // second while the crowd holds on; a busy CI box may slow one try.
+    // A crowd connection that the kernel completed while the listen queue
+    // was full reaches the host later than a try; enough of them can
+    // replace the try's connection before its headers are read (the
+    // listener replaces the oldest one still waiting, by design), and the
+    // client sees a reset: it asks again, and the time includes that.
     for _ in 0..5 {
         let t = Instant::now();
-        let got = tokio::time::timeout(Duration::from_secs(10), http_get(admin, "/healthz")).await;
-        let (code, body) = got.expect("/healthz within 10 s").unwrap();
+        let mut resets = 0;
+        let (code, body) = loop {
+            let got =
+                tokio::time::timeout(Duration::from_secs(10), http_get(admin, "/healthz")).await;
+            match got.expect("/healthz within 10 s") {
+                Ok(r) => break r,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset && resets < 3 => {
+                    eprintln!("/healthz reset ({e}); asking again");
+                    resets += 1;
+                }
+                Err(e) => panic!("/healthz: {e}"),
+            }
+        };
         assert_eq!(code, 200, "/healthz: {body}");
         health.push(t.elapsed());
         let t = Instant::now();
