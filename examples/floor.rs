@@ -144,7 +144,10 @@ struct CompareArgs {
     json: bool,
 }
 
+/// A later `--kmsd` or `--vlmcsd` replaces an earlier one (scripts/bench-compare
+/// passes defaults before the caller's arguments).
 #[derive(Debug, Clone, clap::Args)]
+#[command(args_override_self = true)]
 struct VersusArgs {
     /// Concurrencies to measure, in this order within each round.
     #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
