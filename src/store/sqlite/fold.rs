@@ -111,8 +111,8 @@ pub fn read_tail(conn: &Connection, after: i64, limit: i64) -> rusqlite::Result<
 }
 
 /// Folds at most `max` unfolded log records into the inventory, the
-/// stored pools and the running totals, in one transaction that also moves the mark. Returns
-/// the records folded (0 when there were none).
+/// stored pools and the running totals, in one transaction that also moves
+/// the mark. Returns the records folded (0 when there were none).
 ///
 /// With `keep_records`, the same transaction also trims the log's head past
 /// `keep_records`, by at most twice the records folded: the log keeps its
