@@ -651,3 +651,36 @@ async fn tls_with_the_right_ca_works_and_a_wrong_ca_is_refused_by_name() {
         "{err}"
     );
 }
+
+/// Retention keeps the fleet's activation log at `keep_records`: the trim
+/// runs against the real database (it once failed on every run, typing
+/// its bound as int4) and leaves exactly the newest records.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_trims_the_activation_log_to_keep_records() {
+    let Some(url) = pg_database().await else {
+        return;
+    };
+    let host = fleet(&url, 1, "read-committed").await.remove(0);
+    let opts = server();
+    for _ in 0..300 {
+        one(host.addr, &opts, new_cmid()).await.unwrap();
+    }
+    assert_eq!(host.status().await.records_kept, 300);
+    let (mut c, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let task = tokio::spawn(conn);
+    let trimmed = kmsd::store::postgres::trim(&mut c, 50).await.unwrap();
+    assert_eq!(trimmed, 250, "one chunk trims everything past 50");
+    assert_eq!(kmsd::store::postgres::trim(&mut c, 50).await.unwrap(), 0);
+    let newest: i64 = c
+        .query_one("SELECT MAX(id) - MIN(id) + 1 FROM activations", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(newest, 50, "the newest 50 are kept, contiguous");
+    drop(c);
+    let _ = task.await;
+    assert_eq!(host.status().await.records_kept, 50);
+    host.stop().await;
+}

@@ -596,7 +596,7 @@ pub async fn trim(c: &mut tokio_postgres::Client, keep: i64) -> Result<u64, Stor
         .execute(
             "DELETE FROM activations WHERE id IN (
                  SELECT id FROM activations
-                 WHERE id <= (SELECT MAX(id) FROM activations) - GREATEST($1, 1)
+                 WHERE id <= (SELECT MAX(id) FROM activations) - GREATEST($1::BIGINT, 1)
                  ORDER BY id LIMIT $2)",
             &[&keep, &RETENTION_CHUNK],
         )
