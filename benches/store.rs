@@ -55,7 +55,17 @@ fn group_commit(c: &mut Criterion) {
         let path = dir.path().join(store::DB_FILE);
         let conn = sqlite::open_rw(&path).expect("database");
         let metrics = std::sync::Arc::new(kmsd::metrics::Metrics::default());
-        let durable = Writer::start(conn, 1_000_000, durability, metrics).expect("writer thread");
+        let durable = Writer::start(
+            conn,
+            kmsd::store::sqlite::writer::Upkeep {
+                keep_records: 1_000_000,
+                durability,
+                prune_every: std::time::Duration::from_secs(3600),
+                clock: kmsd::clock::system_clock(),
+            },
+            metrics,
+        )
+        .expect("writer thread");
         let next = AtomicU64::new(0);
         let prefix = match durability {
             Durability::Full => "",

@@ -23,6 +23,8 @@ pub type LogReload = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
 pub struct Options {
     /// The host's wall clock (tests move it).
     pub clock: Clock,
+    /// How often the store's background tasks run (tests shorten it).
+    pub store_schedule: crate::store::Schedule,
     /// Applies a new log level on reload; None leaves logging alone.
     pub log_reload: Option<LogReload>,
 }
@@ -31,6 +33,7 @@ impl Default for Options {
     fn default() -> Self {
         Self {
             clock: system_clock(),
+            store_schedule: crate::store::Schedule::default(),
             log_reload: None,
         }
     }
@@ -68,7 +71,7 @@ pub struct App {
 impl App {
     /// Starts a host on `cfg`: store, KMS listeners, admin API.
     pub async fn start(cfg: ServeConfig, opts: Options) -> Result<Self, AppError> {
-        let host = Arc::new(Host::open(&cfg, opts.clock).await?);
+        let host = Arc::new(Host::open(&cfg, opts.clock.clone(), opts.store_schedule).await?);
         tracing::info!(
             store = %host.store().location(),
             count_mode = %host.count_mode(),

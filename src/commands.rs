@@ -265,9 +265,7 @@ pub async fn status(a: &StatusArgs) -> Result<()> {
         .data_dir
         .clone()
         .unwrap_or_else(crate::config::default_data_dir);
-    let st = Reader::for_backend(&a.store, &dir)?
-        .status(unix_ms_now())
-        .await?;
+    let st = Reader::open(&a.store, &dir)?.status(unix_ms_now()).await?;
     let report = StatusReport::new(st);
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -300,7 +298,7 @@ pub async fn clients(a: &ClientsArgs) -> Result<()> {
         since_ms: since,
         limit: a.limit,
     };
-    let rows: Vec<ClientRow> = Reader::for_backend(&a.store, &dir)?
+    let rows: Vec<ClientRow> = Reader::open(&a.store, &dir)?
         .clients(&query)
         .await?
         .iter()
@@ -334,7 +332,7 @@ pub async fn clients(a: &ClientsArgs) -> Result<()> {
 
 /// `kmsd store copy`.
 pub async fn store_copy(a: &crate::cli::StoreCopyArgs) -> Result<()> {
-    let report = crate::store::copy::copy(&a.from, &a.to, a.merge).await?;
+    let report = crate::store::postgres::import::copy(&a.from, &a.to, a.merge).await?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

@@ -20,9 +20,7 @@ use crate::protocol::policy::{self, Decision, ProductPolicy};
 use crate::protocol::rpc::pdu::PduError;
 use crate::protocol::rpc::session::Session;
 use crate::protocol::server::{self, Decoded, Outcome, Pending};
-use crate::store::{
-    Activation, CountMode, Note, PoolStatus, Record, Store, StoreError, StoreOptions,
-};
+use crate::store::{Activation, CountMode, Note, PoolStatus, Record, Store, StoreError};
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -67,14 +65,7 @@ impl Policy {
     }
 }
 
-/// The host's wall clock in unix milliseconds (injected so tests can move
-/// time).
-pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
-
-/// The system clock.
-pub fn system_clock() -> Clock {
-    Arc::new(crate::store::unix_ms_now)
-}
+pub use crate::clock::{Clock, system_clock};
 
 /// Why the host could not start.
 #[derive(Debug, thiserror::Error)]
@@ -100,25 +91,27 @@ pub struct Host {
 impl Host {
     /// Opens the store (creating it), loads the pools, gets or makes an
     /// ePID for every group, and notes the host's facts for reports.
-    pub async fn open(cfg: &ServeConfig, clock: Clock) -> Result<Self, StartError> {
+    pub async fn open(
+        cfg: &ServeConfig,
+        clock: Clock,
+        schedule: crate::store::Schedule,
+    ) -> Result<Self, StartError> {
         cfg.validate()?;
         let build = products::win_build(cfg.host_build).ok_or(crate::config::ConfigError {
             key: "host_build",
             problem: "unknown".into(),
         })?;
         let metrics = Arc::new(Metrics::default());
-        let opts = StoreOptions {
-            backend: cfg.store.clone(),
-            data_dir: cfg.data_dir.clone(),
-            count_mode: cfg.count_mode,
-            keep_records: cfg.keep_records,
-            durability: cfg.durability,
-            busy_timeout: cfg.store_busy_timeout,
-            timeout: cfg.store_timeout,
-            isolation: cfg.store_isolation.clone(),
-        };
+        let store = crate::store::open(
+            cfg,
+            crate::store::OpenOptions {
+                clock: clock.clone(),
+                metrics: metrics.clone(),
+                schedule,
+            },
+        )
+        .await?;
         let now = clock();
-        let store = Store::open(&opts, now, metrics.clone()).await?;
         let today = Date::from_days_since_unix_epoch(now.div_euclid(86_400_000));
         let mut epids = HashMap::new();
         for g in products::epid_groups() {
@@ -131,9 +124,12 @@ impl Host {
                 }
             };
             let text = store.epid(g.name, candidate, configured, now).await?;
-            let epid = Epid::new(&text).map_err(|e| StoreError::Open {
-                path: store.location().into(),
-                detail: format!("stored ePID for {} is unusable: {e}", g.name),
+            let epid = Epid::new(&text).map_err(|e| StoreError::Corrupt {
+                store: store.location(),
+                source: crate::store::error::cause(format!(
+                    "stored ePID for {} is unusable: {e}",
+                    g.name
+                )),
             })?;
             if EpidParts::parse(&text).is_none_or(|p| p.build != cfg.host_build) {
                 tracing::warn!(group = g.name, epid = %text, host_build = cfg.host_build,

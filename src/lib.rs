@@ -15,6 +15,7 @@
 pub mod app;
 pub mod cli;
 pub mod client;
+pub mod clock;
 pub mod codec;
 pub mod commands;
 pub mod config;

@@ -73,6 +73,8 @@ pub struct StatusReport {
     pub records_kept: u64,
     /// The hosts of a fleet (empty for a single host's data dir).
     pub hosts: Vec<HostReport>,
+    /// Single-host stores copied into a fleet (`kmsd store copy`).
+    pub imports: Vec<ImportReport>,
     /// The SRV records this host publishes, per domain.
     pub dns: Vec<DnsReport>,
 }
@@ -122,6 +124,16 @@ pub struct HostReport {
     /// Heard from within [`HOST_GONE_MS`].
     pub alive: bool,
     pub requests: u64,
+}
+
+/// A single host's store copied into a fleet: an import, never a host.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ImportReport {
+    pub source: String,
+    pub first_copied: String,
+    pub last_copied: String,
+    /// Its activation log is copied up to this record id.
+    pub copied_upto: i64,
 }
 
 /// A fleet host not heard from for this long is shown as gone (its
@@ -250,6 +262,16 @@ impl StatusReport {
             inventory: st.inventory,
             records_kept: st.records_kept,
             hosts,
+            imports: st
+                .imports
+                .iter()
+                .map(|i| ImportReport {
+                    source: i.source.clone(),
+                    first_copied: iso_utc(i.first_ms),
+                    last_copied: iso_utc(i.last_ms),
+                    copied_upto: i.copied_upto,
+                })
+                .collect(),
             dns: DnsReport::from_note(st.note(Note::Dns)),
         }
     }
@@ -285,6 +307,13 @@ impl std::fmt::Display for StatusReport {
                     h.started,
                     h.last_heartbeat,
                     h.requests
+                )?;
+            }
+            for i in &self.imports {
+                writeln!(
+                    f,
+                    "  imported {}  first copied {}  last copied {}  (log through record {})",
+                    i.source, i.first_copied, i.last_copied, i.copied_upto
                 )?;
             }
             writeln!(f)?;

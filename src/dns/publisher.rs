@@ -118,7 +118,7 @@ async fn run(
             // A stop does not wait for a slow server.
             tokio::select! {
                 _ = shutdown.cancelled() => break 'serve,
-                _ = attempt(slot, &settings, port) => {}
+                _ = attempt(slot, &settings, port, host.now_ms()) => {}
             }
             touched = true;
         }
@@ -150,7 +150,7 @@ async fn run(
         let withdraw = async {
             for slot in slots.values_mut().filter(|s| s.state.current.is_some()) {
                 slot.listed = false;
-                attempt(slot, &settings, port).await;
+                attempt(slot, &settings, port, host.now_ms()).await;
             }
         };
         if tokio::time::timeout(WITHDRAW_TIME, withdraw).await.is_err() {
@@ -231,8 +231,9 @@ fn record_text(domain: &str, ttl: u32, srv: &Srv) -> String {
     format!("{} {ttl} IN SRV {srv}", message::srv_owner(domain))
 }
 
-/// One update for `slot`: publish (listed) or withdraw (not listed).
-async fn attempt(slot: &mut Slot, settings: &DnsSettings, port: u16) {
+/// One update for `slot`: publish (listed) or withdraw (not listed), at
+/// `now_ms` on the host's clock.
+async fn attempt(slot: &mut Slot, settings: &DnsSettings, port: u16, now_ms: i64) {
     let domain = slot.entry.domain.clone();
     let want = if slot.listed {
         match desired(settings, &slot.entry, port) {
@@ -248,7 +249,7 @@ async fn attempt(slot: &mut Slot, settings: &DnsSettings, port: u16) {
     if want.is_none() && slot.state.current.is_none() {
         return;
     }
-    slot.state.last_attempt_ms = Some(crate::store::unix_ms_now());
+    slot.state.last_attempt_ms = Some(now_ms);
     let old = slot.state.current.clone();
     match update_once(settings, &domain, old.as_ref(), want.as_ref()).await {
         Ok(server) => {

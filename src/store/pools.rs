@@ -1,8 +1,8 @@
 //! The count pools in memory, sharded by pool in a `DashMap`: the hot
 //! path's count for a store whose pools live in this process.
 
-use super::LoadedPool;
 use super::window::{self, Observed, Window};
+use super::{Counted, LoadedPool};
 use crate::protocol::guid::Guid;
 use crate::protocol::kms::products::Pool;
 use dashmap::DashMap;
@@ -30,6 +30,21 @@ impl std::str::FromStr for CountMode {
                 .ok_or_else(|| {
                     format!("count mode {s:?}: expected `real` or `fixed:N` with N in 1..=2000")
                 }),
+        }
+    }
+}
+
+impl CountMode {
+    /// What every request is told in fixed mode, where no pool is kept
+    /// (`None`: count for real). The one definition of fixed mode: every
+    /// backend asks it before touching a pool.
+    pub fn fixed(self) -> Option<Counted> {
+        match self {
+            Self::Real => None,
+            Self::Fixed(n) => Some(Counted {
+                count: n,
+                capacity: 0,
+            }),
         }
     }
 }
@@ -93,12 +108,12 @@ impl Pools {
 
     /// Counts `cmid` in `pool` at `now_ms`.
     pub fn observe(&self, pool: Pool, cmid: Guid, now_ms: i64, n_policy: u32) -> Ticket {
-        if let CountMode::Fixed(n) = self.mode {
+        if let Some(c) = self.mode.fixed() {
             return Ticket {
                 pool,
                 cmid,
-                count: n,
-                capacity: 0,
+                count: c.count,
+                capacity: c.capacity,
                 observed: None,
             };
         }
@@ -120,17 +135,26 @@ impl Pools {
         }
     }
 
+    /// The entries of `pool` as last expired, newest first.
+    pub fn entries(&self, pool: Pool) -> Vec<(Guid, i64)> {
+        self.pools.get(&pool).map_or_else(Vec::new, |w| {
+            let mut e: Vec<_> = w.entries().collect();
+            e.reverse();
+            e
+        })
+    }
+
     /// Current count and capacity of every pool at `now_ms`.
     pub fn status(&self, now_ms: i64) -> Vec<PoolStatus> {
         Pool::ALL
             .iter()
-            .map(|&pool| match self.mode {
-                CountMode::Fixed(n) => PoolStatus {
+            .map(|&pool| match self.mode.fixed() {
+                Some(c) => PoolStatus {
                     pool,
-                    count: n,
-                    capacity: 0,
+                    count: c.count,
+                    capacity: c.capacity,
                 },
-                CountMode::Real => {
+                None => {
                     let mut w = self.pools.entry(pool).or_default();
                     PoolStatus {
                         pool,
@@ -140,5 +164,18 @@ impl Pools {
                 }
             })
             .collect()
+    }
+}
+
+/// A stored pool as the pool rules see it at `now_ms`: its capacity and
+/// its live entries, newest first (for reports and start-up; backends load
+/// their rows and leave the rules to this).
+pub fn live(pool: Pool, capacity: u32, rows: &[(Guid, i64)], now_ms: i64) -> LoadedPool {
+    let (mut w, _) = Window::load(capacity as usize, rows);
+    w.expire(now_ms);
+    LoadedPool {
+        pool,
+        capacity,
+        entries: w.entries().collect::<Vec<_>>().into_iter().rev().collect(),
     }
 }

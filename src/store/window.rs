@@ -8,8 +8,7 @@ use std::collections::{BTreeSet, HashMap};
 
 /// How long an entry lives without renewal.
 pub const TTL_MS: i64 = 30 * 24 * 60 * 60 * 1000;
-/// The largest N_Policy the host accepts (larger is refused as invalid).
-pub const MAX_N_POLICY: u32 = 1000;
+pub use crate::protocol::policy::MAX_N_POLICY;
 /// A clock reading this far behind the latest one is a step back of the
 /// clock, not two readings racing.
 pub const STEP_BACK_MS: i64 = 1000;
@@ -162,10 +161,18 @@ impl Window {
         self.capacity = self.capacity.max(o.previous_capacity);
     }
 
-    /// Restores an entry from the store (start-up); older than what is held
-    /// or beyond capacity is ignored, as observe would have evicted it.
+    /// Takes an entry as a store or a log holds it: a CMID already held
+    /// keeps the later of its two times; a new one older than everything
+    /// held when the pool is full is ignored, as observe would have evicted
+    /// it, and otherwise evicts the oldest. Nothing expires here.
     pub fn restore(&mut self, cmid: Guid, last_seen: i64) {
-        if self.seen.contains_key(&cmid) {
+        if let Some(&t) = self.seen.get(&cmid) {
+            if last_seen > t {
+                self.order.remove(&(t, cmid));
+                self.order.insert((last_seen, cmid));
+                self.seen.insert(cmid, last_seen);
+                self.latest = self.latest.max(last_seen);
+            }
             return;
         }
         if self.seen.len() >= self.capacity {
@@ -185,6 +192,65 @@ impl Window {
     /// Sets the capacity learnt from the store (never shrinks).
     pub fn grow_to(&mut self, capacity: usize) {
         self.capacity = self.capacity.max(capacity);
+    }
+
+    /// A pool as a backend stored it: `capacity` and its rows in any
+    /// order. The pool rules decide what is kept (the newest `capacity`, by
+    /// last seen then CMID); the rows they drop come back too, for the
+    /// backend to delete. Nothing expires here: that is the caller's `now`.
+    pub fn load(capacity: usize, rows: &[(Guid, i64)]) -> (Self, Vec<Guid>) {
+        let mut w = Self::with_capacity(capacity);
+        for &(g, t) in rows {
+            w.restore(g, t);
+        }
+        let dropped = rows
+            .iter()
+            .filter(|(g, _)| !w.contains(g))
+            .map(|&(g, _)| g)
+            .collect();
+        (w, dropped)
+    }
+
+    /// What a backend must write to turn the pool `before` (as it stored
+    /// it) into this one: entries new or seen again, entries gone (evicted
+    /// or expired), and the capacity when it grew.
+    pub fn delta_from(&self, before: &Window) -> PoolDelta {
+        let upserted = self
+            .order
+            .iter()
+            .filter(|&&(t, g)| before.seen.get(&g) != Some(&t))
+            .map(|&(t, g)| (g, t))
+            .collect();
+        let removed = before
+            .order
+            .iter()
+            .filter(|(_, g)| !self.seen.contains_key(g))
+            .map(|&(_, g)| g)
+            .collect();
+        PoolDelta {
+            upserted,
+            removed,
+            capacity: (self.capacity > before.capacity).then_some(self.capacity as u32),
+        }
+    }
+}
+
+/// The change to a stored pool that brings it to what the pool rules hold
+/// (see [`Window::delta_from`]); backends persist it as it is.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PoolDelta {
+    /// Entries new or seen again, with their last-seen times.
+    pub upserted: Vec<(Guid, i64)>,
+    /// Entries no longer in the pool: evicted, expired, or dropped when
+    /// the stored rows were loaded.
+    pub removed: Vec<Guid>,
+    /// The pool's capacity, when it grew.
+    pub capacity: Option<u32>,
+}
+
+impl PoolDelta {
+    pub fn is_empty(&self) -> bool {
+        self.upserted.is_empty() && self.removed.is_empty() && self.capacity.is_none()
     }
 }
 
@@ -266,6 +332,58 @@ mod tests {
         let mut kept: Vec<_> = w.entries().map(|(g, _)| g).collect();
         kept.sort();
         assert_eq!(kept, vec![id(1), id(3), id(4)]);
+    }
+
+    #[test]
+    fn restoring_a_held_cmid_keeps_its_later_time() {
+        let mut w = Window::with_capacity(3);
+        w.restore(id(1), 50);
+        w.restore(id(1), 20);
+        w.restore(id(1), 70);
+        assert_eq!(w.entries().collect::<Vec<_>>(), vec![(id(1), 70)]);
+    }
+
+    #[test]
+    fn load_keeps_what_the_rules_keep_and_names_the_rest() {
+        let rows = [
+            (id(1), 50),
+            (id(2), 10),
+            (id(3), 40),
+            (id(4), 30),
+            (id(5), 30),
+        ];
+        let (w, mut dropped) = Window::load(3, &rows);
+        dropped.sort();
+        assert_eq!(
+            dropped,
+            vec![id(2), id(4)],
+            "ties go by CMID, as the pool orders"
+        );
+        assert_eq!(w.len(), 3);
+        assert_eq!(w.capacity(), 3);
+    }
+
+    #[test]
+    fn the_delta_is_what_changed_and_nothing_else() {
+        let (before, _) = Window::load(4, &[(id(1), 10), (id(2), 20), (id(3), 30), (id(4), 40)]);
+        let mut w = before.clone();
+        w.observe(id(2), 50, 2); // seen again
+        w.observe(id(9), 60, 2); // new: evicts id 1, the oldest
+        let d = w.delta_from(&before);
+        assert_eq!(d.upserted, vec![(id(2), 50), (id(9), 60)]);
+        assert_eq!(d.removed, vec![id(1)]);
+        assert_eq!(d.capacity, None);
+        // 30 days on, everything but the two refreshed expires; a higher
+        // threshold grows the capacity.
+        let before = w.clone();
+        w.observe(id(7), 40 + TTL_MS, 25);
+        let d = w.delta_from(&before);
+        assert_eq!(d.upserted, vec![(id(7), 40 + TTL_MS)]);
+        let mut removed = d.removed.clone();
+        removed.sort();
+        assert_eq!(removed, vec![id(3), id(4)]);
+        assert_eq!(d.capacity, Some(50));
+        assert!(w.delta_from(&w).is_empty());
     }
 
     #[test]

@@ -274,7 +274,7 @@ async fn a_corrupt_database_is_a_clear_error_not_a_reset() {
     let db = dir.path().join(kmsd::store::DB_FILE);
     std::fs::write(&db, vec![0x42u8; 8192]).unwrap();
     let cfg = test_config(dir.path());
-    let err = kmsd::host::Host::open(&cfg, kmsd::host::system_clock())
+    let err = kmsd::host::Host::open(&cfg, kmsd::host::system_clock(), Default::default())
         .await
         .err()
         .expect("must refuse");

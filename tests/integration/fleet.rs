@@ -142,7 +142,7 @@ async fn capacity_and_eviction_hold_across_hosts() {
         assert_eq!(one(hosts[i % 3].addr, &opts, id).await.unwrap(), want);
     }
     // The two seen longest ago made room: asking again they are new.
-    let pools = kmsd::store::Reader::for_backend(&Backend::Postgres(url.clone()), "/".as_ref())
+    let pools = kmsd::store::Reader::open(&Backend::Postgres(url.clone()), "/".as_ref())
         .unwrap()
         .pools(0)
         .await
@@ -502,7 +502,7 @@ async fn store_copy_moves_a_single_host_into_a_fleet_and_can_run_again() {
     let windows_epid = srv.host.epid("Windows").unwrap().to_string();
     let dir = srv.stop().await;
 
-    let first = kmsd::store::copy::copy(dir.path(), &url, false)
+    let first = kmsd::store::postgres::import::copy(dir.path(), &url, false)
         .await
         .unwrap();
     assert_eq!(
@@ -515,7 +515,7 @@ async fn store_copy_moves_a_single_host_into_a_fleet_and_can_run_again() {
         (4, 4, 8, 3),
         "{first}"
     );
-    let again = kmsd::store::copy::copy(dir.path(), &url, false)
+    let again = kmsd::store::postgres::import::copy(dir.path(), &url, false)
         .await
         .unwrap();
     assert_eq!(
@@ -546,11 +546,19 @@ async fn store_copy_moves_a_single_host_into_a_fleet_and_can_run_again() {
         .sum();
     assert_eq!(answered, 5, "totals copied once, not twice");
     assert!(
+        st.hosts.iter().all(|h| !h.id.starts_with("copied:")),
+        "a copy is no host: {:?}",
         st.hosts
-            .iter()
-            .any(|h| h.id.starts_with("copied:") && h.requests == 4),
-        "the copied host is listed with its requests"
     );
+    assert_eq!(st.imports.len(), 1, "the copy is listed as an import");
+    assert!(
+        dir.path()
+            .canonicalize()
+            .is_ok_and(|d| st.imports[0].source.starts_with(&d.display().to_string())),
+        "{:?}",
+        st.imports
+    );
+    assert!(st.imports[0].first_copied <= st.imports[0].last_copied);
     assert_eq!(hosts[0].clients(100).await.len(), 5);
 
     // Another single host into the same database: refused unless --merge
@@ -586,6 +594,18 @@ async fn store_copy_moves_a_single_host_into_a_fleet_and_can_run_again() {
     assert!(
         out.contains("0 ePIDs added (8 kept from the fleet)"),
         "{out}"
+    );
+    // Run again on a database that has the schema: no server notices.
+    let again = run(true);
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&again.stdout),
+        String::from_utf8_lossy(&again.stderr)
+    );
+    assert!(again.status.success(), "{all}");
+    assert!(
+        !all.contains("NOTICE") && !all.contains("already exists"),
+        "{all}"
     );
     assert_eq!(one(hosts[0].addr, &server(), new_cmid()).await.unwrap(), 6);
     stop_all(hosts).await;
@@ -647,7 +667,7 @@ async fn tls_with_the_right_ca_works_and_a_wrong_ca_is_refused_by_name() {
         .expect("refused")
         .to_string();
     assert!(
-        err.contains("cannot use the fleet database") && err.to_lowercase().contains("certificate"),
+        err.contains("is unavailable") && err.to_lowercase().contains("certificate"),
         "{err}"
     );
 }

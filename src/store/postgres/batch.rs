@@ -2,26 +2,27 @@
 //! go into one transaction that
 //!
 //! 1. reads the database's clock (one clock for the fleet: hosts with
-//!    skewed clocks cannot shorten or stretch the 30-day window);
+//!    skewed clocks cannot shorten or stretch the 30-day window) and adds
+//!    the totals;
 //! 2. locks the batch's pool rows in a fixed order (`SELECT … FOR UPDATE`),
 //!    so two hosts counting in one pool take turns;
 //! 3. reloads a pool's entries only when its version moved since this host
-//!    last wrote it, and replays the batch through the same [`Window`]
-//!    logic a single host uses, in arrival order;
-//! 4. writes the changed entries, the evictions and expiries, the capacity,
-//!    the records, the inventory and the totals, and bumps each pool's
-//!    version;
+//!    last wrote it, and replays the batch through the counting core a
+//!    single host uses ([`Window`]), in arrival order;
+//! 4. writes the core's delta for each pool (changed entries, evictions,
+//!    expiries, capacity; bumping its version), the records and the
+//!    inventory, in one round trip;
 //! 5. commits. Only then are the counts handed back.
 //!
 //! Serialization failures and deadlocks (SQLSTATE 40001, 40P01) are
 //! retried by the caller; the replay works on copies of the cached pools,
 //! so a failed attempt leaves nothing behind.
 
-use super::pg_err;
+use super::pool_rows;
 use crate::protocol::guid::Guid;
 use crate::protocol::kms::products::Pool;
-use crate::store::window::{TTL_MS, Window};
-use crate::store::{CountMode, Counted, Record, StoreError};
+use crate::store::window::{PoolDelta, Window};
+use crate::store::{CountMode, Counted, Record};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use tokio_postgres::IsolationLevel;
 
@@ -41,6 +42,12 @@ pub struct Item {
 
 /// Runs one attempt. On success the cache holds the pools as committed and
 /// the result has one entry per item, in order.
+///
+/// The pool rows stay locked from their `FOR UPDATE` to the commit, so
+/// what can run before the lock does: the clock and the totals (which need
+/// no count) go first, in one round trip. Under the lock: the pools'
+/// loads (only when another host moved them), then every write in one
+/// pipelined round trip, then the commit.
 pub async fn run(
     client: &mut tokio_postgres::Client,
     isolation: IsolationLevel,
@@ -54,148 +61,79 @@ pub async fn run(
         .isolation_level(isolation)
         .start()
         .await?;
-    let now: i64 = tx
-        .query_one(
+    let mut records: Vec<Record> = items.iter().map(|i| i.record.clone()).collect();
+    let (clock, totals) = tokio::join!(
+        tx.query_one(
             "SELECT (EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT",
             &[],
-        )
-        .await?
-        .get(0);
-    let cutoff = now - TTL_MS;
-    let mut counted = vec![
-        Counted {
-            count: 0,
-            capacity: 0
-        };
-        items.len()
-    ];
-    let mut records: Vec<Record> = items.iter().map(|i| i.record.clone()).collect();
+        ),
+        add_totals(&tx, host_id, &records)
+    );
+    let now: i64 = clock?.get(0);
+    totals?;
     for r in &mut records {
         r.time_ms = now;
     }
+    let mut counted = vec![Counted::default(); items.len()];
+    let fixed = mode.fixed();
     // The pools this batch counts in, locked in a fixed order.
-    let pools: BTreeSet<&'static str> = match mode {
-        CountMode::Real => items
-            .iter()
-            .filter_map(|i| i.pool.map(Pool::name))
-            .collect(),
-        CountMode::Fixed(_) => BTreeSet::new(),
+    let pools: BTreeSet<Pool> = match fixed {
+        None => items.iter().filter_map(|i| i.pool).collect(),
+        Some(_) => BTreeSet::new(),
     };
-    let mut committed: Vec<(Pool, Cached)> = Vec::new();
-    for name in pools {
-        let Some(pool) = Pool::from_name(name) else {
-            continue;
+    let mut committed: Vec<(Pool, Window, PoolDelta)> = Vec::new();
+    for pool in pools {
+        let locked = pool_rows::lock(&tx, pool).await?;
+        let (before, dropped) = match cache.get(&pool) {
+            Some(c) if c.version == locked.version => (c.window.clone(), Vec::new()),
+            _ => pool_rows::load(&tx, pool, &locked).await?,
         };
-        let row = tx
-            .query_one(
-                "SELECT capacity, version FROM pools WHERE pool = $1 FOR UPDATE",
-                &[&name],
-            )
-            .await?;
-        let capacity: i32 = row.get(0);
-        let version: i64 = row.get(1);
-        let mut window = match cache.get(&pool) {
-            Some(c) if c.version == version => c.window.clone(),
-            _ => {
-                let mut w = Window::with_capacity(usize::try_from(capacity).unwrap_or(0));
-                for r in tx
-                    .query(
-                        "SELECT cmid, last_seen_ms FROM pool_entries
-                         WHERE pool = $1 AND last_seen_ms > $2",
-                        &[&name, &cutoff],
-                    )
-                    .await?
-                {
-                    let cmid: Vec<u8> = r.get(0);
-                    if let Ok(b) = <[u8; 16]>::try_from(cmid.as_slice()) {
-                        w.restore(Guid(b), r.get(1));
-                    }
-                }
-                w
-            }
-        };
-        // Replay in arrival order.
-        let mut touched: BTreeMap<Guid, i64> = BTreeMap::new();
-        let mut evicted: BTreeSet<Guid> = BTreeSet::new();
+        // Replay in arrival order, through the pool rules.
+        let mut window = before.clone();
         for (k, item) in items.iter().enumerate() {
             if item.pool != Some(pool) {
                 continue;
             }
             let o = window.observe(item.record.cmid, now, item.record.n_policy);
-            touched.insert(item.record.cmid, now.max(o.previous.unwrap_or(now)));
-            if let Some((g, _)) = o.evicted {
-                evicted.insert(g);
-            }
-            let cap = window.capacity() as u32;
             counted[k] = Counted {
                 count: o.count,
-                capacity: cap,
+                capacity: window.capacity() as u32,
             };
             let r = &mut records[k];
             r.count = o.count;
-            r.capacity = cap;
+            r.capacity = counted[k].capacity;
             r.counted_in = Some(pool);
         }
-        evicted.retain(|g| !window.contains(g));
-        touched.retain(|g, _| window.contains(g));
-        let (cmids, times): (Vec<Vec<u8>>, Vec<i64>) =
-            touched.iter().map(|(g, t)| (g.0.to_vec(), *t)).unzip();
-        let gone: Vec<Vec<u8>> = evicted.iter().map(|g| g.0.to_vec()).collect();
-        let capacity = i32::try_from(window.capacity()).unwrap_or(i32::MAX);
-        // Pipelined: the server runs them in this order, in one round trip.
-        let upsert_params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] =
-            [&name, &cmids, &times];
-        let delete_params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] =
-            [&name, &gone, &cutoff];
-        let bump_params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&name, &capacity];
-        let (upserted, deleted, bumped) = tokio::join!(
-            tx.execute(
-                "INSERT INTO pool_entries (pool, cmid, last_seen_ms)
-                 SELECT $1, c, t FROM UNNEST($2::BYTEA[], $3::BIGINT[]) AS x(c, t)
-                 ON CONFLICT (pool, cmid) DO UPDATE
-                     SET last_seen_ms = GREATEST(pool_entries.last_seen_ms, EXCLUDED.last_seen_ms)",
-                &upsert_params,
-            ),
-            tx.execute(
-                "DELETE FROM pool_entries
-                 WHERE pool = $1 AND (cmid = ANY($2::BYTEA[]) OR last_seen_ms <= $3)",
-                &delete_params,
-            ),
-            tx.query_one(
-                "UPDATE pools SET capacity = $2, version = version + 1
-                 WHERE pool = $1 RETURNING version",
-                &bump_params,
-            )
-        );
-        upserted?;
-        deleted?;
-        let version: i64 = bumped?.get(0);
-        committed.push((pool, Cached { version, window }));
+        let mut delta = window.delta_from(&before);
+        delta.removed.extend(dropped);
+        committed.push((pool, window, delta));
     }
-    if let CountMode::Fixed(n) = mode {
+    if let Some(c) = fixed {
         for (k, item) in items.iter().enumerate() {
             if item.pool.is_some() {
-                counted[k] = Counted {
-                    count: n,
-                    capacity: 0,
-                };
-                records[k].count = n;
+                counted[k] = c;
+                records[k].count = c.count;
             }
         }
     }
-    // Three independent statements, pipelined on the one connection: one
-    // round trip instead of three.
-    let (a, b, c) = tokio::join!(
-        insert_records(&tx, host_id, &records),
-        upsert_inventory(&tx, host_id, &records),
-        add_totals(&tx, host_id, &records)
+    // Every write in one round trip: the pools' deltas (each bumping its
+    // version), the records and the inventory.
+    let persists = futures_util::future::try_join_all(
+        committed
+            .iter()
+            .map(|(pool, w, d)| pool_rows::persist(&tx, *pool, d, w.capacity())),
     );
+    let (versions, a, b) = tokio::join!(
+        persists,
+        insert_records(&tx, host_id, &records),
+        upsert_inventory(&tx, host_id, &records)
+    );
+    let versions = versions?;
     a?;
     b?;
-    c?;
     tx.commit().await?;
-    for (pool, c) in committed {
-        cache.insert(pool, c);
+    for ((pool, window, _), version) in committed.into_iter().zip(versions) {
+        cache.insert(pool, Cached { version, window });
     }
     Ok(counted)
 }
@@ -359,9 +297,4 @@ pub fn retryable(e: &tokio_postgres::Error) -> bool {
         e.code(),
         Some(c) if *c == SqlState::T_R_SERIALIZATION_FAILURE || *c == SqlState::T_R_DEADLOCK_DETECTED
     )
-}
-
-/// Maps a failure to the store's error.
-pub fn store_error(e: tokio_postgres::Error) -> StoreError {
-    pg_err(e)
 }

@@ -7,17 +7,26 @@
 //! batch through the pool logic and commits before any count is handed
 //! back. A heartbeat task keeps the host's row fresh (and the pool figures
 //! for metrics); a retention task trims the activation log in small
-//! chunks, on one host at a time (an advisory lock).
+//! chunks, on one host at a time (an advisory lock). How often each runs
+//! is the store's [`Schedule`].
+//!
+//! Files by concern: [`batch`] (the group commit), [`pool_rows`] (pools
+//! through the counting core), [`reads`], [`schema`], [`url`],
+//! [`host_id`], [`import`] (`kmsd store copy`).
 
 pub mod batch;
+pub mod host_id;
+pub mod import;
+pub mod pool_rows;
 pub mod reads;
 pub mod schema;
 pub mod url;
 
 use super::{
-    Client, ClientQuery, CountMode, Counted, LoadedPool, Note, PoolStatus, Record, StoreError,
-    StoreStatus, StoredActivation,
+    Client, ClientQuery, CountMode, Counted, LoadedPool, Note, OpenOptions, PoolStatus, Record,
+    Schedule, StoreError, StoreStatus, StoredActivation,
 };
+use crate::clock::Clock;
 use crate::protocol::kms::products::Pool;
 use batch::{Cached, Item};
 use deadpool_postgres::{Manager, ManagerConfig, Pool as DbPool, RecyclingMethod, Runtime};
@@ -33,29 +42,55 @@ use tokio_util::task::TaskTracker;
 const MAX_BATCH: usize = 256;
 /// Requests waiting for a transaction at most (more are refused at once).
 const QUEUE: usize = 4096;
-/// How often the host's heartbeat and the pool figures are refreshed.
-const HEARTBEAT: Duration = Duration::from_secs(10);
-/// How often retention runs, and how many records one step deletes.
-const RETENTION_EVERY: Duration = Duration::from_secs(60);
+/// How many records one retention step deletes at the most.
 const RETENTION_CHUNK: i64 = 2_000;
 /// The advisory lock retention holds ("kmsd" in ASCII, then 2).
 const RETENTION_LOCK: i64 = 0x6b6d_7364_0000_0002;
 
-/// Maps a database error to the store's error, in the server's words.
+/// What the fleet database is called in errors that have no URL at hand.
+const NAME: &str = "the fleet database";
+
+/// Maps a database error to the store's error by what it means: the
+/// database out of reach or shutting down, a login or database the
+/// configuration names wrongly, or a failed statement; the server's words
+/// are kept as the source.
 pub fn pg_err(e: tokio_postgres::Error) -> StoreError {
-    let detail = match e.as_db_error() {
-        Some(db) => format!("{} ({})", db.message(), db.code().code()),
-        None => {
-            let mut s = e.to_string();
-            let mut src = std::error::Error::source(&e);
-            while let Some(inner) = src {
-                s = format!("{s}: {inner}");
-                src = inner.source();
-            }
-            s
-        }
+    pg_err_at(NAME, e)
+}
+
+/// [`pg_err`] for the database shown as `store`.
+pub fn pg_err_at(store: &str, e: tokio_postgres::Error) -> StoreError {
+    use tokio_postgres::error::SqlState;
+    let store = store.to_owned();
+    let Some(db) = e.as_db_error() else {
+        // No answer from the server: a connection that failed or closed.
+        return StoreError::unavailable(store, chain(&e));
     };
-    StoreError::Postgres(detail)
+    let detail = format!("{} ({})", db.message(), db.code().code());
+    let code = db.code().code();
+    if code.starts_with("08") || code.starts_with("57P") || code.starts_with("53") {
+        StoreError::unavailable(store, detail)
+    } else if code.starts_with("28") || *db.code() == SqlState::INVALID_CATALOG_NAME {
+        StoreError::misconfigured(store, detail)
+    } else if code.starts_with("XX") {
+        StoreError::Corrupt {
+            store,
+            source: super::error::cause(detail),
+        }
+    } else {
+        StoreError::failed(store, detail)
+    }
+}
+
+/// An error and its sources, on one line.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        s = format!("{s}: {inner}");
+        src = inner.source();
+    }
+    s
 }
 
 /// The transaction isolation the batches run under.
@@ -68,19 +103,48 @@ pub fn isolation(name: &str) -> Option<IsolationLevel> {
     }
 }
 
-/// How the fleet store is opened.
+/// The fleet store's settings, read from the host's configuration.
 #[derive(Clone)]
-pub struct PgOptions {
+pub struct Settings {
     pub url: String,
-    /// This host's name in the fleet (stable across restarts).
-    pub host_id: String,
+    /// The host's data dir, where its fleet name is kept.
+    pub data_dir: std::path::PathBuf,
     pub count_mode: CountMode,
     pub keep_records: u64,
     /// Most time a request waits for its commit before it is refused.
     pub timeout: Duration,
     pub isolation: IsolationLevel,
+}
+
+impl Settings {
+    pub fn from_config(url: &str, cfg: &crate::config::ServeConfig) -> Result<Self, StoreError> {
+        Ok(Self {
+            url: url.to_owned(),
+            data_dir: cfg.data_dir.clone(),
+            count_mode: cfg.count_mode,
+            keep_records: cfg.keep_records,
+            timeout: cfg.store_timeout,
+            isolation: isolation(&cfg.store_isolation).ok_or_else(|| {
+                StoreError::misconfigured(
+                    url::redact(url),
+                    format!(
+                        "store_isolation {:?}: expected read-committed, repeatable-read or serializable",
+                        cfg.store_isolation
+                    ),
+                )
+            })?,
+        })
+    }
+}
+
+/// What the batcher runs with.
+#[derive(Clone)]
+struct Run {
+    settings: Settings,
+    host_id: String,
     /// Where commit times and batch sizes are observed.
-    pub metrics: Arc<crate::metrics::Metrics>,
+    metrics: Arc<crate::metrics::Metrics>,
+    clock: Clock,
 }
 
 type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
@@ -134,10 +198,8 @@ fn connect_pool(url: &str, size: usize, timeout: Duration) -> Result<(DbPool, St
     let mgr = match &u.tls {
         url::Tls::Off => Manager::from_config(u.config.clone(), tokio_postgres::NoTls, mgr_cfg),
         url::Tls::On { ca_file } => {
-            let tls = url::rustls_config(ca_file).map_err(|detail| StoreError::Connect {
-                url: u.shown.clone(),
-                detail,
-            })?;
+            let tls = url::rustls_config(ca_file)
+                .map_err(|detail| StoreError::misconfigured(u.shown.clone(), detail))?;
             Manager::from_config(
                 u.config.clone(),
                 tokio_postgres_rustls::MakeRustlsConnect::new(tls),
@@ -152,10 +214,7 @@ fn connect_pool(url: &str, size: usize, timeout: Duration) -> Result<(DbPool, St
         .create_timeout(Some(timeout))
         .recycle_timeout(Some(timeout))
         .build()
-        .map_err(|e| StoreError::Connect {
-            url: u.shown.clone(),
-            detail: e.to_string(),
-        })?;
+        .map_err(|e| StoreError::misconfigured(u.shown.clone(), e.to_string()))?;
     Ok((pool, u.shown))
 }
 
@@ -177,17 +236,18 @@ pub async fn connect_one(u: &url::FleetUrl) -> Result<tokio_postgres::Client, St
                 .config
                 .connect(tokio_postgres::NoTls)
                 .await
-                .map_err(pg_err)?;
+                .map_err(|e| pg_err_at(&u.shown, e))?;
             spawn(conn);
             Ok(c)
         }
         url::Tls::On { ca_file } => {
-            let tls = url::rustls_config(ca_file).map_err(StoreError::Postgres)?;
+            let tls = url::rustls_config(ca_file)
+                .map_err(|detail| StoreError::misconfigured(u.shown.clone(), detail))?;
             let (c, conn) = u
                 .config
                 .connect(tokio_postgres_rustls::MakeRustlsConnect::new(tls))
                 .await
-                .map_err(pg_err)?;
+                .map_err(|e| pg_err_at(&u.shown, e))?;
             spawn(conn);
             Ok(c)
         }
@@ -196,75 +256,72 @@ pub async fn connect_one(u: &url::FleetUrl) -> Result<tokio_postgres::Client, St
 
 /// One pooled connection, or the reason there is none in words.
 async fn client(db: &DbPool, shown: &str) -> Result<deadpool_postgres::Object, StoreError> {
-    db.get().await.map_err(|e| {
-        let detail = match e {
-            deadpool_postgres::PoolError::Backend(e) => match pg_err(e) {
-                StoreError::Postgres(d) => d,
-                other => other.to_string(),
-            },
-            deadpool_postgres::PoolError::Timeout(_) => "timed out".into(),
-            other => other.to_string(),
-        };
-        StoreError::Unavailable(format!("{shown}: {detail}"))
+    db.get().await.map_err(|e| match e {
+        deadpool_postgres::PoolError::Backend(e) => pg_err_at(shown, e),
+        deadpool_postgres::PoolError::Timeout(_) => StoreError::unavailable(shown, "timed out"),
+        other => StoreError::unavailable(shown, other.to_string()),
     })
 }
 
 impl PgStore {
     /// Connects, migrates, registers this host and starts its tasks. Every
     /// start error names the URL (without the password) and the reason.
-    pub async fn open(opts: &PgOptions, now_ms: i64) -> Result<Self, StoreError> {
-        let (db, shown) = connect_pool(&opts.url, 8, opts.timeout)?;
-        let start_err = |e: StoreError| StoreError::Connect {
-            url: shown.clone(),
-            detail: match e {
-                StoreError::Postgres(d) | StoreError::Unavailable(d) => d,
-                other => other.to_string(),
-            },
-        };
-        let mut c = client(&db, &shown).await.map_err(start_err)?;
-        schema::migrate(&mut c).await.map_err(start_err)?;
+    pub async fn open(settings: Settings, opts: OpenOptions) -> Result<Self, StoreError> {
+        let dir = settings.data_dir.clone();
+        let host_id = super::blocking(move || host_id::load_or_make(&dir)).await?;
+        let (db, shown) = connect_pool(&settings.url, 8, settings.timeout)?;
+        let mut c = client(&db, &shown).await?;
+        schema::migrate(&mut c, &shown).await?;
+        let now_ms = (opts.clock)();
         c.execute(
             "INSERT INTO hosts (host_id, started_ms, heartbeat_ms) VALUES ($1, $2, $2)
              ON CONFLICT (host_id) DO UPDATE SET started_ms = $2, heartbeat_ms = $2",
-            &[&opts.host_id, &now_ms],
+            &[&host_id, &now_ms],
         )
         .await
-        .map_err(|e| start_err(pg_err(e)))?;
+        .map_err(|e| pg_err_at(&shown, e))?;
         drop(c);
         let (jobs, rx) = mpsc::channel(QUEUE);
         let store = Self {
             shown,
             db,
-            host_id: opts.host_id.clone(),
-            mode: opts.count_mode,
-            timeout: opts.timeout,
+            host_id: host_id.clone(),
+            mode: settings.count_mode,
+            timeout: settings.timeout,
             jobs,
             pools: Arc::new(Mutex::new(Vec::new())),
             tasks: TaskTracker::new(),
             stop: CancellationToken::new(),
         };
+        let (db, shown, stop) = (store.db.clone(), store.shown.clone(), store.stop.clone());
         store.refresh_pools().await;
+        let run = Run {
+            settings: settings.clone(),
+            host_id,
+            metrics: opts.metrics,
+            clock: opts.clock,
+        };
+        let sched = opts.schedule;
+        let snapshot = store.pools.clone();
         store.tasks.spawn(batcher(
             rx,
-            store.db.clone(),
-            store.shown.clone(),
-            opts.clone(),
-            store.pools.clone(),
-            store.stop.clone(),
+            db.clone(),
+            shown.clone(),
+            run.clone(),
+            snapshot,
+            stop.clone(),
         ));
         store.tasks.spawn(heartbeat(
-            store.db.clone(),
-            store.shown.clone(),
-            store.host_id.clone(),
+            db.clone(),
+            shown.clone(),
+            run.host_id,
+            sched,
             store.pools.clone(),
-            store.stop.clone(),
+            stop.clone(),
         ));
-        store.tasks.spawn(retention(
-            store.db.clone(),
-            store.shown.clone(),
-            opts.keep_records,
-            store.stop.clone(),
-        ));
+        store
+            .tasks
+            .spawn(retention(db, shown, settings.keep_records, sched, stop));
         store.tasks.close();
         Ok(store)
     }
@@ -301,23 +358,26 @@ impl PgStore {
         now_ms: i64,
     ) -> Result<String, StoreError> {
         let c = client(&self.db, &self.shown).await?;
+        let err = |e| pg_err_at(&self.shown, e);
         c.execute(
             "INSERT INTO epids (grp, epid, created_ms) VALUES ($1, $2, $3)
              ON CONFLICT (grp) DO NOTHING",
             &[&group, &candidate, &now_ms],
         )
         .await
-        .map_err(pg_err)?;
+        .map_err(err)?;
         let fleet: String = c
             .query_one("SELECT epid FROM epids WHERE grp = $1", &[&group])
             .await
-            .map_err(pg_err)?
+            .map_err(err)?
             .get(0);
         if configured && fleet != candidate {
-            return Err(StoreError::EpidConflict {
-                group: group.to_owned(),
-                configured: candidate.to_owned(),
-                fleet,
+            return Err(StoreError::Conflict {
+                store: self.shown.clone(),
+                what: format!(
+                    "the configured ePID for {group} ({candidate}) differs from the fleet's ({fleet}); \
+                     drop it from this host's configuration, or give every host the same one"
+                ),
             });
         }
         Ok(fleet)
@@ -348,7 +408,7 @@ impl PgStore {
     async fn ask<T>(&self, job: impl FnOnce(Reply<T>) -> Job) -> Result<T, StoreError> {
         let (tx, rx) = oneshot::channel();
         self.jobs.try_send(job(tx)).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => StoreError::Overloaded,
+            mpsc::error::TrySendError::Full(_) => StoreError::Full,
             mpsc::error::TrySendError::Closed(_) => StoreError::Closed,
         })?;
         match tokio::time::timeout(self.timeout, rx).await {
@@ -372,7 +432,7 @@ impl PgStore {
                 &[&self.host_id, &n.key(), &v],
             )
             .await
-            .map_err(pg_err)?;
+            .map_err(|e| pg_err_at(&self.shown, e))?;
         }
         Ok(())
     }
@@ -381,7 +441,9 @@ impl PgStore {
     pub async fn probe(&self) -> Result<(), StoreError> {
         let check = async {
             let c = client(&self.db, &self.shown).await?;
-            c.query_one("SELECT 1", &[]).await.map_err(pg_err)?;
+            c.query_one("SELECT 1", &[])
+                .await
+                .map_err(|e| pg_err_at(&self.shown, e))?;
             Ok(())
         };
         tokio::time::timeout(Duration::from_secs(2), check)
@@ -415,7 +477,7 @@ async fn batcher(
     mut rx: mpsc::Receiver<Job>,
     db: DbPool,
     shown: String,
-    opts: PgOptions,
+    run: Run,
     pools: Arc<Mutex<Vec<PoolStatus>>>,
     stop: CancellationToken,
 ) {
@@ -454,11 +516,11 @@ async fn batcher(
             Ok(Vec::new())
         } else {
             let t = Instant::now();
-            let r = commit(&db, &shown, &opts, &items, &mut cache).await;
-            opts.metrics
+            let r = commit(&db, &shown, &run, &items, &mut cache).await;
+            run.metrics
                 .store_commit_latency
                 .observe(t.elapsed().as_secs_f64());
-            opts.metrics.store_batch_size.observe(items.len() as f64);
+            run.metrics.store_batch_size.observe(items.len() as f64);
             r
         };
         match result {
@@ -466,20 +528,7 @@ async fn batcher(
                 for (reply, c) in replies.into_iter().zip(counts) {
                     let _ = reply.send(Ok(c));
                 }
-                let now = crate::store::unix_ms_now();
-                let mut snap = pools.lock().unwrap_or_else(|e| e.into_inner());
-                for (pool, c) in &cache {
-                    let mut w = c.window.clone();
-                    let status = PoolStatus {
-                        pool: *pool,
-                        count: w.count_at(now),
-                        capacity: w.capacity() as u32,
-                    };
-                    match snap.iter_mut().find(|p| p.pool == *pool) {
-                        Some(p) => *p = status,
-                        None => snap.push(status),
-                    }
-                }
+                snapshot(&pools, &cache, (run.clock)());
             }
             Err(e) => {
                 quiet.error("the fleet database failed a commit", &e);
@@ -495,25 +544,44 @@ async fn batcher(
     }
 }
 
+/// Updates this host's copy of the pool figures from the pools it just
+/// committed, as the pool rules stand at `now_ms`.
+fn snapshot(pools: &Mutex<Vec<PoolStatus>>, cache: &HashMap<Pool, Cached>, now_ms: i64) {
+    let mut snap = pools.lock().unwrap_or_else(|e| e.into_inner());
+    for (pool, c) in cache {
+        let mut w = c.window.clone();
+        let status = PoolStatus {
+            pool: *pool,
+            count: w.count_at(now_ms),
+            capacity: w.capacity() as u32,
+        };
+        match snap.iter_mut().find(|p| p.pool == *pool) {
+            Some(p) => *p = status,
+            None => snap.push(status),
+        }
+    }
+}
+
 /// One batch, retried on serialization failures and deadlocks with
 /// jittered backoff, within the request timeout.
 async fn commit(
     db: &DbPool,
     shown: &str,
-    opts: &PgOptions,
+    run: &Run,
     items: &[Item],
     cache: &mut HashMap<Pool, Cached>,
 ) -> Result<Vec<Counted>, StoreError> {
-    let deadline = tokio::time::Instant::now() + opts.timeout;
+    let s = &run.settings;
+    let deadline = tokio::time::Instant::now() + s.timeout;
     let attempt = async {
         let mut c = client(db, shown).await?;
         let mut backoff = Duration::from_millis(2);
         loop {
             match batch::run(
                 &mut c,
-                opts.isolation,
-                &opts.host_id,
-                opts.count_mode,
+                s.isolation,
+                &run.host_id,
+                s.count_mode,
                 items,
                 cache,
             )
@@ -525,50 +593,60 @@ async fn commit(
                     tokio::time::sleep(backoff + Duration::from_millis(jitter)).await;
                     backoff = (backoff * 2).min(Duration::from_millis(200));
                 }
-                Err(e) => return Err(batch::store_error(e)),
+                Err(e) => return Err(pg_err_at(shown, e)),
             }
         }
     };
     tokio::time::timeout_at(deadline, attempt)
         .await
-        .unwrap_or(Err(StoreError::Timeout(opts.timeout)))
+        .unwrap_or(Err(StoreError::Timeout(s.timeout)))
 }
 
+/// Keeps this host's row fresh (its heartbeat, on the database's clock)
+/// and its copy of the pool figures.
 async fn heartbeat(
     db: DbPool,
     shown: String,
     host_id: String,
+    sched: Schedule,
     pools: Arc<Mutex<Vec<PoolStatus>>>,
     stop: CancellationToken,
 ) {
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(HEARTBEAT) => {}
+            _ = tokio::time::sleep(sched.heartbeat) => {}
         }
         let Ok(c) = client(&db, &shown).await else {
             continue;
         };
-        let _ = c
+        if let Err(e) = c
             .execute(
                 "UPDATE hosts SET heartbeat_ms = (EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT
                  WHERE host_id = $1",
                 &[&host_id],
             )
-            .await;
+            .await
+        {
+            tracing::debug!(error = %pg_err_at(&shown, e), "heartbeat not written; will retry");
+        }
         if let Ok(p) = reads::pool_status(&c, None).await {
             *pools.lock().unwrap_or_else(|e| e.into_inner()) = p;
         }
     }
 }
 
-async fn retention(db: DbPool, shown: String, keep: u64, stop: CancellationToken) {
+/// Trims the fleet's activation log to `keep` records, a chunk per run,
+/// soon after start and then every `sched.retention`.
+async fn retention(db: DbPool, shown: String, keep: u64, sched: Schedule, stop: CancellationToken) {
     let keep = i64::try_from(keep).unwrap_or(i64::MAX);
+    let mut wait = sched.retention.min(Duration::from_secs(5));
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(RETENTION_EVERY) => {}
+            _ = tokio::time::sleep(wait) => {}
         }
+        wait = sched.retention;
         let Ok(mut c) = client(&db, &shown).await else {
             continue;
         };
@@ -632,6 +710,11 @@ impl PgReader {
         let c = client(&self.db, &self.shown).await?;
         reads::has_schema(&c, &self.shown).await?;
         Ok(c)
+    }
+
+    /// The URL without its password.
+    pub fn shown(&self) -> &str {
+        &self.shown
     }
 
     pub async fn status(&self) -> Result<StoreStatus, StoreError> {

@@ -1,17 +1,15 @@
 //! The fleet's typed queries: status (with every host), the inventory, the
 //! recent activations, the pools. Times come from the database's clock.
 
-use super::pg_err;
 use super::schema::SCHEMA_VERSION;
+use super::{pg_err, pool_rows};
 use crate::protocol::guid::Guid;
 use crate::protocol::kms::Hresult;
 use crate::protocol::kms::products::Pool;
-use crate::store::window::TTL_MS;
 use crate::store::{
-    Client, ClientQuery, HostStatus, LoadedPool, Note, PoolStatus, StoreError, StoreStatus,
-    StoredActivation, Total,
+    Client, ClientQuery, HostStatus, Import, LoadedPool, Note, PoolStatus, StoreError, StoreStatus,
+    StoredActivation, Total, live,
 };
-use std::collections::{HashMap, HashSet};
 use tokio_postgres::Client as Pg;
 
 fn guid(b: &[u8]) -> Guid {
@@ -32,9 +30,10 @@ pub async fn has_schema(c: &Pg, shown: &str) -> Result<(), StoreError> {
     if there {
         Ok(())
     } else {
-        Err(StoreError::Postgres(format!(
-            "{shown} holds no kmsd fleet yet: start a host with --store on it, or run kmsd store copy"
-        )))
+        Err(StoreError::misconfigured(
+            shown,
+            "holds no kmsd fleet yet: start a host with --store on it, or run kmsd store copy",
+        ))
     }
 }
 
@@ -49,71 +48,71 @@ pub async fn db_now(c: &Pg) -> Result<i64, StoreError> {
     .get(0))
 }
 
-/// Live count and capacity of every pool (at `now_ms`, else the database's now).
+/// Live count and capacity of every pool (at `now_ms`, else the
+/// database's now), as the pool rules hold them.
 pub async fn pool_status(c: &Pg, now_ms: Option<i64>) -> Result<Vec<PoolStatus>, StoreError> {
     let now = match now_ms {
         Some(n) => n,
         None => db_now(c).await?,
     };
-    let rows = c
-        .query(
-            "SELECT p.pool, p.capacity,
-                    (SELECT COUNT(*) FROM pool_entries e
-                     WHERE e.pool = p.pool AND e.last_seen_ms > $1)
-             FROM pools p",
-            &[&(now - TTL_MS)],
-        )
-        .await
-        .map_err(pg_err)?;
-    let mut out = Vec::new();
-    for pool in Pool::ALL {
-        let (count, capacity) = rows
-            .iter()
-            .find(|r| r.get::<_, &str>(0) == pool.name())
-            .map_or((0, 0), |r| {
-                (r.get::<_, i64>(2), i64::from(r.get::<_, i32>(1)))
-            });
-        out.push(PoolStatus {
-            pool,
-            count: u32_of(count.min(capacity)),
-            capacity: u32_of(capacity),
-        });
-    }
-    Ok(out)
+    Ok(pools_at(c, now)
+        .await?
+        .into_iter()
+        .map(|p| PoolStatus {
+            pool: p.pool,
+            count: p.entries.len() as u32,
+            capacity: p.capacity,
+        })
+        .collect())
 }
 
-/// The pools with their live entries, newest first.
-pub async fn pools(c: &Pg) -> Result<Vec<LoadedPool>, StoreError> {
-    let cutoff = db_now(c).await? - TTL_MS;
+/// The pools with their live entries at `now_ms`, newest first.
+async fn pools_at(c: &Pg, now_ms: i64) -> Result<Vec<LoadedPool>, StoreError> {
     let mut out = Vec::new();
     for pool in Pool::ALL {
         let capacity: i32 = c
-            .query_one(
+            .query_opt(
                 "SELECT capacity FROM pools WHERE pool = $1",
                 &[&pool.name()],
             )
             .await
             .map_err(pg_err)?
-            .get(0);
-        let entries = c
-            .query(
-                "SELECT cmid, last_seen_ms FROM pool_entries
-                 WHERE pool = $1 AND last_seen_ms > $2
-                 ORDER BY last_seen_ms DESC, cmid DESC LIMIT $3",
-                &[&pool.name(), &cutoff, &i64::from(capacity)],
-            )
-            .await
-            .map_err(pg_err)?
-            .iter()
-            .map(|r| (guid(r.get(0)), r.get(1)))
-            .collect();
-        out.push(LoadedPool {
+            .map_or(0, |r| r.get(0));
+        let rows = pool_rows::rows(c, pool).await.map_err(pg_err)?;
+        out.push(live(
             pool,
-            capacity: u32_of(i64::from(capacity)),
-            entries,
-        });
+            u32::try_from(capacity).unwrap_or(0),
+            &rows,
+            now_ms,
+        ));
     }
     Ok(out)
+}
+
+/// The pools with their live entries, newest first (the database's now).
+pub async fn pools(c: &Pg) -> Result<Vec<LoadedPool>, StoreError> {
+    pools_at(c, db_now(c).await?).await
+}
+
+/// Single-host stores copied in, oldest first.
+async fn imports(c: &Pg) -> Result<Vec<Import>, StoreError> {
+    Ok(c.query(
+        "SELECT source, first_ms, last_ms, upto FROM copies ORDER BY first_ms, source",
+        &[],
+    )
+    .await
+    .map_err(pg_err)?
+    .iter()
+    .map(|r| Import {
+        source: r
+            .get::<_, String>(0)
+            .trim_start_matches("copied:")
+            .to_owned(),
+        first_ms: r.get(1),
+        last_ms: r.get(2),
+        copied_upto: r.get(3),
+    })
+    .collect())
 }
 
 /// What `kmsd status --store URL` shows: the shared pools, ePIDs, totals
@@ -195,6 +194,7 @@ pub async fn status(c: &Pg, shown: &str) -> Result<StoreStatus, StoreError> {
         now_ms: now,
         notes: Vec::new(),
         hosts,
+        imports: imports(c).await?,
         pools,
         epids,
         totals,
@@ -206,7 +206,6 @@ pub async fn status(c: &Pg, shown: &str) -> Result<StoreStatus, StoreError> {
 /// The inventory, newest first.
 pub async fn clients(c: &Pg, q: &ClientQuery) -> Result<Vec<Client>, StoreError> {
     let now = db_now(c).await?;
-    let cutoff = now - TTL_MS;
     let app: Option<Vec<u8>> = q.pool.map(|p| p.app_id().0.to_vec());
     let limit = i64::try_from(q.limit).unwrap_or(i64::MAX);
     let rows = c
@@ -220,18 +219,7 @@ pub async fn clients(c: &Pg, q: &ClientQuery) -> Result<Vec<Client>, StoreError>
         )
         .await
         .map_err(pg_err)?;
-    let live: HashSet<(String, Guid)> = c
-        .query(
-            "SELECT pool, cmid FROM pool_entries WHERE last_seen_ms > $1",
-            &[&cutoff],
-        )
-        .await
-        .map_err(pg_err)?
-        .iter()
-        .map(|r| (r.get::<_, String>(0), guid(r.get(1))))
-        .collect();
-    let pools: HashMap<Guid, &'static str> =
-        Pool::ALL.iter().map(|p| (p.app_id(), p.name())).collect();
+    let live = pools_at(c, now).await?;
     Ok(rows
         .iter()
         .map(|r| {
@@ -249,10 +237,11 @@ pub async fn clients(c: &Pg, q: &ClientQuery) -> Result<Vec<Client>, StoreError>
                 requests: u64::try_from(r.get::<_, i64>(7)).unwrap_or(0),
                 last_result: Hresult(u32_of(r.get(8))),
                 last_count: u32_of(r.get(9)),
-                live: last > cutoff
-                    && pools
-                        .get(&app_id)
-                        .is_some_and(|p| live.contains(&((*p).to_owned(), cmid))),
+                // Live: held by its pool as the pool rules stand now.
+                live: live.iter().any(|lp| {
+                    Some(lp.pool) == Pool::from_app_id(&app_id)
+                        && lp.entries.iter().any(|(g, _)| *g == cmid)
+                }),
             }
         })
         .collect())

@@ -2,28 +2,37 @@
 //! `kmsd_meta.schema_version` says which migrations ran. Hosts starting at
 //! once take an advisory lock, so one of them migrates and the others wait.
 
-use super::pg_err;
+use super::pg_err_at;
 use crate::store::StoreError;
 use crate::store::window::MAX_N_POLICY;
 use tokio_postgres::Client;
 
 /// Schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// The advisory lock key migrations hold ("kmsd" in ASCII, then 1).
 const MIGRATE_LOCK: i64 = 0x6b6d_7364_0000_0001;
 
 /// Brings the schema to [`SCHEMA_VERSION`]; refuses a newer one untouched.
-pub async fn migrate(client: &mut Client) -> Result<(), StoreError> {
+/// `shown` names the database in errors.
+pub async fn migrate(client: &mut Client, shown: &str) -> Result<(), StoreError> {
+    let pg_err = |e| pg_err_at(shown, e);
     let tx = client.transaction().await.map_err(pg_err)?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATE_LOCK])
         .await
         .map_err(pg_err)?;
-    tx.batch_execute(
-        "CREATE TABLE IF NOT EXISTS kmsd_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
-    )
-    .await
-    .map_err(pg_err)?;
+    // Created only when missing: `IF NOT EXISTS` would have the server
+    // send a notice on every start and every `store copy`.
+    let has_meta: bool = tx
+        .query_one("SELECT to_regclass('kmsd_meta') IS NOT NULL", &[])
+        .await
+        .map_err(pg_err)?
+        .get(0);
+    if !has_meta {
+        tx.batch_execute("CREATE TABLE kmsd_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+            .await
+            .map_err(pg_err)?;
+    }
     let version: i64 = tx
         .query_opt(
             "SELECT value FROM kmsd_meta WHERE key = 'schema_version'",
@@ -33,11 +42,16 @@ pub async fn migrate(client: &mut Client) -> Result<(), StoreError> {
         .map_err(pg_err)?
         .map(|r| r.get::<_, String>(0))
         .map_or(Ok(0), |v| v.parse())
-        .map_err(|_| StoreError::Postgres("kmsd_meta.schema_version is not a number".into()))?;
+        .map_err(|_| StoreError::Corrupt {
+            store: shown.to_owned(),
+            source: crate::store::error::cause("kmsd_meta.schema_version is not a number"),
+        })?;
     if version > SCHEMA_VERSION {
-        return Err(StoreError::Postgres(format!(
-            "database schema version {version} is newer than this kmsd ({SCHEMA_VERSION}); refusing to touch it"
-        )));
+        return Err(StoreError::SchemaTooNew {
+            store: shown.to_owned(),
+            found: version,
+            supported: SCHEMA_VERSION,
+        });
     }
     if version < 1 {
         tx.batch_execute(&format!(
@@ -117,6 +131,20 @@ pub async fn migrate(client: &mut Client) -> Result<(), StoreError> {
              );",
             cap = 2 * MAX_N_POLICY
         ))
+        .await
+        .map_err(pg_err)?;
+    }
+    if version < 2 {
+        // v2: a copied single-host store is an import with its dates, not
+        // a host in `hosts` (where it looked alive for minutes).
+        tx.batch_execute(
+            "ALTER TABLE copies ADD COLUMN first_ms BIGINT NOT NULL DEFAULT 0,
+                                ADD COLUMN last_ms BIGINT NOT NULL DEFAULT 0;
+             UPDATE copies SET first_ms = h.started_ms, last_ms = h.started_ms
+                 FROM hosts h WHERE h.host_id = copies.source;
+             DELETE FROM host_notes WHERE host_id IN (SELECT source FROM copies);
+             DELETE FROM hosts WHERE host_id IN (SELECT source FROM copies);",
+        )
         .await
         .map_err(pg_err)?;
     }

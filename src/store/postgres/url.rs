@@ -29,10 +29,7 @@ pub struct FleetUrl {
 
 /// Parses `url`; the error names what is wrong without the password.
 pub fn parse(url: &str) -> Result<FleetUrl, StoreError> {
-    let bad = |why: String| StoreError::Connect {
-        url: redact(url),
-        detail: why,
-    };
+    let bad = |why: String| StoreError::misconfigured(redact(url), why);
     let rest = url
         .strip_prefix("postgres://")
         .or_else(|| url.strip_prefix("postgresql://"))
@@ -108,8 +105,8 @@ pub fn redact(url: &str) -> String {
 /// A backend as the configuration shows it (no password).
 pub fn redact_backend(b: &crate::store::Backend) -> String {
     match b {
-        crate::store::Backend::Sqlite => "sqlite".into(),
         crate::store::Backend::Postgres(url) => redact(url),
+        other => other.to_string(),
     }
 }
 
@@ -168,8 +165,9 @@ mod tests {
             "postgres://k@db",
             "postgres://k@db/f?sslmode=maybe",
         ] {
-            let e = parse(bad).unwrap_err().to_string();
-            assert!(e.starts_with("cannot use the fleet database"), "{bad}: {e}");
+            let e = parse(bad).unwrap_err();
+            assert!(matches!(e, StoreError::Misconfigured { .. }), "{bad}: {e}");
+            assert!(e.to_string().starts_with(&redact(bad)), "{bad}: {e}");
         }
     }
 }

@@ -1,13 +1,12 @@
-//! Folding the activation log into the inventory (`clients`) and the
-//! stored pools (`pool_entries`), and reading its unfolded tail.
+//! Folding the activation log's tail into the inventory (`clients`), the
+//! stored pools (through the counting core) and the running totals.
 
+use super::pool_rows::settle;
 use super::prune::trim_log;
-use super::reads::{capacity, newest_entries};
-use crate::protocol::guid::Guid;
+use super::tail::{folded_upto, read_tail};
 use crate::protocol::kms::products::Pool;
 use crate::store::{Durability, StoreError};
 use rusqlite::{Connection, params};
-use std::collections::HashMap;
 
 /// Most log records one fold transaction reads at start-up and shutdown.
 const FOLD_MAX: i64 = 65_536;
@@ -19,105 +18,20 @@ pub(super) const FOLD_EVERY: u64 = 256;
 /// Unfolded records past which folding no longer waits for a gap.
 pub const FOLD_BACKLOG: u64 = 4096;
 
-/// One machine's requests in the unfolded tail of the log, in log order:
-/// what its inventory row gains when the tail is folded.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TailClient {
-    pub first_ms: i64,
-    pub last_ms: i64,
-    pub requests: u64,
-    pub workstation: String,
-    pub sku_id: Guid,
-    pub address: String,
-    pub last_hresult: u32,
-    pub last_count: u32,
-}
-
-/// The activation records after some id, folded per machine (CMID and
-/// application) and per pool entry.
-#[derive(Debug, Default)]
-pub struct Tail {
-    /// The last record id read (the fold's new mark), or the start id.
-    pub upto: i64,
-    /// Records read.
-    pub records: u64,
-    pub clients: HashMap<(Guid, Guid), TailClient>,
-    /// Last seen ms per (pool, CMID), for the requests that were counted.
-    pub pool_entries: HashMap<(Pool, Guid), i64>,
-    /// Records per (result, license state): what the running totals gain.
-    pub totals: HashMap<(u32, u32), u64>,
-}
-
-/// How far the inventory and stored pools reflect the activation log.
-pub fn folded_upto(conn: &Connection) -> rusqlite::Result<i64> {
-    conn.query_row("SELECT upto FROM folded WHERE id = 1", [], |r| r.get(0))
-}
-
-/// Reads and folds at most `limit` activation records after id `after`.
-pub fn read_tail(conn: &Connection, after: i64, limit: i64) -> rusqlite::Result<Tail> {
-    let mut tail = Tail {
-        upto: after,
-        ..Tail::default()
-    };
-    let mut stmt = conn.prepare_cached(
-        "SELECT id, time_ms, address, workstation, cmid, app_id, sku_id, count, hresult, pool,
-                license_status
-         FROM activations WHERE id > ?1 ORDER BY id LIMIT ?2",
-    )?;
-    let mut rows = stmt.query(params![after, limit])?;
-    while let Some(row) = rows.next()? {
-        let time: i64 = row.get(1)?;
-        let cmid = row.get::<_, Guid>(4)?;
-        let app = row.get::<_, Guid>(5)?;
-        let update = TailClient {
-            first_ms: time,
-            last_ms: time,
-            requests: 1,
-            address: row.get(2)?,
-            workstation: row.get(3)?,
-            sku_id: row.get::<_, Guid>(6)?,
-            last_count: row.get(7)?,
-            last_hresult: row.get(8)?,
-        };
-        tail.clients
-            .entry((cmid, app))
-            .and_modify(|c| {
-                // Like one upsert per record: the first record's time
-                // stays first seen, even if a later one says earlier.
-                *c = TailClient {
-                    first_ms: c.first_ms,
-                    last_ms: c.last_ms.max(time),
-                    requests: c.requests + 1,
-                    ..update.clone()
-                }
-            })
-            .or_insert_with(|| update.clone());
-        if let Some(pool) = row
-            .get::<_, Option<String>>(9)?
-            .as_deref()
-            .and_then(Pool::from_name)
-        {
-            let t = tail.pool_entries.entry((pool, cmid)).or_insert(time);
-            *t = (*t).max(time);
-        }
-        *tail
-            .totals
-            .entry((update.last_hresult, row.get(10)?))
-            .or_default() += 1;
-        tail.upto = row.get(0)?;
-        tail.records += 1;
-    }
-    Ok(tail)
-}
-
 /// Folds at most `max` unfolded log records into the inventory, the
-/// stored pools and the running totals, in one transaction that also moves
-/// the mark. Returns the records folded (0 when there were none).
+/// stored pools (as the pool rules hold them at `now_ms`) and the running
+/// totals, in one transaction that also moves the mark. Returns the
+/// records folded (0 when there were none).
 ///
 /// With `keep_records`, the same transaction also trims the log's head past
 /// `keep_records`, by at most twice the records folded: the log keeps its
 /// length in small steps instead of one large delete now and then.
-pub fn fold(conn: &mut Connection, max: i64, keep_records: Option<u64>) -> Result<u64, StoreError> {
+pub fn fold(
+    conn: &mut Connection,
+    max: i64,
+    keep_records: Option<u64>,
+    now_ms: i64,
+) -> Result<u64, StoreError> {
     let tx = conn.transaction()?;
     let tail = read_tail(&tx, folded_upto(&tx)?, max)?;
     if tail.records == 0 {
@@ -148,21 +62,15 @@ pub fn fold(conn: &mut Connection, max: i64, keep_records: Option<u64>) -> Resul
                 c.last_count
             ])?;
         }
-        // A pool keeps its newest `capacity` CMIDs, so the stored pool is
-        // rewritten whole: a few dozen rows on a page or two, where an
-        // upsert per CMID dirtied a random page each.
         for pool in Pool::ALL {
-            if !tail.pool_entries.keys().any(|(p, _)| *p == pool) {
-                continue;
-            }
-            let entries = newest_entries(&tx, pool, capacity(&tx, pool)?, i64::MIN, &tail)?;
-            tx.prepare_cached("DELETE FROM pool_entries WHERE pool = ?1")?
-                .execute([pool.name()])?;
-            let mut insert = tx.prepare_cached(
-                "INSERT INTO pool_entries (pool, cmid, last_seen_ms) VALUES (?1, ?2, ?3)",
-            )?;
-            for (cmid, t) in entries {
-                insert.execute(params![pool.name(), cmid, t])?;
+            let seen: Vec<_> = tail
+                .pool_entries
+                .iter()
+                .filter(|((p, _), _)| *p == pool)
+                .map(|(&(_, g), &t)| (g, t))
+                .collect();
+            if !seen.is_empty() {
+                settle(&tx, pool, seen, now_ms)?;
             }
         }
         let mut total = tx.prepare_cached(
@@ -193,9 +101,10 @@ pub(super) fn fold_unsynced(
     max: i64,
     keep_records: u64,
     durability: Durability,
+    now_ms: i64,
 ) -> Result<u64, StoreError> {
     conn.execute_batch("PRAGMA synchronous=OFF")?;
-    let folded = fold(conn, max, Some(keep_records));
+    let folded = fold(conn, max, Some(keep_records), now_ms);
     commit_level(conn, durability)?;
     folded
 }
@@ -215,17 +124,18 @@ pub(super) fn commit_level(conn: &Connection, durability: Durability) -> Result<
     if level == want {
         Ok(())
     } else {
-        Err(StoreError::Sqlite(format!(
-            "synchronous is {level} where {want} was set"
-        )))
+        Err(StoreError::failed(
+            "the SQLite store",
+            format!("synchronous is {level} where {want} was set"),
+        ))
     }
 }
 
 /// Folds the whole unfolded tail (at start-up and shutdown).
-pub fn fold_all(conn: &mut Connection) -> Result<u64, StoreError> {
+pub fn fold_all(conn: &mut Connection, now_ms: i64) -> Result<u64, StoreError> {
     let mut total = 0;
     loop {
-        let n = fold(conn, FOLD_MAX, None)?;
+        let n = fold(conn, FOLD_MAX, None, now_ms)?;
         total += n;
         if n == 0 {
             return Ok(total);

@@ -22,30 +22,128 @@
 //! and a crash loses nothing.
 //!
 //! Files by concern: [`schema`] (open, migrations), [`writer`] (the writer
-//! thread and the hot commit), [`fold`], [`prune`], [`reads`].
+//! thread and the hot commit), [`tail`] (the log's unfolded tail),
+//! [`fold`], [`pool_rows`] (the stored pools, through the counting core),
+//! [`prune`], [`meta`] (notes, ePIDs) and [`reads`] (queries only).
 
 pub mod fold;
+pub mod meta;
+pub mod pool_rows;
 pub mod prune;
 pub mod reads;
 pub mod schema;
+pub mod tail;
 #[cfg(test)]
 mod tests;
 pub mod writer;
 
-pub use fold::{FOLD_BACKLOG, Tail, TailClient, fold, fold_all, folded_upto, read_tail};
+pub use fold::{FOLD_BACKLOG, fold, fold_all};
+pub use meta::{ensure_epid, set_epid, set_meta};
+pub use pool_rows::load;
 pub use prune::prune;
-pub use reads::{ensure_epid, inventory_size, load, set_epid, set_meta};
+pub use reads::inventory_size;
 pub use schema::{SCHEMA_VERSION, open_ro, open_rw};
+pub use tail::{Tail, TailClient, folded_upto, read_tail};
 pub use writer::Writer;
 
 use super::{
-    Activation, Client, ClientQuery, Counted, LoadedPool, Note, Pools, Record, StoreError,
-    StoreOptions, StoreStatus, StoredActivation,
+    Activation, Client, ClientQuery, CountMode, Counted, LoadedPool, Note, OpenOptions, Pools,
+    Record, StoreError, StoreStatus, StoredActivation,
 };
+use crate::clock::Clock;
 use crate::protocol::guid::Guid;
 use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::time::Duration;
+
+/// File name of the database inside the data dir.
+pub const DB_FILE: &str = "kmsd.sqlite3";
+
+/// What the store is called in errors that have no path at hand.
+const NAME: &str = "the SQLite store";
+
+/// How far the embedded store's commit goes before its clients are
+/// answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// On disk: every commit waits for the flush (`fsync`) (the default).
+    #[default]
+    Full,
+    /// Handed to the operating system: a commit is written to the file but
+    /// not flushed. Survives a crash or `kill -9` of kmsd, not a power cut or
+    /// an OS crash, which can lose the counts of the last moments.
+    Os,
+}
+
+impl Durability {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "full" => Some(Self::Full),
+            "os" => Some(Self::Os),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Full => "full",
+            Self::Os => "os",
+        }
+    }
+}
+
+/// The embedded store's settings, read from the host's configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub data_dir: PathBuf,
+    pub count_mode: CountMode,
+    pub keep_records: u64,
+    /// Whether a commit waits for the disk.
+    pub durability: Durability,
+    /// How long a write waits for a locked database.
+    pub busy_timeout: Duration,
+}
+
+impl Settings {
+    pub fn from_config(cfg: &crate::config::ServeConfig) -> Self {
+        Self {
+            data_dir: cfg.data_dir.clone(),
+            count_mode: cfg.count_mode,
+            keep_records: cfg.keep_records,
+            durability: cfg.durability,
+            busy_timeout: cfg.store_busy_timeout,
+        }
+    }
+}
+
+/// SQLite's errors, by what they mean for the caller: a damaged or
+/// foreign file, a file that cannot be reached or is locked, or a failed
+/// statement.
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        classify(NAME.to_owned(), e)
+    }
+}
+
+/// [`StoreError`] for `e` on the store called `store`.
+pub(crate) fn classify(store: String, e: rusqlite::Error) -> StoreError {
+    use rusqlite::ErrorCode as C;
+    let code = e.sqlite_error_code();
+    let source: super::Cause = std::sync::Arc::new(e);
+    match code {
+        Some(C::DatabaseCorrupt | C::NotADatabase) => StoreError::Corrupt { store, source },
+        Some(
+            C::DatabaseBusy
+            | C::DatabaseLocked
+            | C::CannotOpen
+            | C::PermissionDenied
+            | C::ReadOnly
+            | C::DiskFull
+            | C::SystemIoFailure,
+        ) => StoreError::Unavailable { store, source },
+        _ => StoreError::Failed { store, source },
+    }
+}
 
 /// GUIDs are stored as their 16 wire bytes.
 impl ToSql for Guid {
@@ -71,46 +169,55 @@ pub struct SqliteStore {
     path: PathBuf,
     pools: Pools,
     writer: Writer,
+    clock: Clock,
 }
 
 impl SqliteStore {
     /// Opens (creating or migrating) the database in the data dir, folds a
     /// log tail left by a crash, loads the pools live at `now_ms` and starts
     /// the writer thread.
-    pub fn open(
-        opts: &StoreOptions,
-        now_ms: i64,
-        metrics: Arc<crate::metrics::Metrics>,
-    ) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(&opts.data_dir).map_err(|e| StoreError::Open {
-            path: opts.data_dir.clone(),
-            detail: format!("cannot create the data dir: {e}"),
+    pub fn open(settings: Settings, opts: OpenOptions) -> Result<Self, StoreError> {
+        let s = &settings;
+        std::fs::create_dir_all(&s.data_dir).map_err(|e| StoreError::Unavailable {
+            store: s.data_dir.display().to_string(),
+            source: super::error::cause(format!("cannot create the data dir: {e}")),
         })?;
-        let path = opts.data_dir.join(super::DB_FILE);
+        let path = s.data_dir.join(DB_FILE);
         let mut conn = open_rw(&path)?;
-        conn.busy_timeout(opts.busy_timeout)
+        conn.busy_timeout(s.busy_timeout)
             .map_err(|e| StoreError::open(&path, e))?;
+        let now_ms = (opts.clock)();
         // Records committed after the last fold (a crash, a kill -9) go into
         // the inventory and the stored pools before anything else reads them.
-        let folded = fold_all(&mut conn)?;
+        let folded = fold_all(&mut conn, now_ms)?;
         if folded > 0 {
             tracing::info!(
                 records = folded,
                 "folded the activation log's tail into the inventory (the last stop was not clean)"
             );
         }
-        let pools = Pools::new(opts.count_mode);
+        let pools = Pools::new(s.count_mode);
         pools.restore(&load(&conn, now_ms)?);
-        if opts.durability == super::Durability::Os {
+        if s.durability == Durability::Os {
             tracing::warn!(
                 "durability = \"os\": commits are not flushed to disk; a power cut or an OS crash can lose the last moments' counts (a crash of kmsd loses nothing)"
             );
         }
-        let writer = Writer::start(conn, opts.keep_records, opts.durability, metrics)?;
+        let writer = Writer::start(
+            conn,
+            writer::Upkeep {
+                keep_records: s.keep_records,
+                durability: s.durability,
+                prune_every: opts.schedule.prune,
+                clock: opts.clock.clone(),
+            },
+            opts.metrics,
+        )?;
         Ok(Self {
             path,
             pools,
             writer,
+            clock: opts.clock,
         })
     }
 
@@ -152,6 +259,23 @@ impl SqliteStore {
         self.writer.note(notes).await
     }
 
+    /// See [`super::Store::epid`].
+    pub async fn epid(
+        &self,
+        group: &'static str,
+        candidate: String,
+        configured: bool,
+        now_ms: i64,
+    ) -> Result<String, StoreError> {
+        let path = self.path.clone();
+        super::blocking(move || epid(&path, group, &candidate, configured, now_ms)).await
+    }
+
+    /// The host's clock (what the store's upkeep reads).
+    pub fn now_ms(&self) -> i64 {
+        (self.clock)()
+    }
+
     /// Takes and releases the write lock on a separate connection.
     pub async fn probe(&self) -> Result<(), StoreError> {
         let path = self.path.clone();
@@ -178,7 +302,7 @@ impl SqliteStore {
 }
 
 /// See [`super::Store::epid`]. Blocking.
-pub fn epid(
+fn epid(
     path: &Path,
     group: &str,
     candidate: &str,

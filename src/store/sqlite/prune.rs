@@ -1,49 +1,17 @@
-//! Pruning: pool entries that can no longer be live, and activation
-//! records past the retention, in small steps.
+//! Pruning: pool entries that are no longer live (the counting core says
+//! which), and activation records past the retention, in small steps.
 
+use super::pool_rows::settle;
 use crate::protocol::kms::products::Pool;
 use crate::store::StoreError;
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, params};
 
-/// Deletes pool entries that can no longer be live (expired, or beyond each
-/// pool's capacity) and activation records past the retention.
+/// Brings every stored pool to what the pool rules hold at `now_ms`
+/// (expired entries go), and deletes activation records past the
+/// retention, a chunk at a time.
 pub fn prune(conn: &Connection, now_ms: i64, keep_records: u64) -> Result<(), StoreError> {
-    let cutoff = now_ms - crate::store::window::TTL_MS;
-    conn.execute(
-        "DELETE FROM pool_entries WHERE last_seen_ms <= ?1",
-        [cutoff],
-    )?;
-    // Per pool, everything older than its capacity-th newest entry: one
-    // index walk of `capacity` rows to find the boundary, then a range delete.
     for pool in Pool::ALL {
-        let capacity: i64 = conn
-            .query_row(
-                "SELECT capacity FROM pools WHERE pool = ?1",
-                [pool.name()],
-                |r| r.get(0),
-            )
-            .optional()?
-            .unwrap_or(0);
-        let boundary: Option<(i64, Vec<u8>)> = conn
-            .query_row(
-                "SELECT last_seen_ms, cmid FROM pool_entries WHERE pool = ?1
-                 ORDER BY last_seen_ms DESC, cmid DESC LIMIT 1 OFFSET ?2",
-                params![pool.name(), (capacity - 1).max(0)],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()?;
-        match boundary {
-            Some((t, c)) if capacity > 0 => {
-                conn.execute(
-                    "DELETE FROM pool_entries WHERE pool = ?1 AND (last_seen_ms, cmid) < (?2, ?3)",
-                    params![pool.name(), t, c],
-                )?;
-            }
-            Some(_) => {
-                conn.execute("DELETE FROM pool_entries WHERE pool = ?1", [pool.name()])?;
-            }
-            None => {}
-        }
+        settle(conn, pool, [], now_ms)?;
     }
     trim_log(conn, keep_records, PRUNE_CHUNK)?;
     Ok(())

@@ -1,98 +1,17 @@
-//! Reads: the pools and ePIDs at start-up, the host's notes, and the typed
-//! queries behind `kmsd status`, `kmsd clients` and the admin API.
+//! Reads (nothing here writes): the typed queries behind `kmsd status`,
+//! `kmsd clients`, the admin API and `kmsd store copy`, each in one read
+//! transaction with the log's unfolded tail added.
 
-use super::fold::{Tail, folded_upto, read_tail};
+use super::pool_rows::load;
 use super::schema::SCHEMA_VERSION;
+use super::tail::{folded_upto, read_tail};
 use crate::protocol::guid::Guid;
 use crate::protocol::kms::Hresult;
 use crate::protocol::kms::products::Pool;
 use crate::store::{
-    Client, ClientQuery, LoadedPool, Note, PoolStatus, StoreError, StoreStatus, StoredActivation,
-    Total, window,
+    Client, ClientQuery, Note, PoolStatus, StoreError, StoreStatus, StoredActivation, Total,
 };
 use rusqlite::{Connection, OptionalExtension, params};
-use std::collections::HashMap;
-
-/// Records facts about the running host (listen addresses, served groups...).
-pub fn set_meta(conn: &Connection, entries: &[(&str, String)]) -> Result<(), StoreError> {
-    for (k, v) in entries {
-        conn.execute(
-            "INSERT INTO meta (key, value) VALUES (?1, ?2)
-             ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-            params![k, v],
-        )?;
-    }
-    Ok(())
-}
-
-pub(super) fn capacity(conn: &Connection, pool: Pool) -> rusqlite::Result<u32> {
-    Ok(conn
-        .prepare_cached("SELECT capacity FROM pools WHERE pool = ?1")?
-        .query_row([pool.name()], |r| r.get(0))
-        .optional()?
-        .unwrap_or(0))
-}
-
-/// The newest `capacity` entries of `pool` seen after `cutoff`, stored or in
-/// `tail`, newest first. A tail entry only moves a CMID's time forward, so
-/// the newest `capacity` of the union are among the newest `capacity`
-/// stored ones and the tail's.
-pub(super) fn newest_entries(
-    conn: &Connection,
-    pool: Pool,
-    capacity: u32,
-    cutoff: i64,
-    tail: &Tail,
-) -> rusqlite::Result<Vec<(Guid, i64)>> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT cmid, last_seen_ms FROM pool_entries
-         WHERE pool = ?1 AND last_seen_ms > ?2
-         ORDER BY last_seen_ms DESC, cmid DESC LIMIT ?3",
-    )?;
-    let rows = stmt.query_map(params![pool.name(), cutoff, capacity], |r| {
-        Ok((r.get::<_, Guid>(0)?, r.get::<_, i64>(1)?))
-    })?;
-    let mut newest: HashMap<Guid, i64> = HashMap::new();
-    for row in rows {
-        let (cmid, t) = row?;
-        newest.insert(cmid, t);
-    }
-    for ((p, cmid), t) in &tail.pool_entries {
-        if *p == pool && *t > cutoff {
-            let e = newest.entry(*cmid).or_insert(*t);
-            *e = (*e).max(*t);
-        }
-    }
-    let mut entries: Vec<(Guid, i64)> = newest.into_iter().collect();
-    entries.sort_unstable_by_key(|&(g, t)| std::cmp::Reverse((t, g.0)));
-    entries.truncate(capacity as usize);
-    Ok(entries)
-}
-
-/// Reads the pools (entries live at `now_ms`), the unfolded log tail
-/// included. Runs in one read transaction, so the tail and the folded
-/// tables agree.
-pub fn load(conn: &Connection, now_ms: i64) -> Result<Vec<LoadedPool>, StoreError> {
-    // Inside the caller's transaction if there is one, else in our own.
-    let _snapshot = if conn.is_autocommit() {
-        Some(conn.unchecked_transaction()?)
-    } else {
-        None
-    };
-    let tail = read_tail(conn, folded_upto(conn)?, i64::MAX)?;
-    let cutoff = now_ms - window::TTL_MS;
-    let mut pools = Vec::new();
-    for pool in Pool::ALL {
-        let capacity = capacity(conn, pool)?;
-        let entries = newest_entries(conn, pool, capacity, cutoff, &tail)?;
-        pools.push(LoadedPool {
-            pool,
-            capacity,
-            entries,
-        });
-    }
-    Ok(pools)
-}
 
 /// Machines in the inventory, those only in the unfolded log tail included.
 pub fn inventory_size(conn: &Connection) -> Result<u64, StoreError> {
@@ -106,34 +25,6 @@ pub fn inventory_size(conn: &Connection) -> Result<u64, StoreError> {
         }
     }
     Ok(stored as u64 + new)
-}
-
-/// Stores an ePID for `group` unless one is there; returns the stored one.
-pub fn ensure_epid(
-    conn: &Connection,
-    group: &str,
-    epid: &str,
-    now_ms: i64,
-) -> Result<String, StoreError> {
-    conn.execute(
-        "INSERT INTO epids (grp, epid, created_ms) VALUES (?1, ?2, ?3) ON CONFLICT(grp) DO NOTHING",
-        params![group, epid, now_ms],
-    )?;
-    Ok(
-        conn.query_row("SELECT epid FROM epids WHERE grp = ?1", [group], |r| {
-            r.get(0)
-        })?,
-    )
-}
-
-/// Replaces the stored ePID for `group` (an operator override).
-pub fn set_epid(conn: &Connection, group: &str, epid: &str, now_ms: i64) -> Result<(), StoreError> {
-    conn.execute(
-        "INSERT INTO epids (grp, epid, created_ms) VALUES (?1, ?2, ?3)
-         ON CONFLICT(grp) DO UPDATE SET epid = excluded.epid, created_ms = excluded.created_ms",
-        params![group, epid, now_ms],
-    )?;
-    Ok(())
 }
 
 /// The host's notes.
@@ -188,6 +79,7 @@ pub fn status(conn: &Connection, location: String, now_ms: i64) -> Result<StoreS
         now_ms,
         notes: notes(conn)?,
         hosts: Vec::new(),
+        imports: Vec::new(),
         pools,
         epids,
         totals,
@@ -272,10 +164,10 @@ pub fn clients(conn: &Connection, q: &ClientQuery) -> Result<Vec<Client>, StoreE
     machines.truncate(q.limit);
     for m in &mut machines {
         let pool = Pool::from_app_id(&m.app_id);
-        m.live = m.last_seen_ms > q.now_ms - window::TTL_MS
-            && pools
-                .iter()
-                .any(|lp| Some(lp.pool) == pool && lp.entries.iter().any(|(c, _)| *c == m.cmid));
+        // Live: held by its pool as the pool rules stand at `now_ms`.
+        m.live = pools
+            .iter()
+            .any(|lp| Some(lp.pool) == pool && lp.entries.iter().any(|(c, _)| *c == m.cmid));
     }
     Ok(machines)
 }

@@ -30,17 +30,24 @@ pub fn open_rw(path: &Path) -> Result<Connection, StoreError> {
         .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
         .map_err(e)?;
     if !mode.eq_ignore_ascii_case("wal") {
-        return Err(StoreError::Open {
-            path: path.to_owned(),
-            detail: format!("cannot switch to WAL journaling (got {mode})"),
-        });
+        return Err(StoreError::unavailable(
+            path.display().to_string(),
+            format!("cannot switch to WAL journaling (got {mode})"),
+        ));
     }
     conn.execute_batch("PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;")
         .map_err(e)?;
+    if version > SCHEMA_VERSION {
+        return Err(StoreError::SchemaTooNew {
+            store: path.display().to_string(),
+            found: version,
+            supported: SCHEMA_VERSION,
+        });
+    }
     migrate(&conn, version).map_err(|err| match err {
-        StoreError::Sqlite(d) => StoreError::Open {
-            path: path.to_owned(),
-            detail: d,
+        StoreError::Failed { source, .. } => StoreError::Failed {
+            store: path.display().to_string(),
+            source,
         },
         other => other,
     })?;
@@ -50,29 +57,40 @@ pub fn open_rw(path: &Path) -> Result<Connection, StoreError> {
 /// Opens the database read-only (for `kmsd status` beside a running host).
 pub fn open_ro(path: &Path) -> Result<Connection, StoreError> {
     if !path.exists() {
-        return Err(StoreError::Open {
-            path: path.to_owned(),
-            detail: "no database here (has the host run with this data dir?)".into(),
-        });
+        return Err(StoreError::misconfigured(
+            path.display().to_string(),
+            "no database here (has the host run with this data dir?)",
+        ));
     }
     let conn = open_conn(path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
     let version: i64 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .map_err(|e| StoreError::open(path, e))?;
-    if version != SCHEMA_VERSION {
-        return Err(StoreError::Open {
-            path: path.to_owned(),
-            detail: format!("schema version {version}, this kmsd reads {SCHEMA_VERSION}"),
+    if version > SCHEMA_VERSION {
+        return Err(StoreError::SchemaTooNew {
+            store: path.display().to_string(),
+            found: version,
+            supported: SCHEMA_VERSION,
         });
+    }
+    if version != SCHEMA_VERSION {
+        return Err(StoreError::misconfigured(
+            path.display().to_string(),
+            format!(
+                "schema version {version}, this kmsd reads {SCHEMA_VERSION}: start the host once to migrate it"
+            ),
+        ));
     }
     Ok(conn)
 }
 
 pub(super) fn migrate(conn: &Connection, from: i64) -> Result<(), StoreError> {
     if from > SCHEMA_VERSION {
-        return Err(StoreError::Sqlite(format!(
-            "database schema version {from} is newer than this kmsd ({SCHEMA_VERSION}); refusing to touch it"
-        )));
+        return Err(StoreError::SchemaTooNew {
+            store: super::NAME.to_owned(),
+            found: from,
+            supported: SCHEMA_VERSION,
+        });
     }
     if from < 1 {
         conn.execute_batch(
@@ -185,10 +203,8 @@ pub(super) fn migrate(conn: &Connection, from: i64) -> Result<(), StoreError> {
 }
 
 impl StoreError {
+    /// `e` while opening the database at `path`.
     pub(crate) fn open(path: &Path, e: rusqlite::Error) -> Self {
-        Self::Open {
-            path: path.to_owned(),
-            detail: e.to_string(),
-        }
+        super::classify(path.display().to_string(), e)
     }
 }

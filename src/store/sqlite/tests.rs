@@ -9,6 +9,10 @@ use crate::store::{Durability, StoreError};
 use rusqlite::{Connection, params};
 use std::collections::HashMap;
 
+/// The clock the tests fold at: after every record they write, within 30
+/// days of all of them.
+const T: i64 = 2_000_000;
+
 fn record(cmid: u128, hresult: u32) -> Record {
     Record {
         time_ms: 1_000,
@@ -66,7 +70,7 @@ fn a_v1_database_migrates_to_v2_keeping_its_data() {
     // v1 wrote the inventory per record: all of the log counts as folded.
     assert_eq!(folded_upto(&conn).unwrap(), 3);
     let mut conn = conn;
-    assert_eq!(fold_all(&mut conn).unwrap(), 0);
+    assert_eq!(fold_all(&mut conn, T).unwrap(), 0);
 }
 
 #[test]
@@ -87,7 +91,7 @@ fn prune_keeps_what_can_still_be_live() {
     });
     let refs: Vec<&Record> = records.iter().collect();
     commit_batch(&mut conn, &refs).unwrap();
-    fold_all(&mut conn).unwrap();
+    fold_all(&mut conn, now).unwrap();
     prune(&conn, now, 5).unwrap();
     let left: Vec<Vec<u8>> = conn
         .prepare("SELECT cmid FROM pool_entries ORDER BY last_seen_ms")
@@ -117,7 +121,7 @@ fn prune_of_a_large_pool_keeps_exactly_the_newest() {
         .collect();
     let refs: Vec<&Record> = records.iter().collect();
     commit_batch(&mut conn, &refs).unwrap();
-    fold_all(&mut conn).unwrap();
+    fold_all(&mut conn, T).unwrap();
     prune(&conn, 2_000_000, 1_000_000).unwrap();
     let (n, oldest): (i64, i64) = conn
         .query_row(
@@ -223,9 +227,9 @@ fn folding_in_any_chunks_equals_writing_each_record() {
         for batch in records.chunks(batch_len) {
             let refs: Vec<&Record> = batch.iter().collect();
             commit_batch(&mut conn, &refs).unwrap();
-            fold_unsynced(&mut conn, chunk, 1_000_000, Durability::Full).unwrap();
+            fold_unsynced(&mut conn, chunk, 1_000_000, Durability::Full, T).unwrap();
         }
-        fold_all(&mut conn).unwrap();
+        fold_all(&mut conn, T).unwrap();
         assert_eq!(
             rows(&conn, "SELECT * FROM clients ORDER BY cmid, app_id"),
             clients,
@@ -255,9 +259,9 @@ fn a_folded_pool_keeps_its_newest_capacity_entries() {
     for batch in records.chunks(6) {
         let refs: Vec<&Record> = batch.iter().collect();
         commit_batch(&mut conn, &refs).unwrap();
-        fold(&mut conn, 3, None).unwrap();
+        fold(&mut conn, 3, None, T).unwrap();
     }
-    fold_all(&mut conn).unwrap();
+    fold_all(&mut conn, T).unwrap();
     let mut want: HashMap<Guid, i64> = HashMap::new();
     for r in &records {
         let t = want.entry(r.cmid).or_insert(r.time_ms);
@@ -283,7 +287,7 @@ fn readers_see_the_unfolded_tail() {
     let refs: Vec<&Record> = records.iter().collect();
     let (first, rest) = refs.split_at(17);
     commit_batch(&mut conn, first).unwrap();
-    fold_all(&mut conn).unwrap();
+    fold_all(&mut conn, T).unwrap();
     commit_batch(&mut conn, rest).unwrap();
     // Half folded, half in the tail: the pools a start-up would load
     // are those of the fully folded tables.
@@ -291,7 +295,7 @@ fn readers_see_the_unfolded_tail() {
     let before = load(&conn, now).unwrap();
     let tail = read_tail(&conn, folded_upto(&conn).unwrap(), i64::MAX).unwrap();
     assert_eq!(tail.records, rest.len() as u64);
-    fold_all(&mut conn).unwrap();
+    fold_all(&mut conn, T).unwrap();
     let after = load(&conn, now).unwrap();
     assert_eq!(before, after);
     assert!(after.iter().any(|p| !p.entries.is_empty()));
@@ -321,15 +325,15 @@ fn prune_never_deletes_unfolded_records_nor_the_newest() {
     };
     prune(&conn, 2_000, 0).unwrap();
     assert_eq!(count(&conn), 100, "nothing folded yet, nothing pruned");
-    fold(&mut conn, 40, None).unwrap();
+    fold(&mut conn, 40, None, T).unwrap();
     prune(&conn, 2_000, 0).unwrap();
     assert_eq!(count(&conn), 60, "only the 40 folded ones");
-    fold_all(&mut conn).unwrap();
+    fold_all(&mut conn, T).unwrap();
     prune(&conn, 2_000, 0).unwrap();
     assert_eq!(count(&conn), 1, "keep_records 0 still keeps the newest");
     // Ids keep rising, so a new record is never taken as folded.
     commit_batch(&mut conn, &[&record(500, 0)]).unwrap();
-    assert_eq!(fold_all(&mut conn).unwrap(), 1);
+    assert_eq!(fold_all(&mut conn, T).unwrap(), 1);
 }
 
 #[test]
@@ -346,12 +350,12 @@ fn folding_trims_the_log_head_in_small_steps() {
         .unwrap()
     };
     // 20 folded, so only those 20 may go (keep 10 would allow 90).
-    fold_unsynced(&mut conn, 20, 10, Durability::Full).unwrap();
+    fold_unsynced(&mut conn, 20, 10, Durability::Full, T).unwrap();
     assert_eq!(span(&conn), (21, 80));
     // 30 more folded: at most twice that trimmed, still only folded ones.
-    fold_unsynced(&mut conn, 30, 10, Durability::Full).unwrap();
+    fold_unsynced(&mut conn, 30, 10, Durability::Full, T).unwrap();
     assert_eq!(span(&conn), (51, 50));
-    fold_unsynced(&mut conn, 50, 10, Durability::Full).unwrap();
+    fold_unsynced(&mut conn, 50, 10, Durability::Full, T).unwrap();
     assert_eq!(span(&conn), (91, 10), "keeps keep_records");
 }
 
@@ -363,7 +367,7 @@ fn commits_after_a_fold_wait_for_the_disk_again() {
         |c: &Connection| -> i64 { c.query_row("PRAGMA synchronous", [], |r| r.get(0)).unwrap() };
     assert_eq!(level(&conn), 2);
     commit_batch(&mut conn, &[&record(1, 0)]).unwrap();
-    fold_unsynced(&mut conn, 64, 1_000_000, Durability::Full).unwrap();
+    fold_unsynced(&mut conn, 64, 1_000_000, Durability::Full, T).unwrap();
     assert_eq!(level(&conn), 2, "FULL again after an unsynced fold");
     conn.execute_batch("PRAGMA synchronous=OFF").unwrap();
     commit_level(&conn, Durability::Full).unwrap();
@@ -379,7 +383,7 @@ fn with_durability_os_commits_stay_unflushed_after_a_fold() {
     commit_level(&conn, Durability::Os).unwrap();
     assert_eq!(level(&conn), 1, "NORMAL: WAL commits are not flushed");
     commit_batch(&mut conn, &[&record(1, 0)]).unwrap();
-    fold_unsynced(&mut conn, 64, 1_000_000, Durability::Os).unwrap();
+    fold_unsynced(&mut conn, 64, 1_000_000, Durability::Os, T).unwrap();
     assert_eq!(level(&conn), 1, "the fold puts back NORMAL, not FULL");
 }
 
@@ -389,7 +393,17 @@ async fn close_commits_and_folds_everything() {
     let path = dir.path().join("db");
     let conn = open_rw(&path).unwrap();
     let metrics = std::sync::Arc::new(crate::metrics::Metrics::default());
-    let durable = Writer::start(conn, 1_000_000, Durability::Full, metrics).unwrap();
+    let durable = Writer::start(
+        conn,
+        writer::Upkeep {
+            keep_records: 1_000_000,
+            durability: Durability::Full,
+            prune_every: std::time::Duration::from_secs(3600),
+            clock: std::sync::Arc::new(|| T),
+        },
+        metrics,
+    )
+    .unwrap();
     for r in mixed_records() {
         durable.write(r).await.unwrap();
     }
@@ -483,7 +497,7 @@ fn totals_count_the_unfolded_tail_once_and_the_fold_moves_them() {
         "the hot commit leaves totals alone"
     );
     assert_eq!(totals_of(&conn), want, "readers add the unfolded tail");
-    fold_all(&mut conn).unwrap();
+    fold_all(&mut conn, T).unwrap();
     assert_eq!(
         totals_table(&conn),
         want,
@@ -506,7 +520,7 @@ fn a_v3_database_keeps_its_totals_exact_across_the_v4_migration() {
         let mut conn = open_rw(&path).unwrap();
         let batch = [record(1, 0), record(2, 0), record(3, 0xC004_F042)];
         commit_batch(&mut conn, &batch.iter().collect::<Vec<_>>()).unwrap();
-        fold_all(&mut conn).unwrap();
+        fold_all(&mut conn, T).unwrap();
         // Two more records left unfolded, their totals already added by the
         // hot commit, as v3 did.
         commit_batch(&mut conn, &[&record(4, 0), &record(5, 0)]).unwrap();
@@ -518,6 +532,6 @@ fn a_v3_database_keeps_its_totals_exact_across_the_v4_migration() {
     let mut conn = open_rw(&path).unwrap();
     let want = vec![(0, 2, 4), (0xC004_F042, 2, 1)];
     assert_eq!(totals_of(&conn), want, "the tail is counted once");
-    fold_all(&mut conn).unwrap();
+    fold_all(&mut conn, T).unwrap();
     assert_eq!(totals_table(&conn), want);
 }

@@ -3,14 +3,31 @@
 //! prunes in the gaps.
 
 use super::fold::{FOLD_BACKLOG, FOLD_CHUNK, FOLD_EVERY, commit_level, fold_all, fold_unsynced};
+use super::meta::set_meta;
 use super::prune::prune;
-use super::reads::set_meta;
+use crate::clock::Clock;
 use crate::protocol::kms::products::Pool;
 use crate::store::{Durability, StoreError};
 use crate::store::{Note, Record};
 use rusqlite::{Connection, params};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
+
+/// What the writer keeps up besides committing: the log's length, the
+/// commits' durability, pruning, and the clock they go by.
+pub struct Upkeep {
+    /// Bounds the activation log.
+    pub keep_records: u64,
+    /// Whether a commit waits for the disk.
+    pub durability: Durability,
+    /// Pruning runs at least this often (and after every 10,000 records).
+    pub prune_every: Duration,
+    /// The host's clock (expiry when folding and pruning).
+    pub clock: Clock,
+}
+
+/// Records committed between prunes at the most.
+const PRUNE_RECORDS: u64 = 10_000;
 
 /// Most records committed in one transaction.
 const MAX_BATCH: usize = 512;
@@ -114,16 +131,17 @@ impl Writer {
     /// a commit waits for the disk (set on `conn` here).
     pub fn start(
         conn: Connection,
-        keep_records: u64,
-        durability: Durability,
+        upkeep: Upkeep,
         metrics: std::sync::Arc<crate::metrics::Metrics>,
     ) -> Result<Self, StoreError> {
-        commit_level(&conn, durability)?;
+        commit_level(&conn, upkeep.durability)?;
         let (tx, rx) = mpsc::channel(4096);
         std::thread::Builder::new()
             .name("kmsd-store".into())
-            .spawn(move || writer(conn, rx, keep_records, durability, &metrics))
-            .map_err(|e| StoreError::Sqlite(format!("cannot start the store thread: {e}")))?;
+            .spawn(move || writer(conn, rx, &upkeep, &metrics))
+            .map_err(|e| {
+                StoreError::failed(super::NAME, format!("cannot start the store thread: {e}"))
+            })?;
         Ok(Self { tx })
     }
 
@@ -163,19 +181,18 @@ impl Writer {
 fn writer(
     mut conn: Connection,
     mut rx: mpsc::Receiver<Job>,
-    keep_records: u64,
-    durability: Durability,
+    upkeep: &Upkeep,
     metrics: &crate::metrics::Metrics,
 ) {
     let mut jobs: Vec<Job> = Vec::with_capacity(MAX_BATCH);
-    let mut since_prune = 0u64;
-    let mut last_prune = Instant::now();
-    let mut unfolded = 0u64;
+    let mut tidy = Tidy {
+        since_prune: 0,
+        last_prune: Instant::now(),
+        unfolded: 0,
+        synced: true,
+    };
     // Pool capacities this thread has committed (they only grow).
     let mut capacities: Vec<(Pool, u32)> = Vec::new();
-    // False when a fold may have left the connection's commits below the
-    // configured level.
-    let mut synced = true;
     while let Some(first) = rx.blocking_recv() {
         jobs.push(first);
         while jobs.len() < MAX_BATCH {
@@ -191,93 +208,125 @@ fn writer(
                 Job::Barrier(_) | Job::Close(_) | Job::Note(..) => None,
             })
             .collect();
+        let n = records.len() as u64;
         let result = if records.is_empty() {
             Ok(())
-        } else if !synced && let Err(e) = commit_level(&conn, durability) {
+        } else if !tidy.synced
+            && let Err(e) = commit_level(&conn, upkeep.durability)
+        {
             // Never acknowledge a record from a commit below the configured
             // level (with the default, one that did not wait for the disk).
             Err(e)
         } else {
-            synced = true;
+            tidy.synced = true;
             let t = Instant::now();
             let r = commit_batch_known(&mut conn, &records, &mut capacities);
             metrics
                 .store_commit_latency
                 .observe(t.elapsed().as_secs_f64());
-            metrics.store_batch_size.observe(records.len() as f64);
+            metrics.store_batch_size.observe(n as f64);
             r
         };
         if let Err(e) = &result {
-            tracing::error!(error = %e, records = records.len(), "store commit failed; these clients get an error answer");
+            tracing::error!(error = %e, records = n, "store commit failed; these clients get an error answer");
         } else {
-            tracing::trace!(records = records.len(), "store batch committed");
-            since_prune += records.len() as u64;
-            unfolded += records.len() as u64;
+            tracing::trace!(records = n, "store batch committed");
+            tidy.since_prune += n;
+            tidy.unfolded += n;
         }
-        let mut close = None;
-        for j in jobs.drain(..) {
-            let reply = match j {
-                Job::Write(_, r) | Job::Barrier(r) => r,
-                Job::Note(notes, r) => {
-                    let entries: Vec<(&str, String)> =
-                        notes.into_iter().map(|(n, v)| (n.key(), v)).collect();
-                    let _ = r.send(set_meta(&conn, &entries));
-                    continue;
-                }
-                Job::Close(r) => {
-                    close = Some(r);
-                    continue;
-                }
-            };
-            let _ = reply.send(result.clone());
-        }
-        if let Some(reply) = close {
-            let _ = reply.send(fold_all(&mut conn).map(|n| {
+        if let Some(reply) = answer(&conn, &mut jobs, &result) {
+            let _ = reply.send(fold_all(&mut conn, (upkeep.clock)()).map(|n| {
                 tracing::debug!(records = n, "log tail folded at shutdown");
             }));
             return;
         }
-        // Folding and pruning run after the replies, so the clients whose
-        // records were just committed do not wait for them. A fold is a
-        // transaction of its own whose cost hardly depends on how many
-        // records it folds (the stored pools are rewritten whole, the
-        // inventory rows of a busy machine once), so records are folded in
-        // chunks of [`FOLD_CHUNK`]: once [`FOLD_EVERY`] wait and no commit
-        // is queued, or regardless once the tail passes [`FOLD_BACKLOG`]
-        // (or before a prune, which only deletes folded records). Readers
-        // fold the tail in memory and start-up folds it all, so a short
-        // tail left unfolded on a quiet host costs nothing.
-        let prune_due = since_prune >= 10_000 || last_prune.elapsed().as_secs() >= 3600;
-        let chunk = if unfolded >= FOLD_BACKLOG
-            || (prune_due && unfolded > 0)
-            || (unfolded >= FOLD_EVERY && rx.is_empty())
-        {
-            FOLD_CHUNK
-        } else {
-            0
+        tidy.run(&mut conn, upkeep, rx.is_empty());
+    }
+    // Every sender is gone without a Close: leave the tables folded anyway.
+    if let Err(e) = fold_all(&mut conn, (upkeep.clock)()) {
+        tracing::warn!(error = %e, "folding the activation log at shutdown failed; the next start folds it");
+    }
+}
+
+/// Answers a batch's jobs with the commit's result (notes are written
+/// now); returns the reply of a close among them.
+fn answer(
+    conn: &Connection,
+    jobs: &mut Vec<Job>,
+    result: &Result<(), StoreError>,
+) -> Option<Reply> {
+    let mut close = None;
+    for j in jobs.drain(..) {
+        let reply = match j {
+            Job::Write(_, r) | Job::Barrier(r) => r,
+            Job::Note(notes, r) => {
+                let entries: Vec<(&str, String)> =
+                    notes.into_iter().map(|(n, v)| (n.key(), v)).collect();
+                let _ = r.send(set_meta(conn, &entries));
+                continue;
+            }
+            Job::Close(r) => {
+                close = Some(r);
+                continue;
+            }
         };
-        if chunk > 0 {
-            match fold_unsynced(&mut conn, chunk, keep_records, durability) {
-                Ok(n) if n < chunk as u64 => unfolded = 0, // the whole tail
-                Ok(n) => unfolded = unfolded.saturating_sub(n),
+        let _ = reply.send(result.clone());
+    }
+    close
+}
+
+/// The writer's upkeep between batches: how much is unfolded, when it
+/// last pruned, and whether commits still wait for the disk.
+struct Tidy {
+    since_prune: u64,
+    last_prune: Instant,
+    unfolded: u64,
+    /// False when a fold may have left the connection's commits below the
+    /// configured level.
+    synced: bool,
+}
+
+impl Tidy {
+    /// Folding and pruning run after the replies, so the clients whose
+    /// records were just committed do not wait for them. A fold is a
+    /// transaction of its own whose cost hardly depends on how many
+    /// records it folds, so records are folded in chunks of
+    /// [`FOLD_CHUNK`]: once [`FOLD_EVERY`] wait and no commit is queued
+    /// (`idle`), or regardless once the tail passes [`FOLD_BACKLOG`] (or
+    /// before a prune, which only deletes folded records). Readers fold the
+    /// tail in memory and start-up folds it all, so a short tail left
+    /// unfolded on a quiet host costs nothing.
+    fn run(&mut self, conn: &mut Connection, upkeep: &Upkeep, idle: bool) {
+        let prune_due =
+            self.since_prune >= PRUNE_RECORDS || self.last_prune.elapsed() >= upkeep.prune_every;
+        let fold_due = self.unfolded >= FOLD_BACKLOG
+            || (prune_due && self.unfolded > 0)
+            || (self.unfolded >= FOLD_EVERY && idle);
+        if fold_due {
+            let now = (upkeep.clock)();
+            match fold_unsynced(
+                conn,
+                FOLD_CHUNK,
+                upkeep.keep_records,
+                upkeep.durability,
+                now,
+            ) {
+                Ok(n) if n < FOLD_CHUNK as u64 => self.unfolded = 0, // the whole tail
+                Ok(n) => self.unfolded = self.unfolded.saturating_sub(n),
                 Err(e) => {
                     // Checked again before the next commit.
-                    synced = false;
+                    self.synced = false;
                     tracing::warn!(error = %e, "folding the activation log failed; will retry")
                 }
             }
         }
         if prune_due {
-            let now = crate::store::unix_ms_now();
-            if let Err(e) = prune(&conn, now, keep_records) {
-                tracing::warn!(error = %e, "store pruning failed; will retry later");
+            match prune(conn, (upkeep.clock)(), upkeep.keep_records) {
+                Ok(()) => tracing::debug!("store pruned"),
+                Err(e) => tracing::warn!(error = %e, "store pruning failed; will retry later"),
             }
-            since_prune = 0;
-            last_prune = Instant::now();
+            self.since_prune = 0;
+            self.last_prune = Instant::now();
         }
-    }
-    // Every sender is gone without a Close: leave the tables folded anyway.
-    if let Err(e) = fold_all(&mut conn) {
-        tracing::warn!(error = %e, "folding the activation log at shutdown failed; the next start folds it");
     }
 }
