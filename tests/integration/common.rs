@@ -103,12 +103,16 @@ pub async fn start_server(tweak: impl FnOnce(&mut kmsd::config::ServeConfig)) ->
 /// Starts a host on an existing data dir (restarts). With
 /// `KMSD_TEST_STORE=postgres` (scripts/test runs the counting, loopback and
 /// vlmcs tests a second time so), the host keeps its state in a fresh
-/// database of the test cluster instead (the same one on a restart).
+/// database of the test cluster instead (the same one on a restart); with
+/// `KMSD_TEST_STORE=memory` (a third time), in memory.
 pub async fn start_server_in(
     dir: tempfile::TempDir,
     tweak: impl FnOnce(&mut kmsd::config::ServeConfig),
 ) -> TestServer {
-    let store = if std::env::var("KMSD_TEST_STORE").as_deref() == Ok("postgres") {
+    let wanted = std::env::var("KMSD_TEST_STORE");
+    let store = if wanted.as_deref() == Ok("memory") {
+        Some(kmsd::store::Backend::Memory)
+    } else if wanted.as_deref() == Ok("postgres") {
         let file = dir.path().join("test-store-url");
         let url = match std::fs::read_to_string(&file) {
             Ok(u) => u,
@@ -195,12 +199,22 @@ pub async fn start_server_with_clock(
     clock: kmsd::host::Clock,
     tweak: impl FnOnce(&mut kmsd::config::ServeConfig),
 ) -> TestServer {
-    let mut cfg = test_config(dir.path());
-    tweak(&mut cfg);
     let opts = kmsd::app::Options {
         clock,
         ..Default::default()
     };
+    start_server_with_options(dir, opts, tweak).await
+}
+
+/// Starts a host with explicit lifecycle options (its clock, how often the
+/// store's background tasks run).
+pub async fn start_server_with_options(
+    dir: tempfile::TempDir,
+    opts: kmsd::app::Options,
+    tweak: impl FnOnce(&mut kmsd::config::ServeConfig),
+) -> TestServer {
+    let mut cfg = test_config(dir.path());
+    tweak(&mut cfg);
     let app = kmsd::app::App::start(cfg, opts).await.unwrap();
     TestServer {
         addr: app.kms_addrs()[0],

@@ -123,6 +123,13 @@ async fn counts_and_identity_survive_a_restart() {
         .collect();
     let dir = srv.stop().await;
     let srv = start_server_in(dir, |_| {}).await;
+    if std::env::var("KMSD_TEST_STORE").as_deref() == Ok("memory") {
+        // A memory store forgets at exit, by design: the restarted host
+        // counts from scratch.
+        assert_eq!(one(srv.addr, &opts, ids[2]).await.unwrap(), 1);
+        srv.stop().await;
+        return;
+    }
     let again: Vec<String> = products::epid_groups()
         .iter()
         .map(|g| srv.host.epid(g.name).unwrap().to_string())

@@ -21,5 +21,6 @@ mod loopback;
 mod probe;
 mod proptests;
 mod soak;
+mod upkeep;
 mod vectors;
 mod vlmcs_interop;

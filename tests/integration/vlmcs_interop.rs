@@ -143,3 +143,76 @@ async fn vlmcs_sees_office_and_server_products_with_their_own_epids() {
     }
     srv.stop().await;
 }
+
+/// Asks `addr` once as a new Windows Server machine; the count vlmcs shows.
+fn vlmcs_server_count(bin: &PathBuf, addr: std::net::SocketAddr) -> u32 {
+    use kmsd::protocol::kms::products;
+    let sku = products::find_sku("Windows Server 2022 Standard").unwrap();
+    let args = [
+        "-6".to_owned(),
+        "--application-id".into(),
+        sku.app_id.to_string(),
+        "--activation-id".into(),
+        sku.id.to_string(),
+        "--kms-id".into(),
+        sku.kms_id.to_string(),
+        "--required-count".into(),
+        "5".into(),
+        addr.to_string(),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = run(bin, &args);
+    out.lines()
+        .find_map(|l| l.trim().strip_prefix("Client Count: "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no count in {out}"))
+}
+
+/// `kmsd serve --store memory` (the real binary) counts new server
+/// machines 1 to 5 for the C client, writes nothing into its data dir, and
+/// after a restart counts from 1 again; `kmsd status` points elsewhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_memory_host_counts_like_the_others_writes_nothing_and_forgets_at_exit() {
+    let Some(bin) = binary_or_skip() else { return };
+    let top = tempfile::tempdir().unwrap();
+    let data = top.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    for (round, machines) in [(1, 5), (2, 1)] {
+        let (mut host, addr) = spawn_host_with(&data, 0, &["--store", "memory"]);
+        let b = bin.clone();
+        let counts = tokio::task::spawn_blocking(move || {
+            (0..machines)
+                .map(|_| vlmcs_server_count(&b, addr))
+                .collect::<Vec<u32>>()
+        })
+        .await
+        .unwrap();
+        assert_eq!(
+            counts,
+            (1..=machines).collect::<Vec<u32>>(),
+            "round {round}"
+        );
+        let pid = host.id().to_string();
+        assert!(
+            Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+        assert!(host.wait().unwrap().success(), "a clean stop");
+        let left: Vec<_> = std::fs::read_dir(&data).unwrap().collect();
+        assert!(left.is_empty(), "nothing on disk: {left:?}");
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_kmsd"))
+        .args(["status", "--store", "memory", "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    let msg = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        msg.contains("memory") && msg.contains("/api/status"),
+        "{msg}"
+    );
+}
