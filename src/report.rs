@@ -126,6 +126,33 @@ pub struct HostReport {
     pub requests: u64,
 }
 
+impl HostReport {
+    fn new(h: &crate::store::HostStatus, now_ms: i64) -> Self {
+        let note = |n: Note| {
+            h.notes
+                .iter()
+                .find(|(k, _)| *k == n)
+                .map(|(_, v)| v.clone())
+        };
+        HostReport {
+            id: h.id.clone(),
+            listen: note(Note::Listen)
+                .map(|s| {
+                    s.split(',')
+                        .filter(|x| !x.is_empty())
+                        .map(str::to_owned)
+                        .collect()
+                })
+                .unwrap_or_default(),
+            version: note(Note::Version),
+            started: iso_utc(h.started_ms),
+            last_heartbeat: iso_utc(h.heartbeat_ms),
+            alive: now_ms - h.heartbeat_ms < HOST_GONE_MS,
+            requests: h.requests,
+        }
+    }
+}
+
 /// A single host's store copied into a fleet: an import, never a host.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct ImportReport {
@@ -192,30 +219,7 @@ impl StatusReport {
         let hosts = st
             .hosts
             .iter()
-            .map(|h| {
-                let note = |n: Note| {
-                    h.notes
-                        .iter()
-                        .find(|(k, _)| *k == n)
-                        .map(|(_, v)| v.clone())
-                };
-                HostReport {
-                    id: h.id.clone(),
-                    listen: note(Note::Listen)
-                        .map(|s| {
-                            s.split(',')
-                                .filter(|x| !x.is_empty())
-                                .map(str::to_owned)
-                                .collect()
-                        })
-                        .unwrap_or_default(),
-                    version: note(Note::Version),
-                    started: iso_utc(h.started_ms),
-                    last_heartbeat: iso_utc(h.heartbeat_ms),
-                    alive: st.now_ms - h.heartbeat_ms < HOST_GONE_MS,
-                    requests: h.requests,
-                }
-            })
+            .map(|h| HostReport::new(h, st.now_ms))
             .collect();
         let note = |n: Note| st.note(n).map(str::to_owned);
         Self {
