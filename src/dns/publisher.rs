@@ -251,7 +251,7 @@ async fn attempt(slot: &mut Slot, settings: &DnsSettings, port: u16, now_ms: i64
     }
     slot.state.last_attempt_ms = Some(now_ms);
     let old = slot.state.current.clone();
-    match update_once(settings, &domain, old.as_ref(), want.as_ref()).await {
+    match update_once(settings, &domain, old.as_ref(), want.as_ref(), now_ms).await {
         Ok(server) => {
             let s = &mut slot.state;
             match (&want, &old) {
@@ -292,17 +292,20 @@ fn fail(slot: &mut Slot, settings: &DnsSettings, e: &DnsError) {
 }
 
 /// Finds the zone of `domain` and its primary, and sends the UPDATE that
-/// deletes `delete` and adds `add`; the primary it went to.
+/// deletes `delete` and adds `add` (signed as of `now_ms`, the host's
+/// clock); the primary it went to.
 async fn update_once(
     settings: &DnsSettings,
     domain: &str,
     delete: Option<&Srv>,
     add: Option<&Srv>,
+    now_ms: i64,
 ) -> Result<SocketAddr, DnsError> {
     let signer = match &settings.tsig_key {
         Some(k) => Some(Signer {
             key_name: k.name.clone(),
             tsig: k.signer().map_err(DnsError::Build)?,
+            at_secs: u64::try_from(now_ms.div_euclid(1000)).unwrap_or(0),
         }),
         None => None,
     };

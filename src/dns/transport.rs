@@ -19,6 +19,8 @@ pub const TIMEOUT: Duration = Duration::from_secs(3);
 pub struct Signer {
     pub key_name: String,
     pub tsig: TSigner,
+    /// The signing time (unix seconds, from the host's clock).
+    pub at_secs: u64,
 }
 
 /// Sends `msg` to `server` (signed when `signer` is given) and returns the
@@ -32,13 +34,9 @@ pub async fn send(
     timeout: Duration,
 ) -> Result<Message, DnsError> {
     let verifier = match signer {
-        Some(s) => {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
-            msg.finalize(&s.tsig, now)
-                .map_err(|e| DnsError::Build(e.to_string()))?
-        }
+        Some(s) => msg
+            .finalize(&s.tsig, s.at_secs)
+            .map_err(|e| DnsError::Build(e.to_string()))?,
         None => None,
     };
     let bytes = msg.to_vec().map_err(|e| DnsError::Build(e.to_string()))?;

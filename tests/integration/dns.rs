@@ -447,6 +447,7 @@ async fn the_record_is_re_asserted_every_refresh() {
     let signer = kmsd::dns::transport::Signer {
         key_name: key.name.clone(),
         tsig: key.signer().unwrap(),
+        at_secs: (kmsd::clock::unix_ms_now() / 1000) as u64,
     };
     let resp = kmsd::dns::transport::send(named.addr, del, Some(&signer), Duration::from_secs(3))
         .await
