@@ -84,49 +84,10 @@ pub async fn serve(
     let mut out = Vec::new();
     let mut requests = 0u32;
     loop {
-        // Idle until the first byte of the next PDU, then the whole PDU must
-        // arrive within read_timeout: a slow sender is cut off either way.
-        // Once shutdown begins, a connection is only kept for what its
-        // client has already sent or sends at once (the request following
-        // a bind): a short idle window, then it closes.
-        let idle = if shutdown.is_cancelled() {
-            SHUTDOWN_IDLE.min(limits.idle_timeout)
-        } else {
-            limits.idle_timeout
-        };
-        let idle_deadline = Instant::now() + idle;
-        let read_timeout = limits.read_timeout;
-        let framed_ref = &mut framed;
-        let read = async move {
-            // One timer: the idle deadline until the first bytes of a PDU are
-            // buffered, then read_timeout from that moment for the rest.
-            let timer = tokio::time::sleep_until(idle_deadline);
-            tokio::pin!(timer);
-            let mut reading = false;
-            std::future::poll_fn(|cx| {
-                if let Poll::Ready(next) = framed_ref.poll_next_unpin(cx) {
-                    return Poll::Ready(Ok(next));
-                }
-                if !reading && !framed_ref.read_buffer().is_empty() {
-                    reading = true;
-                    timer.as_mut().reset(Instant::now() + read_timeout);
-                }
-                match timer.as_mut().poll(cx) {
-                    Poll::Ready(()) if reading => Poll::Ready(Err(ReadTimeout::Incomplete)),
-                    Poll::Ready(()) => Poll::Ready(Err(ReadTimeout::Idle)),
-                    Poll::Pending => Poll::Pending,
-                }
-            })
-            .await
-        };
-        let next = if shutdown.is_cancelled() {
-            read.await
-        } else {
-            tokio::select! {
-                // Shutdown restarts the wait with the short idle window.
-                _ = shutdown.cancelled() => continue,
-                r = read => r,
-            }
+        let next = match next_pdu(&mut framed, &limits, &shutdown).await {
+            Some(n) => n,
+            // Shutdown began while waiting: wait again, with the short idle window.
+            None => continue,
         };
         let pdu = match next {
             Err(why) => {
@@ -165,14 +126,7 @@ pub async fn serve(
         if !sent {
             break;
         }
-        if matches!(
-            outcome,
-            Outcome::Answered { .. }
-                | Outcome::Refused { .. }
-                | Outcome::Invalid { .. }
-                | Outcome::Fault { .. }
-                | Outcome::BadStub { .. }
-        ) {
+        if is_request(&outcome) {
             requests += 1;
             if requests >= limits.max_requests {
                 host.metrics.conn_event(ConnEvent::ClosedRequestLimit);
@@ -180,6 +134,70 @@ pub async fn serve(
                 break;
             }
         }
+    }
+}
+
+/// Whether `o` answered a request (which counts toward `max_requests`), as
+/// opposed to a bind or alter_context.
+fn is_request(o: &Outcome) -> bool {
+    matches!(
+        o,
+        Outcome::Answered { .. }
+            | Outcome::Refused { .. }
+            | Outcome::Invalid { .. }
+            | Outcome::Fault { .. }
+            | Outcome::BadStub { .. }
+    )
+}
+
+type Framed = FramedRead<TcpStream, RpcPduCodec>;
+
+/// Waits for the next PDU: idle until its first byte, then the whole PDU
+/// must arrive within `read_timeout`, so a slow sender is cut off either
+/// way. Once shutdown begins, a connection is only kept for what its
+/// client has already sent or sends at once (the request following a
+/// bind): a short idle window, then it closes. `None`: shutdown began
+/// while waiting (ask again, with the short window).
+async fn next_pdu(
+    framed: &mut Framed,
+    limits: &ConnLimits,
+    shutdown: &CancellationToken,
+) -> Option<Result<Option<Result<crate::codec::Pdu, CodecError>>, ReadTimeout>> {
+    let idle = if shutdown.is_cancelled() {
+        SHUTDOWN_IDLE.min(limits.idle_timeout)
+    } else {
+        limits.idle_timeout
+    };
+    let idle_deadline = Instant::now() + idle;
+    let read_timeout = limits.read_timeout;
+    let read = async move {
+        // One timer: the idle deadline until the first bytes of a PDU are
+        // buffered, then read_timeout from that moment for the rest.
+        let timer = tokio::time::sleep_until(idle_deadline);
+        tokio::pin!(timer);
+        let mut reading = false;
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(next) = framed.poll_next_unpin(cx) {
+                return Poll::Ready(Ok(next));
+            }
+            if !reading && !framed.read_buffer().is_empty() {
+                reading = true;
+                timer.as_mut().reset(Instant::now() + read_timeout);
+            }
+            match timer.as_mut().poll(cx) {
+                Poll::Ready(()) if reading => Poll::Ready(Err(ReadTimeout::Incomplete)),
+                Poll::Ready(()) => Poll::Ready(Err(ReadTimeout::Idle)),
+                Poll::Pending => Poll::Pending,
+            }
+        })
+        .await
+    };
+    if shutdown.is_cancelled() {
+        return Some(read.await);
+    }
+    tokio::select! {
+        _ = shutdown.cancelled() => None,
+        r = read => Some(r),
     }
 }
 
