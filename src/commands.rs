@@ -8,7 +8,7 @@ use crate::protocol::guid::Guid;
 use crate::protocol::kms::Version;
 use crate::protocol::kms::products;
 use crate::report::{ClientRow, StatusReport, parse_since};
-use crate::store::{ClientQuery, Reader, unix_ms_now};
+use crate::store::{ClientQuery, StoreReader, unix_ms_now};
 use anyhow::{Context, Result, bail};
 use std::time::Duration;
 
@@ -265,7 +265,9 @@ pub async fn status(a: &StatusArgs) -> Result<()> {
         .data_dir
         .clone()
         .unwrap_or_else(crate::config::default_data_dir);
-    let st = Reader::open(&a.store, &dir)?.status(unix_ms_now()).await?;
+    let st = StoreReader::open(&a.store, &dir)?
+        .status(unix_ms_now())
+        .await?;
     let report = StatusReport::new(st);
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -298,7 +300,7 @@ pub async fn clients(a: &ClientsArgs) -> Result<()> {
         since_ms: since,
         limit: a.limit,
     };
-    let rows: Vec<ClientRow> = Reader::open(&a.store, &dir)?
+    let rows: Vec<ClientRow> = StoreReader::open(&a.store, &dir)?
         .clients(&query)
         .await?
         .iter()

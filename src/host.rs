@@ -20,7 +20,7 @@ use crate::protocol::policy::{self, Decision, ProductPolicy};
 use crate::protocol::rpc::pdu::PduError;
 use crate::protocol::rpc::session::Session;
 use crate::protocol::server::{self, Decoded, Outcome, Pending};
-use crate::store::{Activation, CountMode, Note, PoolStatus, Record, Store, StoreError};
+use crate::store::{CountMode, CountRequest, Note, PoolStatus, Record, Store, StoreError};
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -275,7 +275,7 @@ impl Host {
                     None,
                 ),
                 Some(epid) => {
-                    let act = Activation {
+                    let act = CountRequest {
                         pool: c.pool,
                         record: record(&p.request, peer, now, 0),
                     };

@@ -10,7 +10,7 @@
 
 use super::pools::Pools;
 use super::{
-    Activation, Client, ClientQuery, Counted, LoadedPool, Note, OpenOptions, PoolStatus, Record,
+    Client, ClientQuery, CountRequest, Counted, LoadedPool, Note, OpenOptions, PoolStatus, Record,
     StoreStatus, StoredActivation, Total,
 };
 use crate::protocol::guid::Guid;
@@ -90,8 +90,8 @@ impl MemoryStore {
     }
 
     /// Counts `act` (inline: nothing to wait for).
-    pub fn count(&self, act: Activation) -> Counted {
-        let Activation { pool, mut record } = act;
+    pub fn count(&self, act: CountRequest) -> Counted {
+        let CountRequest { pool, mut record } = act;
         let t = self
             .shared
             .pools

@@ -2,7 +2,7 @@
 //! start-up (pools, ePIDs), count-and-commit (a request gets its count only
 //! once its record is durable), refusal records, notes about the running
 //! host, typed queries for reports and the admin API, a health probe, and a
-//! clean close. [`Reader`] is the same queries for a process that is not
+//! clean close. [`StoreReader`] is the same queries for a process that is not
 //! the host (`kmsd status`, `kmsd clients`).
 //!
 //! What a count is (30-day expiry, capacity, eviction, fixed mode, clock
@@ -39,7 +39,7 @@ pub(crate) use error::blocking;
 pub use error::{Cause, StoreError};
 pub use location::Backend;
 pub use pools::{CountMode, PoolStatus, Pools, Ticket, live};
-pub use records::{Activation, Counted, Record, StoredActivation};
+pub use records::{CountRequest, Counted, Record, StoredActivation};
 pub use schedule::Schedule;
 pub use sqlite::{DB_FILE, Durability};
 pub use status::{Client, ClientQuery, HostStatus, Import, LoadedPool, Note, StoreStatus, Total};
@@ -124,7 +124,7 @@ impl Store {
 
     /// Counts `act` and returns its count once its record is durable. On
     /// `Err` nothing was counted.
-    pub async fn count(&self, act: Activation) -> Result<Counted, StoreError> {
+    pub async fn count(&self, act: CountRequest) -> Result<Counted, StoreError> {
         match self {
             Self::Sqlite(s) => s.count(act).await,
             // Nothing to wait for: counted inline on the caller's thread.
@@ -179,25 +179,25 @@ impl Store {
     }
 
     /// The reads of reports and the admin API.
-    pub fn reader(&self) -> Reader {
+    pub fn reader(&self) -> StoreReader {
         match self {
-            Self::Sqlite(s) => Reader::Sqlite(s.reader()),
-            Self::Memory(m) => Reader::Memory(m.reader()),
-            Self::Postgres(p) => Reader::Postgres(p.reader()),
+            Self::Sqlite(s) => StoreReader::Sqlite(s.reader()),
+            Self::Memory(m) => StoreReader::Memory(m.reader()),
+            Self::Postgres(p) => StoreReader::Postgres(p.reader()),
         }
     }
 
-    /// [`Reader::status`].
+    /// [`StoreReader::status`].
     pub async fn status(&self, now_ms: i64) -> Result<StoreStatus, StoreError> {
         self.reader().status(now_ms).await
     }
 
-    /// [`Reader::clients`].
+    /// [`StoreReader::clients`].
     pub async fn clients(&self, q: ClientQuery) -> Result<Vec<Client>, StoreError> {
         self.reader().clients(&q).await
     }
 
-    /// [`Reader::recent`].
+    /// [`StoreReader::recent`].
     pub async fn recent(&self, limit: usize) -> Result<Vec<StoredActivation>, StoreError> {
         self.reader().recent(limit).await
     }
@@ -225,20 +225,20 @@ impl Store {
 /// The queries of reports, for a process that is not the host (or for the
 /// host, through [`Store::reader`]).
 #[derive(Debug, Clone)]
-pub enum Reader {
-    Sqlite(sqlite::Reader),
+pub enum StoreReader {
+    Sqlite(sqlite::SqliteReader),
     Memory(memory::MemoryReader),
     Postgres(postgres::PgReader),
 }
 
-impl Reader {
+impl StoreReader {
     /// The store `backend` names, for `kmsd status` and `kmsd clients`
     /// (`dir`: the host's data dir, for `sqlite`). A `memory` store lives
     /// inside its host and cannot be read from outside: the error says
     /// where to look instead.
     pub fn open(backend: &Backend, dir: &Path) -> Result<Self, StoreError> {
         match backend {
-            Backend::Sqlite => Ok(Self::Sqlite(sqlite::Reader::new(dir.join(DB_FILE)))),
+            Backend::Sqlite => Ok(Self::Sqlite(sqlite::SqliteReader::new(dir.join(DB_FILE)))),
             Backend::Memory => Err(StoreError::misconfigured(
                 memory::LOCATION,
                 "a memory store lives inside its running host and ends with it; \

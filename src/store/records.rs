@@ -34,7 +34,7 @@ pub struct Record {
 /// A request to count: its record, with the pool to count its CMID in.
 /// The store fills in the count, the capacity and `counted_in`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Activation {
+pub struct CountRequest {
     pub pool: Pool,
     pub record: Record,
 }

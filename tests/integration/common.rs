@@ -225,8 +225,8 @@ pub async fn start_server_with_options(
 }
 
 /// The (blocking) reader of the SQLite store in `dir`.
-pub fn sqlite_reader(dir: &std::path::Path) -> kmsd::store::sqlite::Reader {
-    kmsd::store::sqlite::Reader::new(dir.join(kmsd::store::DB_FILE))
+pub fn sqlite_reader(dir: &std::path::Path) -> kmsd::store::sqlite::SqliteReader {
+    kmsd::store::sqlite::SqliteReader::new(dir.join(kmsd::store::DB_FILE))
 }
 
 /// `kmsd status` of the host whose data dir is `dir`.

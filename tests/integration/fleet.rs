@@ -142,7 +142,7 @@ async fn capacity_and_eviction_hold_across_hosts() {
         assert_eq!(one(hosts[i % 3].addr, &opts, id).await.unwrap(), want);
     }
     // The two seen longest ago made room: asking again they are new.
-    let pools = kmsd::store::Reader::open(&Backend::Postgres(url.clone()), "/".as_ref())
+    let pools = kmsd::store::StoreReader::open(&Backend::Postgres(url.clone()), "/".as_ref())
         .unwrap()
         .pools(0)
         .await

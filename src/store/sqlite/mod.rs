@@ -47,7 +47,7 @@ pub use tail::{Tail, TailClient, folded_upto, read_tail};
 pub use writer::Writer;
 
 use super::{
-    Activation, Client, ClientQuery, CountMode, Counted, LoadedPool, Note, OpenOptions, Pools,
+    Client, ClientQuery, CountMode, CountRequest, Counted, LoadedPool, Note, OpenOptions, Pools,
     Record, StoreError, StoreStatus, StoredActivation,
 };
 use crate::clock::Clock;
@@ -231,8 +231,8 @@ impl SqliteStore {
 
     /// Counts in memory, commits the record, and takes the count back if
     /// the commit fails.
-    pub async fn count(&self, act: Activation) -> Result<Counted, StoreError> {
-        let Activation { pool, mut record } = act;
+    pub async fn count(&self, act: CountRequest) -> Result<Counted, StoreError> {
+        let CountRequest { pool, mut record } = act;
         let t = self
             .pools
             .observe(pool, record.cmid, record.time_ms, record.n_policy);
@@ -288,8 +288,8 @@ impl SqliteStore {
         .await
     }
 
-    pub fn reader(&self) -> Reader {
-        Reader::new(self.path.clone())
+    pub fn reader(&self) -> SqliteReader {
+        SqliteReader::new(self.path.clone())
     }
 
     pub async fn flush(&self) -> Result<(), StoreError> {
@@ -321,11 +321,11 @@ fn epid(
 /// Read-only queries on a database file, beside a running host or not
 /// (WAL lets readers run beside the writer).
 #[derive(Debug, Clone)]
-pub struct Reader {
+pub struct SqliteReader {
     path: PathBuf,
 }
 
-impl Reader {
+impl SqliteReader {
     pub fn new(path: PathBuf) -> Self {
         Self { path }
     }
