@@ -5,6 +5,7 @@
 use crate::cli::{ActivateArgs, ClientsArgs, DnsRecordArgs, ProductsArgs, StatusArgs};
 use crate::client::{ClientOptions, Connection};
 use crate::protocol::guid::Guid;
+use crate::protocol::hex;
 use crate::protocol::kms::Version;
 use crate::protocol::kms::products;
 use crate::report::{ClientRow, StatusReport, parse_since};
@@ -100,9 +101,7 @@ pub async fn activate(a: &ActivateArgs) -> Result<()> {
             .await
             .with_context(|| format!("request {i} of {} ({}) failed", a.requests, sku.name))?;
         let r = &x.response;
-        let hwid = r
-            .hwid
-            .map(|h| h.iter().map(|b| format!("{b:02X}")).collect::<String>());
+        let hwid = r.hwid.map(|h| hex::upper(&h));
         let activated = r.count >= n_policy;
         if a.json {
             let host = found

@@ -14,6 +14,7 @@ use crate::client::filetime_now;
 use crate::codec::RpcPduCodec;
 use crate::protocol::client::{AfterBind, BIND_CALL_ID, Binding, Bound, Offer, reply_header};
 use crate::protocol::guid::Guid;
+use crate::protocol::hex;
 use crate::protocol::kms::products::{self, Date, Pool, Sku};
 use crate::protocol::kms::{
     self, RequestBase, SentRequest, VerifiedResponse, VerifyError, Version, Workstation, hresult,
@@ -257,9 +258,7 @@ fn answered(r: &VerifiedResponse, syntax: Syntax) -> Answered {
         version: r.version.major(),
         syntax: syntax.name(),
         epid: r.epid.clone(),
-        hwid: r
-            .hwid
-            .map(|h| h.iter().map(|b| format!("{b:02X}")).collect()),
+        hwid: r.hwid.map(|h| hex::upper(&h)),
         count: r.count,
         activation_interval: r.activation_interval,
         renewal_interval: r.renewal_interval,

@@ -552,7 +552,7 @@ mod tests {
 
     #[test]
     fn the_bind_pdus_match_the_spec_and_windows() {
-        let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+        let hex = crate::protocol::hex::lower;
         let mut out = Vec::new();
         Binding::new(Offer::NDR32_ONLY, 2).encode(&mut out);
         assert_eq!(
