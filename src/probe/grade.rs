@@ -12,9 +12,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 
-/// The shortest and longest activation and renewal intervals (minutes)
-/// Windows accepts from a host (`slmgr /sai`, `/sri`: 15 minutes to 30 days).
-pub const INTERVAL_RANGE: std::ops::RangeInclusive<u32> = 15..=43_200;
+pub use crate::protocol::kms::INTERVAL_RANGE;
 /// The highest count a real host reports for a pool: twice the highest
 /// threshold (25 for Windows client editions, 5 for servers and Office).
 pub const MAX_WINDOWS_COUNT: u32 = 50;
