@@ -3,8 +3,9 @@
 //! `dns-record` do and print.
 
 use crate::cli::{ActivateArgs, ClientsArgs, DnsRecordArgs, ProductsArgs, StatusArgs};
-use crate::client::{ClientOptions, Connection};
+use crate::client::{ClientOptions, Connection, ProductRequest, discover};
 use crate::protocol::guid::Guid;
+use crate::protocol::hex;
 use crate::protocol::kms::Version;
 use crate::protocol::kms::products;
 use crate::report::{ClientRow, StatusReport, parse_since};
@@ -44,148 +45,154 @@ pub fn dns_record(a: &DnsRecordArgs) -> Result<()> {
 }
 
 pub async fn activate(a: &ActivateArgs) -> Result<()> {
-    let sku = match (&a.product, a.sku) {
-        (_, Some(id)) => {
-            products::sku(&id).with_context(|| format!("unknown SKU {id}; see `kmsd products`"))?
-        }
-        (Some(q), None) => products::find_sku(q).map_err(anyhow::Error::msg)?,
-        (None, None) => products::find_sku("Windows 10/11 Pro").map_err(anyhow::Error::msg)?,
-    };
-    let group = products::kms_group(&sku.kms_id).context("catalog: SKU without a KMS group")?;
-    let major = a.protocol.unwrap_or(group.protocol_major);
-    let version = Version::from_wire(major, 0).context("protocol must be 4, 5 or 6")?;
+    let request = activation_request(a)?;
     let opts = ClientOptions {
-        version,
         ndr64: a.ndr64.on(),
         btfn: a.btfn.on(),
-        alter_context: true,
-        app_id: sku.app_id,
-        sku_id: sku.id,
-        kms_id: sku.kms_id,
-        n_policy: a.n_policy.unwrap_or(group.n_policy),
-        workstation: a.machine_name.clone(),
-        license_status: 2,
-        binding_expiration: 43200,
-        vm: false,
-        timeout: Duration::from_secs(a.timeout.max(1)),
-        clock_offset_ms: 0,
+        ..ClientOptions::sending(&request, Duration::from_secs(a.timeout.max(1)))
     };
-    let n_policy = opts.n_policy;
-    let (mut conn, found) = match &a.discover {
-        Some(domain) => {
-            let (conn, host, addr) = open_discovered(domain, a.dns_server, &opts).await?;
-            if !a.json {
-                println!("KMS host {host} at {addr} answered (found under _vlmcs._tcp.{domain})");
-            }
-            let name = format!(
-                "{}:{}",
-                host.srv.target.trim_end_matches('.'),
-                host.srv.port
-            );
-            (conn, Some(name))
-        }
-        None => {
-            let addr = crate::client::resolve(&a.host).await?;
-            let conn = Connection::open(addr, opts)
-                .await
-                .with_context(|| format!("activation against {addr} failed"))?;
-            (conn, None)
-        }
-    };
+    let (mut conn, found) = open_for_activation(a, opts).await?;
     let mut rng = rand::rng();
     for i in 1..=a.requests {
         let cmid = a.cmid.unwrap_or_else(|| Guid::random_v4(&mut rng));
-        let x = conn
-            .activate(cmid)
-            .await
-            .with_context(|| format!("request {i} of {} ({}) failed", a.requests, sku.name))?;
-        let r = &x.response;
-        let hwid = r
-            .hwid
-            .map(|h| h.iter().map(|b| format!("{b:02X}")).collect::<String>());
-        let activated = r.count >= n_policy;
+        let x = conn.activate(cmid).await.with_context(|| {
+            format!(
+                "request {i} of {} ({}) failed",
+                a.requests, request.sku.name
+            )
+        })?;
+        let answered = AnswerReport {
+            request: i,
+            product: request.sku.name,
+            n_policy: request.n_policy,
+            host: found.as_deref(),
+            x: &x,
+        };
         if a.json {
-            let host = found
-                .as_ref()
-                .map_or(String::new(), |h| format!("\"host\":{h:?},"));
-            println!(
-                "{{{host}\"request\":{i},\"product\":\"{}\",\"protocol\":{},\"syntax\":\"{}\",\"cmid\":\"{}\",\"epid\":\"{}\",\"hwid\":{},\"count\":{},\"n_policy\":{},\"activated\":{},\"activation_interval\":{},\"renewal_interval\":{}}}",
-                sku.name,
-                r.version.major(),
-                x.syntax.name(),
-                x.cmid,
-                r.epid,
-                hwid.as_ref().map_or("null".into(), |h| format!("\"{h}\"")),
-                r.count,
-                n_policy,
-                activated,
-                r.activation_interval,
-                r.renewal_interval
-            );
+            println!("{}", answered.json_line());
         } else {
-            println!(
-                "request {i}: {} via KMS {} ({}), CMID {}\n  ePID {}{}\n  count {} of {} needed: {}\n  intervals: activation {} min, renewal {} min",
-                sku.name,
-                r.version,
-                x.syntax.name(),
-                x.cmid,
-                r.epid,
-                hwid.map_or(String::new(), |h| format!("\n  HwId {h}")),
-                r.count,
-                n_policy,
-                if activated {
-                    "activated"
-                } else {
-                    "below threshold, client stays unactivated"
-                },
-                r.activation_interval,
-                r.renewal_interval
-            );
+            println!("{answered}");
         }
     }
     Ok(())
 }
 
-/// Connects to the first host of `domain`'s SRV records (RFC 2782 order)
-/// that answers a bind, as Windows does: a host that does not answer gives
-/// way to the next; each one tried is logged.
-async fn open_discovered(
-    domain: &str,
-    server: Option<std::net::SocketAddr>,
-    opts: &ClientOptions,
-) -> Result<(
-    Connection,
-    crate::dns::discover::FoundHost,
-    std::net::SocketAddr,
-)> {
-    use rand::SeedableRng;
-    let mut rng = rand::rngs::StdRng::from_rng(&mut rand::rng());
-    let hosts = crate::dns::discover::hosts(domain, server, &mut rng)
-        .await
-        .with_context(|| format!("cannot look up _vlmcs._tcp.{domain}"))?;
-    if hosts.is_empty() {
-        bail!("no KMS host is published under _vlmcs._tcp.{domain}");
+/// The request `activate` sends: the product asked for (Windows 10/11 Pro
+/// by default), in its protocol and with its threshold unless overridden.
+fn activation_request(a: &ActivateArgs) -> Result<ProductRequest> {
+    let mut request = match (&a.product, a.sku) {
+        (_, Some(id)) => ProductRequest::new(
+            products::sku(&id).with_context(|| format!("unknown SKU {id}; see `kmsd products`"))?,
+        ),
+        (Some(q), None) => ProductRequest::find(q)?,
+        (None, None) => ProductRequest::find("Windows 10/11 Pro")?,
+    };
+    if let Some(major) = a.protocol {
+        request =
+            request.version(Version::from_wire(major, 0).context("protocol must be 4, 5 or 6")?);
     }
-    let mut tried = Vec::new();
-    for h in hosts {
-        if h.addrs.is_empty() {
-            tracing::warn!(host = %h, "no address for this KMS host; trying the next");
-            tried.push(format!("{h}: no address"));
-        }
-        for &addr in &h.addrs {
-            match Connection::open(addr, opts.clone()).await {
-                Ok(conn) => return Ok((conn, h, addr)),
-                Err(e) => {
-                    tracing::warn!(host = %h, %addr, error = %e, "KMS host does not answer; trying the next");
-                    tried.push(format!("{h} at {addr}: {e}"));
-                }
-            }
-        }
+    if let Some(n) = a.n_policy {
+        request = request.n_policy(n);
     }
-    bail!(
-        "no KMS host under _vlmcs._tcp.{domain} answered: {}",
-        tried.join("; ")
-    )
+    Ok(request.workstation(&a.machine_name)?)
+}
+
+/// A bound connection to the host `a` names, or to the first host of the
+/// `--discover` domain that answers a bind (as Windows does: a host that
+/// does not answer gives way to the next, each one tried is logged), with
+/// the name of the host found.
+async fn open_for_activation(
+    a: &ActivateArgs,
+    opts: ClientOptions,
+) -> Result<(Connection, Option<String>)> {
+    let Some(domain) = &a.discover else {
+        let addr = crate::client::resolve(&a.host).await?;
+        let conn = Connection::open(addr, opts)
+            .await
+            .with_context(|| format!("activation against {addr} failed"))?;
+        return Ok((conn, None));
+    };
+    let found = discover::first_answering(domain, a.dns_server, |addr| {
+        Connection::open(addr, opts.clone())
+    })
+    .await?;
+    if !a.json {
+        println!(
+            "KMS host {} at {} answered (found under _vlmcs._tcp.{domain})",
+            found.host, found.addr
+        );
+    }
+    Ok((found.answer, Some(discover::host_name(&found.host))))
+}
+
+/// One verified answer to `activate`, as it prints it.
+struct AnswerReport<'a> {
+    /// 1 for the first request.
+    request: u32,
+    product: &'a str,
+    n_policy: u32,
+    /// The host found by `--discover`.
+    host: Option<&'a str>,
+    x: &'a crate::client::Exchange,
+}
+
+impl AnswerReport<'_> {
+    fn activated(&self) -> bool {
+        self.x.response.count >= self.n_policy
+    }
+
+    /// The answer as one JSON object (`--json`), keys in a fixed order.
+    fn json_line(&self) -> String {
+        let r = &self.x.response;
+        let host = self
+            .host
+            .map_or(String::new(), |h| format!("\"host\":{h:?},"));
+        let hwid = r
+            .hwid
+            .map_or("null".into(), |h| format!("\"{}\"", hex::upper(&h)));
+        format!(
+            "{{{host}\"request\":{},\"product\":\"{}\",\"protocol\":{},\"syntax\":\"{}\",\"cmid\":\"{}\",\"epid\":\"{}\",\"hwid\":{hwid},\"count\":{},\"n_policy\":{},\"activated\":{},\"activation_interval\":{},\"renewal_interval\":{}}}",
+            self.request,
+            self.product,
+            r.version.major(),
+            self.x.syntax.name(),
+            self.x.cmid,
+            r.epid,
+            r.count,
+            self.n_policy,
+            self.activated(),
+            r.activation_interval,
+            r.renewal_interval
+        )
+    }
+}
+
+impl std::fmt::Display for AnswerReport<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let r = &self.x.response;
+        let hwid = r
+            .hwid
+            .map_or(String::new(), |h| format!("\n  HwId {}", hex::upper(&h)));
+        write!(
+            f,
+            "request {}: {} via KMS {} ({}), CMID {}\n  ePID {}{hwid}\n  count {} of {} needed: {}\n  intervals: activation {} min, renewal {} min",
+            self.request,
+            self.product,
+            r.version,
+            self.x.syntax.name(),
+            self.x.cmid,
+            r.epid,
+            r.count,
+            self.n_policy,
+            if self.activated() {
+                "activated"
+            } else {
+                "below threshold, client stays unactivated"
+            },
+            r.activation_interval,
+            r.renewal_interval
+        )
+    }
 }
 
 pub async fn load(a: &crate::client::load::LoadArgs) -> Result<()> {

@@ -4,9 +4,10 @@
 //! and the `/healthz` probe; [`Connection`] adds what `activate` needs: the
 //! request it builds from [`ClientOptions`], the clock and the random IV.
 
+use crate::client::request::ProductRequest;
 use crate::codec::{CodecError, RpcPduCodec};
 use crate::protocol::client::{
-    AfterBind, BIND_CALL_ID, Binding, Bound, Context, Offer, Pending, ReplyError,
+    AfterBind, AwaitingReply, BIND_CALL_ID, Binding, Bound, Context, Offer, ReplyError,
 };
 use crate::protocol::guid::Guid;
 use crate::protocol::kms::{KmsError, RequestBase, VerifyError, Version, Workstation};
@@ -48,6 +49,29 @@ pub struct ClientOptions {
 }
 
 impl ClientOptions {
+    /// Options that send `request` (product, version, N_Policy, workstation,
+    /// license state), binding as Windows does (NDR32, NDR64, BTFN, and the
+    /// alter_context when the host prefers NDR64), `timeout` for each wait.
+    pub fn sending(request: &ProductRequest, timeout: Duration) -> Self {
+        let base = request.base(Guid::NIL, 0);
+        Self {
+            version: base.version,
+            ndr64: true,
+            btfn: true,
+            alter_context: true,
+            app_id: base.app_id,
+            sku_id: base.sku_id,
+            kms_id: base.kms_id,
+            n_policy: base.n_policy,
+            workstation: base.workstation.name(),
+            license_status: base.license_status,
+            binding_expiration: base.binding_expiration,
+            vm: request.vm,
+            timeout,
+            clock_offset_ms: 0,
+        }
+    }
+
     /// The bind these options ask for (multiplexed, as Windows binds).
     pub fn offer(&self) -> Offer {
         Offer {
@@ -239,7 +263,7 @@ impl Link {
         self.call(pending).await
     }
 
-    async fn call(&mut self, pending: Pending) -> Result<Exchange, ClientError> {
+    async fn call(&mut self, pending: AwaitingReply) -> Result<Exchange, ClientError> {
         self.framed.send(self.out.as_slice()).await?;
         let reply = recv(&mut self.framed, self.timeout, Stage::Response).await?;
         Ok(pending.on_reply(&reply)?)

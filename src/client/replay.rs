@@ -12,10 +12,7 @@ use crate::protocol::rpc::{BTFN_PREFIX, NDR64};
 use serde_json::Value;
 
 fn hex(s: &str) -> Vec<u8> {
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-        .collect()
+    crate::protocol::hex::decode(s).unwrap()
 }
 
 fn scenarios() -> Vec<Value> {

@@ -1,6 +1,8 @@
 //! Where a client connects: `host`, `host:port`, `[v6]:port`, `[v6]` or a
 //! bare IPv6 address, port 1688 when left out. One resolver for
-//! `kmsd activate` and `kmsd load`.
+//! `kmsd activate`, `kmsd load` and `kmsd probe`, and the one rule of
+//! `--allow-remote` ([`check_remote`]): without it, `load` (and its
+//! `--metrics`) and `probe` talk only to this machine's loopback.
 
 use crate::config::DEFAULT_PORT;
 use std::net::{IpAddr, SocketAddr};
@@ -79,6 +81,73 @@ pub async fn resolve_all(target: &str) -> Result<Vec<SocketAddr>, ResolveError> 
     Ok(addrs)
 }
 
+/// Whether `addr` is on this machine's loopback (127.0.0.0/8, ::1, or an
+/// IPv4-mapped loopback address).
+pub fn is_loopback(addr: &SocketAddr) -> bool {
+    addr.ip().to_canonical().is_loopback()
+}
+
+/// A target the `--allow-remote` rule keeps out.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "refusing to {action} {target} ({addr}): it is not a loopback address; pass \
+     --allow-remote only for a host you operate"
+)]
+pub struct NotLoopback {
+    /// What was refused, e.g. "load", "probe".
+    pub action: &'static str,
+    pub target: String,
+    pub addr: SocketAddr,
+}
+
+/// The rule of `--allow-remote`: without it, `addr` (named `target`) must
+/// be on this machine's loopback; with it, the operator says they operate
+/// the target and anything goes.
+pub fn check_remote(
+    action: &'static str,
+    target: &str,
+    addr: SocketAddr,
+    allow_remote: bool,
+) -> Result<(), NotLoopback> {
+    if allow_remote || is_loopback(&addr) {
+        return Ok(());
+    }
+    Err(NotLoopback {
+        action,
+        target: target.to_owned(),
+        addr,
+    })
+}
+
+/// Why a target is not used.
+#[derive(Debug, thiserror::Error)]
+pub enum TargetError {
+    #[error(transparent)]
+    Resolve(#[from] ResolveError),
+    #[error(transparent)]
+    NotLoopback(#[from] NotLoopback),
+}
+
+/// Resolves `target` ([`resolve_all`]) and applies [`check_remote`] to
+/// every address it names, so a name with one remote address among
+/// loopback ones is refused too. The first address is the one to use.
+pub async fn resolve_allowed(
+    action: &'static str,
+    target: &str,
+    allow_remote: bool,
+) -> Result<SocketAddr, TargetError> {
+    let addrs = resolve_all(target).await?;
+    for &addr in &addrs {
+        check_remote(action, target, addr, allow_remote)?;
+    }
+    addrs.first().copied().ok_or_else(|| {
+        ResolveError::NoAddress {
+            target: target.to_owned(),
+        }
+        .into()
+    })
+}
+
 /// The first address `target` names.
 pub async fn resolve(target: &str) -> Result<SocketAddr, ResolveError> {
     let addrs = resolve_all(target).await?;
@@ -131,6 +200,35 @@ mod tests {
                 Target::parse(bad)
             );
         }
+    }
+
+    #[tokio::test]
+    async fn without_the_flag_only_loopback_whatever_the_command() {
+        for ok in [
+            "127.0.0.1:1688",
+            "127.3.4.5:99",
+            "[::1]:1688",
+            "localhost:1700",
+        ] {
+            for action in ["load", "probe"] {
+                assert!(resolve_allowed(action, ok, false).await.is_ok(), "{ok}");
+            }
+        }
+        // Private networks are remote too: a probe of a LAN host is said so.
+        for bad in [
+            "10.0.0.1:1688",
+            "192.168.1.1",
+            "172.16.0.9",
+            "[fd00::1]:1688",
+        ] {
+            let e = resolve_allowed("probe", bad, false).await.unwrap_err();
+            assert!(matches!(e, TargetError::NotLoopback(_)), "{bad}: {e}");
+            assert!(e.to_string().contains("refusing to probe"), "{e}");
+            assert!(e.to_string().contains("--allow-remote"), "{e}");
+            assert!(resolve_allowed("probe", bad, true).await.is_ok(), "{bad}");
+        }
+        assert!(is_loopback(&"[::ffff:127.0.0.1]:1".parse().unwrap()));
+        assert!(!is_loopback(&"[::ffff:10.0.0.1]:1".parse().unwrap()));
     }
 
     #[tokio::test]

@@ -15,7 +15,7 @@ pub use keys::{
 };
 pub use layer::{CONFIG_ENV, Layers, Resolved, Settings};
 
-use crate::protocol::kms::products;
+use crate::protocol::kms::{INTERVAL_RANGE, products};
 use crate::protocol::rpc::pdu::{DEFAULT_MAX_PDU_LEN, HEADER_LEN, MAX_PDU_LEN};
 use crate::server::access::AccessList;
 use crate::store::CountMode;
@@ -242,8 +242,9 @@ impl ServeConfig {
             ("activation_interval", self.activation_interval),
             ("renewal_interval", self.renewal_interval),
         ] {
-            if !(15..=43200).contains(&v) {
-                return Err(bad(key, format!("{v} minutes is outside 15..=43200")));
+            if !INTERVAL_RANGE.contains(&v) {
+                let (lo, hi) = (INTERVAL_RANGE.start(), INTERVAL_RANGE.end());
+                return Err(bad(key, format!("{v} minutes is outside {lo}..={hi}")));
             }
         }
         // The one check of ePID group names (the layers keep unknown names

@@ -10,13 +10,14 @@ use super::grade::{
     Answered, BindSeen, CountSeen, ExchangeSeen, Negotiated, Observations, RefusalSeen, Seen,
     VERIFY_FAILED,
 };
-use crate::client::filetime_now;
+use crate::client::{ProductRequest, filetime_now};
 use crate::codec::RpcPduCodec;
 use crate::protocol::client::{AfterBind, BIND_CALL_ID, Binding, Bound, Offer, reply_header};
 use crate::protocol::guid::Guid;
+use crate::protocol::hex;
 use crate::protocol::kms::products::{self, Date, Pool, Sku};
 use crate::protocol::kms::{
-    self, RequestBase, SentRequest, VerifiedResponse, VerifyError, Version, Workstation, hresult,
+    self, RequestBase, SentRequest, VerifiedResponse, VerifyError, Version, hresult,
 };
 use crate::protocol::rpc::bind::{check_ack, encode_bind};
 use crate::protocol::rpc::pdu::{MAX_PDU_LEN, flags, ptype};
@@ -257,9 +258,7 @@ fn answered(r: &VerifiedResponse, syntax: Syntax) -> Answered {
         version: r.version.major(),
         syntax: syntax.name(),
         epid: r.epid.clone(),
-        hwid: r
-            .hwid
-            .map(|h| h.iter().map(|b| format!("{b:02X}")).collect()),
+        hwid: r.hwid.map(|h| hex::upper(&h)),
         count: r.count,
         activation_interval: r.activation_interval,
         renewal_interval: r.renewal_interval,
@@ -297,23 +296,15 @@ fn decode_raw(reply: &[u8], call_id: u32, syntax: Syntax, sent: Option<&SentRequ
     }
 }
 
-/// The request a client of `sku` sends.
-fn base(sku: &Sku, version: Version, cmid: Guid, n_policy: Option<u32>) -> RequestBase {
-    let n = products::kms_group(&sku.kms_id).map_or(5, |g| g.n_policy);
-    RequestBase {
-        version,
-        vm_info: 0,
-        license_status: 2,
-        binding_expiration: 43200,
-        app_id: sku.app_id,
-        sku_id: sku.id,
-        kms_id: sku.kms_id,
-        cmid,
-        n_policy: n_policy.unwrap_or(n),
-        client_time: filetime_now(),
-        previous_cmid: Guid::NIL,
-        workstation: Workstation::new(WORKSTATION).unwrap_or(Workstation([0; 128])),
-    }
+/// The request a client of `sku` sends in `version` as machine `cmid`,
+/// now: the catalog's threshold for the product (5 for the battery's
+/// Windows Server and Office products, so a real host's pool capacity is
+/// not raised by the probe).
+fn base(sku: &'static Sku, version: Version, cmid: Guid) -> RequestBase {
+    let request = ProductRequest::new(sku).version(version);
+    // WORKSTATION is a constant short enough to encode (tested).
+    let request = request.workstation(WORKSTATION).unwrap_or(request);
+    request.base(cmid, filetime_now())
 }
 
 fn sku(name: &str) -> &'static Sku {
@@ -336,6 +327,11 @@ fn retail() -> Option<(&'static products::KmsGroup, Guid)> {
     Some((g, sku))
 }
 
+/// The bind of connection A, as the card names it.
+const NDR32_OFFER: &str = "NDR32 only";
+/// The bind of connection B (and Windows), as the card names it.
+const WINDOWS_OFFER: &str = "NDR32 + NDR64 + BTFN";
+
 /// Runs the battery against `addr` (named `target` on the card).
 pub async fn probe(target: String, addr: SocketAddr, opts: &ProbeOptions) -> Observations {
     let timeout = opts.timeout;
@@ -345,154 +341,173 @@ pub async fn probe(target: String, addr: SocketAddr, opts: &ProbeOptions) -> Obs
     };
     let mut o = Observations::unreachable(target, Some(addr), String::new(), opts.today);
     o.connect = Ok(connect_ms);
-    let win = sku(WINDOWS_PRODUCT);
-    let office = sku(OFFICE_PRODUCT);
-
-    // Connection A: NDR32 only; three versions, an alter_context, faults.
-    let t = Instant::now();
-    let bound_a = a.bind(Offer::NDR32_ONLY).await;
-    o.binds.push(BindSeen {
-        offer: "NDR32 only",
-        result: bound_a
-            .as_ref()
-            .map(|(_, n)| n.clone())
-            .map_err(Clone::clone),
-        ms: ms(t),
-    });
-    if let Ok((mut bound, _)) = bound_a {
-        let mut answered = 0;
-        let mut sent = 0;
-        for v in [Version::V6, Version::V5, Version::V4] {
-            let (seen, took) = a
-                .activate(&mut bound, &base(win, v, PROBE_CMID, None))
-                .await;
-            sent += 1;
-            answered += u32::from(seen.is_reply());
-            o.exchanges.push(ExchangeSeen {
-                what: format!("v{} {}", v.major(), win.name),
-                kms_id: win.kms_id,
-                version: v.major(),
-                seen,
-                ms: took,
-            });
-        }
-        o.per_connection = Some((answered, sent));
-        o.alter_context = Some(
-            a.alter_context(1, &base(win, Version::V6, PROBE_CMID, None))
-                .await,
-        );
-        let (kms_bytes, _) = kms::encode_request(&base(win, Version::V6, PROBE_CMID, None), iv());
-        let ctx0 = bound.contexts().0;
-        let (seen, took) = a.raw(ctx0.id, 1, ctx0.syntax, &kms_bytes, None).await;
-        o.faults.push(RefusalSeen {
-            what: "opnum 1".into(),
-            expected: status::OP_RANGE_ERROR,
-            fault: true,
-            seen,
-            ms: took,
-        });
-        let (seen, took) = a
-            .raw(UNKNOWN_CONTEXT, 0, Syntax::Ndr32, &kms_bytes, None)
-            .await;
-        o.faults.push(RefusalSeen {
-            what: format!("context {UNKNOWN_CONTEXT} never negotiated"),
-            expected: status::UNKNOWN_INTERFACE,
-            fault: true,
-            seen,
-            ms: took,
-        });
-        let (seen, _) = a
-            .activate(&mut bound, &base(win, Version::V6, PROBE_CMID, None))
-            .await;
-        o.after_faults = Some(seen);
-    }
+    ndr32_battery(&mut a, &mut o).await;
     let _ = a.framed.close().await;
-
-    // Connection B: as Windows binds; Office, repeats, refusals.
-    let mut b = match Wire::open(addr, timeout).await {
-        Ok((w, _)) => w,
+    match Wire::open(addr, timeout).await {
+        Ok((mut b, _)) => {
+            windows_battery(&mut b, &mut o).await;
+            let _ = b.framed.close().await;
+        }
         Err(e) => {
             o.binds.push(BindSeen {
-                offer: "NDR32 + NDR64 + BTFN",
+                offer: WINDOWS_OFFER,
                 result: Err(e),
                 ms: 0.0,
             });
             return o;
         }
-    };
+    }
+    if opts.count_check {
+        o.counting = Some(count_check(addr, timeout).await);
+    }
+    o
+}
+
+/// Binds offering `offer` (named `name` on the card) and records it; the
+/// bound state when the bind worked.
+async fn bind_seen(
+    w: &mut Wire,
+    o: &mut Observations,
+    offer: Offer,
+    name: &'static str,
+) -> Option<Bound> {
     let t = Instant::now();
-    let bound_b = b.bind(Offer::WINDOWS).await;
+    let bound = w.bind(offer).await;
     o.binds.push(BindSeen {
-        offer: "NDR32 + NDR64 + BTFN",
-        result: bound_b
-            .as_ref()
-            .map(|(_, n)| n.clone())
-            .map_err(Clone::clone),
+        offer: name,
+        result: bound.as_ref().map(|(_, n)| n.clone()).map_err(Clone::clone),
         ms: ms(t),
     });
-    if let Ok((mut bound, _)) = bound_b {
-        let office_v = products::kms_group(&office.kms_id)
-            .and_then(|g| Version::from_wire(g.protocol_major, 0))
-            .unwrap_or(Version::V6);
-        for (s, v, what) in [
-            (office, office_v, ""),
-            (office, office_v, " (again)"),
-            (win, Version::V6, " (again)"),
-        ] {
-            let (seen, took) = b.activate(&mut bound, &base(s, v, PROBE_CMID, None)).await;
-            o.exchanges.push(ExchangeSeen {
-                what: format!("v{} {}{what}", v.major(), s.name),
-                kms_id: s.kms_id,
-                version: v.major(),
-                seen,
-                ms: took,
-            });
-        }
-        // Unsupported version: a v4 request relabelled 7.0.
-        let (mut v7, _) = kms::encode_request(&base(win, Version::V4, PROBE_CMID, None), iv());
-        if let Some(major) = v7.get_mut(2..4) {
-            major.copy_from_slice(&7u16.to_le_bytes());
-        }
-        let ctx = bound.contexts().1;
-        let (seen, took) = b.raw(ctx.id, 0, ctx.syntax, &v7, None).await;
-        o.refusals.push(RefusalSeen {
-            what: "unsupported version 7.0".into(),
-            expected: hresult::INVALID_DATA,
-            fault: false,
+    bound.ok().map(|(b, _)| b)
+}
+
+/// Connection A, bound with NDR32 only: the three protocol versions, an
+/// alter_context adding a context, the two faults, and a request after
+/// them on the same connection.
+async fn ndr32_battery(w: &mut Wire, o: &mut Observations) {
+    let Some(mut bound) = bind_seen(w, o, Offer::NDR32_ONLY, NDR32_OFFER).await else {
+        return;
+    };
+    let win = sku(WINDOWS_PRODUCT);
+    let mut answered = 0;
+    let mut sent = 0;
+    for v in [Version::V6, Version::V5, Version::V4] {
+        let (seen, took) = w.activate(&mut bound, &base(win, v, PROBE_CMID)).await;
+        sent += 1;
+        answered += u32::from(seen.is_reply());
+        o.exchanges.push(ExchangeSeen {
+            what: format!("v{} {}", v.major(), win.name),
+            kms_id: win.kms_id,
+            version: v.major(),
             seen,
             ms: took,
         });
-        let mut unknown = base(win, Version::V6, PROBE_CMID, None);
-        unknown.kms_id = UNKNOWN_KMS_ID;
-        unknown.sku_id = UNKNOWN_KMS_ID;
-        let (seen, took) = b.activate(&mut bound, &unknown).await;
+    }
+    o.per_connection = Some((answered, sent));
+    o.alter_context = Some(
+        w.alter_context(1, &base(win, Version::V6, PROBE_CMID))
+            .await,
+    );
+    faults(w, &bound, o).await;
+    let (seen, _) = w
+        .activate(&mut bound, &base(win, Version::V6, PROBE_CMID))
+        .await;
+    o.after_faults = Some(seen);
+}
+
+/// The calls a Windows host faults: opnum 1, and a context never
+/// negotiated.
+async fn faults(w: &mut Wire, bound: &Bound, o: &mut Observations) {
+    let request = base(sku(WINDOWS_PRODUCT), Version::V6, PROBE_CMID);
+    let (kms_bytes, _) = kms::encode_request(&request, iv());
+    let ctx0 = bound.contexts().0;
+    let (seen, took) = w.raw(ctx0.id, 1, ctx0.syntax, &kms_bytes, None).await;
+    o.faults.push(RefusalSeen {
+        what: "opnum 1".into(),
+        expected: status::OP_RANGE_ERROR,
+        fault: true,
+        seen,
+        ms: took,
+    });
+    let (seen, took) = w
+        .raw(UNKNOWN_CONTEXT, 0, Syntax::Ndr32, &kms_bytes, None)
+        .await;
+    o.faults.push(RefusalSeen {
+        what: format!("context {UNKNOWN_CONTEXT} never negotiated"),
+        expected: status::UNKNOWN_INTERFACE,
+        fault: true,
+        seen,
+        ms: took,
+    });
+}
+
+/// Connection B, bound as Windows binds: Office twice and Windows again
+/// (the ePIDs and counts of repeats), then the requests a host refuses.
+async fn windows_battery(w: &mut Wire, o: &mut Observations) {
+    let Some(mut bound) = bind_seen(w, o, Offer::WINDOWS, WINDOWS_OFFER).await else {
+        return;
+    };
+    let win = sku(WINDOWS_PRODUCT);
+    let office = sku(OFFICE_PRODUCT);
+    let office_v = ProductRequest::new(office).version;
+    for (s, v, what) in [
+        (office, office_v, ""),
+        (office, office_v, " (again)"),
+        (win, Version::V6, " (again)"),
+    ] {
+        let (seen, took) = w.activate(&mut bound, &base(s, v, PROBE_CMID)).await;
+        o.exchanges.push(ExchangeSeen {
+            what: format!("v{} {}{what}", v.major(), s.name),
+            kms_id: s.kms_id,
+            version: v.major(),
+            seen,
+            ms: took,
+        });
+    }
+    refusals(w, &mut bound, o).await;
+}
+
+/// What a Windows host refuses: an unsupported version (a v4 request
+/// relabelled 7.0), a product no catalog has, a retail product.
+async fn refusals(w: &mut Wire, bound: &mut Bound, o: &mut Observations) {
+    let win = sku(WINDOWS_PRODUCT);
+    let (mut v7, _) = kms::encode_request(&base(win, Version::V4, PROBE_CMID), iv());
+    if let Some(major) = v7.get_mut(2..4) {
+        major.copy_from_slice(&7u16.to_le_bytes());
+    }
+    let ctx = bound.contexts().1;
+    let (seen, took) = w.raw(ctx.id, 0, ctx.syntax, &v7, None).await;
+    o.refusals.push(RefusalSeen {
+        what: "unsupported version 7.0".into(),
+        expected: hresult::INVALID_DATA,
+        fault: false,
+        seen,
+        ms: took,
+    });
+    let mut unknown = base(win, Version::V6, PROBE_CMID);
+    unknown.kms_id = UNKNOWN_KMS_ID;
+    unknown.sku_id = UNKNOWN_KMS_ID;
+    let (seen, took) = w.activate(bound, &unknown).await;
+    o.refusals.push(RefusalSeen {
+        what: "unknown product".into(),
+        expected: hresult::KMS_ID_MISMATCH,
+        fault: false,
+        seen,
+        ms: took,
+    });
+    if let Some((g, sku_id)) = retail() {
+        let mut r = base(win, Version::V6, PROBE_CMID);
+        r.kms_id = g.id;
+        r.sku_id = sku_id;
+        let (seen, took) = w.activate(bound, &r).await;
         o.refusals.push(RefusalSeen {
-            what: "unknown product".into(),
+            what: format!("retail product ({})", g.name),
             expected: hresult::KMS_ID_MISMATCH,
             fault: false,
             seen,
             ms: took,
         });
-        if let Some((g, sku_id)) = retail() {
-            let mut r = base(win, Version::V6, PROBE_CMID, None);
-            r.kms_id = g.id;
-            r.sku_id = sku_id;
-            let (seen, took) = b.activate(&mut bound, &r).await;
-            o.refusals.push(RefusalSeen {
-                what: format!("retail product ({})", g.name),
-                expected: hresult::KMS_ID_MISMATCH,
-                fault: false,
-                seen,
-                ms: took,
-            });
-        }
     }
-    let _ = b.framed.close().await;
-
-    if opts.count_check {
-        o.counting = Some(count_check(addr, timeout).await);
-    }
-    o
 }
 
 /// The counting check on its own connection: new machines and a repeat in
@@ -538,7 +553,7 @@ async fn count_check(addr: SocketAddr, timeout: Duration) -> Vec<CountSeen> {
         if first.is_none_or(|(p, _)| p != pool) {
             first = Some((pool, cmid));
         }
-        let req = base(s, Version::V6, cmid, None);
+        let req = base(s, Version::V6, cmid);
         let (seen, took) = w.activate(&mut bound, &req).await;
         let failed = !matches!(seen, Seen::Answer(_));
         steps.push(CountSeen {
@@ -581,5 +596,20 @@ mod tests {
         assert!(products::kms_group(&UNKNOWN_KMS_ID).is_none());
         let (g, _) = retail().unwrap();
         assert!(g.is_retail);
+    }
+
+    #[test]
+    fn the_battery_requests_carry_the_catalog_threshold_and_the_probe_name() {
+        for (name, n) in [
+            (WINDOWS_PRODUCT, 5),
+            (OFFICE_PRODUCT, 5),
+            (CLIENT_PRODUCT, 25),
+        ] {
+            let b = base(sku(name), Version::V5, PROBE_CMID);
+            assert_eq!(b.n_policy, n, "{name}");
+            assert_eq!(b.version, Version::V5);
+            assert_eq!(b.cmid, PROBE_CMID);
+            assert_eq!(b.workstation.name(), WORKSTATION);
+        }
     }
 }

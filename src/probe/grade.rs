@@ -5,16 +5,13 @@
 //! tested on hand-made observations.
 
 use crate::protocol::guid::Guid;
-use crate::protocol::kms::epid::EpidParts;
-use crate::protocol::kms::products::{self, Date, KmsGroup, Pool};
+use crate::protocol::kms::products::{self, Date, Pool};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 
-/// The shortest and longest activation and renewal intervals (minutes)
-/// Windows accepts from a host (`slmgr /sai`, `/sri`: 15 minutes to 30 days).
-pub const INTERVAL_RANGE: std::ops::RangeInclusive<u32> = 15..=43_200;
+pub use crate::protocol::kms::INTERVAL_RANGE;
 /// The highest count a real host reports for a pool: twice the highest
 /// threshold (25 for Windows client editions, 5 for servers and Office).
 pub const MAX_WINDOWS_COUNT: u32 = 50;
@@ -373,7 +370,7 @@ pub fn grade(o: &Observations) -> Card {
         .filter_map(|x| x.seen.answer().map(|a| (x, a)))
         .collect();
     if !answers.is_empty() {
-        checks.extend(epid_checks(&answers, o.today));
+        checks.extend(epid::checks(&answers, o.today));
         checks.push(hwid(&answers));
         checks.push(intervals(&answers));
         checks.push(counts(&answers));
@@ -529,193 +526,6 @@ fn exchange(x: &ExchangeSeen) -> Check {
             if *emulator { c.emulator() } else { c }
         }
         other => Check::fail(x.what.clone(), format!("{other} instead of an answer")),
-    }
-}
-
-fn product_name(kms_id: &Guid) -> String {
-    products::kms_group(kms_id).map_or_else(|| kms_id.to_string(), |g| g.name.to_owned())
-}
-
-/// Whether an ePID with `p`'s group and key id may answer `group`: a CSVLK
-/// of that group id and key range activates it, or it is the ePID group
-/// the catalog names for it.
-fn epid_fits(p: &EpidParts, group: &KmsGroup) -> Result<(), String> {
-    let in_range = |min: Option<u64>, max: Option<u64>| {
-        min.zip(max)
-            .is_none_or(|(lo, hi)| (lo..=hi).contains(&p.key_id))
-    };
-    let same_group: Vec<_> = products::csvlks()
-        .iter()
-        .filter(|c| c.group_id == Some(p.group_id))
-        .collect();
-    if same_group
-        .iter()
-        .any(|c| c.activates.contains(&group.id) && in_range(c.min_key_id, c.max_key_id))
-    {
-        return Ok(());
-    }
-    if let Some(g) = products::epid_group(group.epid_group)
-        && g.group_id == p.group_id
-        && (g.min_key_id..=g.max_key_id).contains(&p.key_id)
-    {
-        return Ok(());
-    }
-    match same_group.first() {
-        Some(c) => Err(format!(
-            "group {} ({}) does not activate {}",
-            p.group_id, c.name, group.name
-        )),
-        None => Err(format!("group {} is no known CSVLK", p.group_id)),
-    }
-}
-
-fn epid_checks(answers: &[(&ExchangeSeen, &Answered)], today: Date) -> Vec<Check> {
-    let mut format_bad = Vec::new();
-    let mut group_bad = Vec::new();
-    let mut build_bad = Vec::new();
-    let mut build_warn = Vec::new();
-    let mut date_bad = Vec::new();
-    let mut parsed = Vec::new();
-    for (x, a) in answers {
-        let Some(p) = EpidParts::parse(&a.epid) else {
-            format_bad.push(format!("{:?}", a.epid));
-            continue;
-        };
-        parsed.push(p);
-        match products::kms_group(&x.kms_id) {
-            Some(g) => {
-                if let Err(e) = epid_fits(&p, g) {
-                    group_bad.push(format!("{}: {e}", x.what));
-                }
-            }
-            None => group_bad.push(format!("{}: product not in the catalog", x.what)),
-        }
-        match products::win_build(p.build) {
-            Some(b) if b.platform_id != p.platform_id => build_bad.push(format!(
-                "platform {} with build {} ({} has platform {})",
-                p.platform_id, p.build, b.name, b.platform_id
-            )),
-            Some(_) => {}
-            None => build_warn.push(format!("build {} is no known Windows build", p.build)),
-        }
-        let mut earliest = Vec::new();
-        if let Some(b) = products::win_build(p.build) {
-            earliest.push((b.release, format!("build {} released", p.build)));
-        }
-        if let Some(c) = products::csvlks()
-            .iter()
-            .filter(|c| c.group_id == Some(p.group_id))
-            .filter_map(|c| c.release)
-            .min()
-        {
-            earliest.push((c, format!("group {} released", p.group_id)));
-        }
-        if p.activated > Date::from_days_since_unix_epoch(today.days_since_unix_epoch() + 1) {
-            date_bad.push(format!("{} is in the future", p.activated));
-        } else if let Some((d, what)) = earliest.iter().find(|(d, _)| p.activated < *d) {
-            date_bad.push(format!("{} is before {what} {d}", p.activated));
-        }
-    }
-    let mut out = Vec::new();
-    let sample = answers.first().map_or("", |(_, a)| a.epid.as_str());
-    out.push(if format_bad.is_empty() {
-        Check::pass("ePID format", sample.to_owned())
-    } else {
-        Check::fail(
-            "ePID format",
-            format!("not a valid ePID: {}", format_bad.join(", ")),
-        )
-        .emulator()
-    });
-    if !parsed.is_empty() {
-        out.push(if group_bad.is_empty() {
-            let groups: Vec<String> = answers
-                .iter()
-                .filter_map(|(x, a)| {
-                    EpidParts::parse(&a.epid)
-                        .map(|p| format!("{} for {}", p.group_id, product_name(&x.kms_id)))
-                })
-                .collect::<std::collections::BTreeSet<_>>()
-                .into_iter()
-                .collect();
-            Check::pass(
-                "ePID group",
-                format!(
-                    "the CSVLK group activates each product: {}",
-                    groups.join(", ")
-                ),
-            )
-        } else {
-            Check::fail("ePID group", group_bad.join("; "))
-        });
-        out.push(if !build_bad.is_empty() {
-            Check::fail("ePID host build", build_bad.join("; "))
-        } else if !build_warn.is_empty() {
-            Check::warn("ePID host build", build_warn.join("; "))
-        } else {
-            let builds: std::collections::BTreeSet<String> = parsed
-                .iter()
-                .map(|p| {
-                    let name = products::win_build(p.build).map_or("", |b| b.name);
-                    format!("{} ({name}), platform {}", p.build, p.platform_id)
-                })
-                .collect();
-            Check::pass(
-                "ePID host build",
-                builds.into_iter().collect::<Vec<_>>().join("; "),
-            )
-        });
-        out.push(if date_bad.is_empty() {
-            let dates: std::collections::BTreeSet<String> =
-                parsed.iter().map(|p| p.activated.to_string()).collect();
-            Check::pass(
-                "ePID date",
-                format!(
-                    "{} (after the key and the build, not in the future)",
-                    dates.into_iter().collect::<Vec<_>>().join(", ")
-                ),
-            )
-        } else {
-            Check::fail("ePID date", date_bad.join("; "))
-        });
-    }
-    out.push(epid_stable(answers));
-    out
-}
-
-/// A host has one ePID per CSVLK: the same product group asked twice gets
-/// the same ePID.
-fn epid_stable(answers: &[(&ExchangeSeen, &Answered)]) -> Check {
-    let mut by_group: BTreeMap<Guid, Vec<&str>> = BTreeMap::new();
-    for (x, a) in answers {
-        by_group.entry(x.kms_id).or_default().push(&a.epid);
-    }
-    let mut repeated = 0;
-    for (id, epids) in &by_group {
-        let mut distinct = epids.clone();
-        distinct.sort_unstable();
-        distinct.dedup();
-        if distinct.len() > 1 {
-            return Check::fail(
-                "ePID stable",
-                format!(
-                    "{} ePIDs in {} answers for {}: a host has one per key",
-                    distinct.len(),
-                    epids.len(),
-                    product_name(id)
-                ),
-            )
-            .emulator();
-        }
-        repeated += epids.len();
-    }
-    if repeated > by_group.len() {
-        Check::pass(
-            "ePID stable",
-            format!("the same ePID in every answer for the same product ({repeated} answers)"),
-        )
-    } else {
-        Check::warn("ePID stable", "no product was asked twice")
     }
 }
 
@@ -991,5 +801,6 @@ fn latency(o: &Observations) -> Check {
     }
 }
 
+mod epid;
 #[cfg(test)]
 mod tests;

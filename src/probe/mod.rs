@@ -7,9 +7,9 @@
 //!   what it saw ([`grade::Observations`]);
 //! * [`grade`] turns observations into a report card ([`grade::Card`]):
 //!   pure functions, unit-tested on hand-made observations;
-//! * [`run`] resolves the targets (loopback and private addresses only,
-//!   unless `--allow-remote`), probes them one after the other and returns
-//!   the cards.
+//! * [`run`] resolves the targets (loopback only unless `--allow-remote`,
+//!   the same rule as `kmsd load`: [`crate::client::check_remote`]), probes
+//!   them one after the other and returns the cards.
 
 pub mod driver;
 pub mod grade;
@@ -17,8 +17,9 @@ pub mod grade;
 pub use driver::{PROBE_CMID, ProbeOptions, probe};
 pub use grade::{Card, Check, Grade, Observations, Verdict, exit_code, grade};
 
-use crate::client::target;
-use std::net::{IpAddr, SocketAddr};
+use crate::client::discover::{self, DiscoverError};
+use crate::client::target::{self, TargetError};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 /// Most hosts one `--discover` run probes.
@@ -27,8 +28,8 @@ pub const MAX_HOSTS: usize = 32;
 /// `kmsd probe`.
 #[derive(Debug, clap::Args)]
 pub struct ProbeArgs {
-    /// Host to probe, HOST[:PORT] (port 1688 when left out). Loopback and
-    /// private addresses only, unless --allow-remote.
+    /// Host to probe, HOST[:PORT] (port 1688 when left out). Loopback only,
+    /// unless --allow-remote.
     #[arg(required_unless_present = "discover")]
     pub host: Option<String>,
     /// Probe every host published under the _vlmcs._tcp.DOMAIN SRV records
@@ -49,8 +50,8 @@ pub struct ProbeArgs {
     /// Seconds allowed for each step (connect, each reply).
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=60))]
     pub timeout: u64,
-    /// The target is not on loopback or a private network and you operate
-    /// it: probe it anyway.
+    /// The target is not on this machine's loopback (a host on your network,
+    /// or further) and you operate it: probe it anyway.
     #[arg(long)]
     pub allow_remote: bool,
     /// Print the report cards as JSON.
@@ -58,92 +59,64 @@ pub struct ProbeArgs {
     pub json: bool,
 }
 
-/// Loopback, RFC 1918 private, link-local or IPv6 unique-local: the
-/// addresses the host's own default access list admits.
-pub fn is_local(ip: IpAddr) -> bool {
-    crate::server::access::AccessList::default().permits(ip)
-}
+/// What `kmsd probe` refuses in the `--allow-remote` rule's words.
+const ACTION: &str = "probe";
 
 /// Why a probe run could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
     #[error(transparent)]
-    Resolve(#[from] target::ResolveError),
-    #[error(
-        "refusing to probe {target} ({addr}): not a loopback or private address; pass \
-         --allow-remote only for a host you operate"
-    )]
-    NotLocal { target: String, addr: SocketAddr },
-    #[error("cannot look up _vlmcs._tcp.{domain}: {err}")]
-    Dns {
-        domain: String,
-        err: crate::dns::message::DnsError,
-    },
-    #[error("no KMS host is published under _vlmcs._tcp.{0}")]
-    NoHosts(String),
+    Target(#[from] TargetError),
+    #[error(transparent)]
+    Discover(#[from] DiscoverError),
 }
 
 /// Probes what `args` name and returns one card per host.
 pub async fn run(args: &ProbeArgs) -> Result<Vec<Card>, ProbeError> {
     let opts = ProbeOptions::new(Duration::from_secs(args.timeout), args.count_check);
-    let mut cards = Vec::new();
     match (&args.discover, &args.host) {
-        (Some(domain), _) => {
-            use rand::SeedableRng;
-            let mut rng = rand::rngs::StdRng::from_rng(&mut rand::rng());
-            let hosts = crate::dns::discover::hosts(domain, args.dns_server, &mut rng)
-                .await
-                .map_err(|err| ProbeError::Dns {
-                    domain: domain.clone(),
-                    err,
-                })?;
-            if hosts.is_empty() {
-                return Err(ProbeError::NoHosts(domain.clone()));
-            }
-            for h in hosts.into_iter().take(MAX_HOSTS) {
-                let name = format!("{}:{}", h.srv.target.trim_end_matches('.'), h.srv.port);
-                let Some(&addr) = h.addrs.first() else {
-                    let o = Observations::unreachable(
-                        name,
-                        None,
-                        "the SRV target has no address".into(),
-                        opts.today,
-                    );
-                    cards.push(grade(&o));
-                    continue;
-                };
-                if !args.allow_remote && !is_local(addr.ip()) {
-                    let o = Observations::unreachable(
-                        name,
-                        Some(addr),
-                        "not probed: not a loopback or private address (--allow-remote)".into(),
-                        opts.today,
-                    );
-                    cards.push(grade(&o));
-                    continue;
-                }
-                cards.push(grade(&probe(name, addr, &opts).await));
-            }
-        }
+        (Some(domain), _) => probe_published(domain, args, &opts).await,
         (None, Some(host)) => {
-            let addrs = target::resolve_all(host).await?;
-            if !args.allow_remote
-                && let Some(&addr) = addrs.iter().find(|a| !is_local(a.ip()))
-            {
-                return Err(ProbeError::NotLocal {
-                    target: host.clone(),
-                    addr,
-                });
-            }
-            let addr = addrs
-                .first()
-                .copied()
-                .ok_or_else(|| target::ResolveError::NoAddress {
-                    target: host.clone(),
-                })?;
-            cards.push(grade(&probe(host.clone(), addr, &opts).await));
+            let addr = target::resolve_allowed(ACTION, host, args.allow_remote).await?;
+            Ok(vec![grade(&probe(host.clone(), addr, &opts).await)])
         }
-        (None, None) => {}
+        (None, None) => Ok(Vec::new()),
+    }
+}
+
+/// Probes every host published under `_vlmcs._tcp.DOMAIN` (at most
+/// [`MAX_HOSTS`]), each at its first address; a host without one, or one
+/// the `--allow-remote` rule keeps out, gets an unreachable card saying so.
+async fn probe_published(
+    domain: &str,
+    args: &ProbeArgs,
+    opts: &ProbeOptions,
+) -> Result<Vec<Card>, ProbeError> {
+    let mut cards = Vec::new();
+    for host in discover::published(domain, args.dns_server)
+        .await?
+        .into_iter()
+        .take(MAX_HOSTS)
+    {
+        let name = discover::host_name(&host);
+        let Some(&addr) = host.addrs.first() else {
+            let why = "the SRV target has no address".to_owned();
+            cards.push(grade(&Observations::unreachable(
+                name, None, why, opts.today,
+            )));
+            continue;
+        };
+        if let Err(e) = target::check_remote(ACTION, &name, addr, args.allow_remote) {
+            let why = format!("not probed: {e}");
+            cards.push(grade(&Observations::unreachable(
+                name,
+                Some(addr),
+                why,
+                opts.today,
+            )));
+            continue;
+        }
+        cards.push(grade(&probe(name, addr, opts).await));
     }
     Ok(cards)
 }

@@ -12,7 +12,7 @@
 //!
 //! The steps are types: [`Binding`] (bind sent) → [`AfterBind`] →
 //! optionally [`AlterContext`] (alter_context sent) → [`Bound`] → one
-//! [`Pending`] per request → [`Exchange`].
+//! [`AwaitingReply`] per request → [`Exchange`].
 
 use super::guid::Guid;
 use super::kms::{self, RequestBase, SentRequest, VerifiedResponse, VerifyError};
@@ -333,7 +333,12 @@ impl Bound {
 
     /// Appends the request PDU carrying the KMS request for `base` (its
     /// client time included), encrypted with `iv` for protocol 5/6.
-    pub fn request(&mut self, base: &RequestBase, iv: [u8; 16], out: &mut Vec<u8>) -> Pending {
+    pub fn request(
+        &mut self,
+        base: &RequestBase,
+        iv: [u8; 16],
+        out: &mut Vec<u8>,
+    ) -> AwaitingReply {
         let (kms_bytes, sent) = kms::encode_request(base, iv);
         self.request_encoded(&kms_bytes, sent, out)
     }
@@ -346,7 +351,7 @@ impl Bound {
         kms_bytes: &[u8],
         sent: SentRequest,
         out: &mut Vec<u8>,
-    ) -> Pending {
+    ) -> AwaitingReply {
         let context = if self.sent == 0 {
             self.first
         } else {
@@ -356,7 +361,7 @@ impl Bound {
         self.last_call_id = self.last_call_id.wrapping_add(1);
         let call_id = self.last_call_id;
         rpc_request::encode_request(call_id, context.id, context.syntax, kms_bytes, out);
-        Pending {
+        AwaitingReply {
             call_id,
             context,
             sent,
@@ -364,9 +369,10 @@ impl Bound {
     }
 }
 
-/// A request sent: waits for its reply.
+/// A request sent, awaiting its reply: checks the reply against what was
+/// sent (call id, context, the request it verifies against).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Pending {
+pub struct AwaitingReply {
     call_id: u32,
     context: Context,
     sent: SentRequest,
@@ -395,7 +401,7 @@ pub enum ReplyError {
     Verify(#[from] VerifyError),
 }
 
-impl Pending {
+impl AwaitingReply {
     pub const fn call_id(&self) -> u32 {
         self.call_id
     }
@@ -552,7 +558,7 @@ mod tests {
 
     #[test]
     fn the_bind_pdus_match_the_spec_and_windows() {
-        let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+        let hex = crate::protocol::hex::lower;
         let mut out = Vec::new();
         Binding::new(Offer::NDR32_ONLY, 2).encode(&mut out);
         assert_eq!(

@@ -21,6 +21,7 @@
 pub mod client;
 pub mod crypto;
 pub mod guid;
+pub mod hex;
 pub mod kms;
 pub mod policy;
 pub mod rpc;

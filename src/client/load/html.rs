@@ -631,7 +631,8 @@ fn legend(items: &[(&str, &str)]) -> Markup {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{ConnectionMode, Latency, StoppedBy, histogram};
+    use super::super::report::histogram;
+    use super::super::{ConnectionMode, Latency, StoppedBy};
     use super::*;
     use std::collections::BTreeMap;
 

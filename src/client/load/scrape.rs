@@ -42,8 +42,9 @@ pub struct MetricsUrl {
 
 impl MetricsUrl {
     /// Parses `http://HOST[:PORT][/PATH]` (path `/metrics` when left out)
-    /// and resolves HOST under the load target's rule: loopback only
-    /// unless `allow_remote`.
+    /// and resolves HOST under the load target's rule
+    /// ([`crate::client::check_remote`]): loopback only unless
+    /// `allow_remote`.
     pub async fn resolve(url: &str, allow_remote: bool) -> anyhow::Result<Self> {
         let Some(rest) = url.strip_prefix("http://") else {
             bail!("--metrics {url:?}: expected http://HOST:PORT/metrics");
@@ -64,7 +65,7 @@ impl MetricsUrl {
         } else {
             format!("{hostport}:80")
         };
-        let addr = super::resolve_target(&with_port, allow_remote)
+        let addr = crate::client::resolve_allowed("read the metrics of", &with_port, allow_remote)
             .await
             .with_context(|| format!("--metrics {url}"))?;
         Ok(Self {

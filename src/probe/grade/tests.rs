@@ -2,6 +2,7 @@
 //! each way a host can fail or warn, one at a time.
 
 use super::*;
+use crate::protocol::kms::epid::EpidParts;
 use rand::SeedableRng;
 
 const TODAY: Date = Date {

@@ -9,7 +9,8 @@ pub use request::{
     Request, RequestBase, SentRequest, Version, Workstation, decode_request, encode_request,
 };
 pub use response::{
-    Answer, Epid, ResponseRandom, VerifiedResponse, encode_response, verify_response,
+    Answer, Epid, INTERVAL_RANGE, ResponseRandom, VerifiedResponse, encode_response,
+    verify_response,
 };
 
 /// HRESULTs a KMS host returns in place of a response.

@@ -60,6 +60,12 @@ impl std::fmt::Debug for Epid {
     }
 }
 
+/// The shortest and longest activation and renewal intervals (minutes) a
+/// response may carry: what Windows accepts from a host (`slmgr /sai`,
+/// `/sri`: 15 minutes to 30 days). The host's settings are checked against
+/// it, and `kmsd probe` grades the intervals a host answers with it.
+pub const INTERVAL_RANGE: std::ops::RangeInclusive<u32> = 15..=43_200;
+
 /// What the host decided to answer.
 #[derive(Debug, Clone, Copy)]
 pub struct Answer<'a> {
