@@ -557,3 +557,84 @@ async fn a_browser_shows_the_pools_and_activations() {
         .unwrap();
     srv.stop().await;
 }
+
+/// A fleet host named `id` (its data dir's `host-id`) on the database `url`.
+async fn fleet_host(url: &str, id: &str) -> common::TestServer {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("host-id"), id).unwrap();
+    let url = url.to_owned();
+    common::start_server_with_clock(dir, kmsd::host::system_clock(), move |c| {
+        c.store = kmsd::store::Backend::Postgres(url);
+    })
+    .await
+}
+
+/// The fleet section lists every host of the shared database, as `kmsd
+/// status --store URL` does: a running host alive, a stopped one silent
+/// once its heartbeat is older than the CLI's limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_page_lists_its_hosts() {
+    let Some(url) = common::pg_database().await else {
+        eprintln!("skipping: KMSD_TEST_PG is not set (scripts/test starts PostgreSQL)");
+        return;
+    };
+    let east = fleet_host(&url, "kms-east-1").await;
+    let west = fleet_host(&url, "kms-west-2").await;
+    for srv in [&east, &west] {
+        let mut conn = Connection::open(srv.addr, client_options(SERVER, Version::V6))
+            .await
+            .expect("bind");
+        conn.activate(new_cmid()).await.expect("activation");
+    }
+    west.stop().await;
+    // Silent for ten minutes, in the database's clock (the fleet's one clock).
+    let (c, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let task = tokio::spawn(conn);
+    c.batch_execute(
+        "UPDATE hosts SET heartbeat_ms = heartbeat_ms - 600000 WHERE host_id = 'kms-west-2'",
+    )
+    .await
+    .unwrap();
+    drop(c);
+    let _ = task.await;
+
+    let (admin, token, task) = start_admin(state(&east)).await;
+    let page = get(admin, "/").await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    let fleet = text_of(element(&page.body, "id=\"fleet\"", "</section>"));
+    assert!(
+        fleet.contains("2 hosts share this database, 1 alive."),
+        "{fleet}"
+    );
+    let row = |id: &str| text_of(element(&page.body, &format!("data-host=\"{id}\""), "</tr>"));
+    let (e, w) = (row("kms-east-1"), row("kms-west-2"));
+    assert!(e.starts_with("kms-east-1 alive "), "{e}");
+    assert!(e.contains(&east.addr.to_string()), "its listener: {e}");
+    assert!(e.contains(env!("CARGO_PKG_VERSION")), "its version: {e}");
+    assert!(w.starts_with("kms-west-2 silent "), "{w}");
+    assert!(
+        e.ends_with(" 1") && w.ends_with(" 1"),
+        "one request each: {e} / {w}"
+    );
+
+    if let Some(bin) = chromium() {
+        let profile = tempfile::tempdir().unwrap();
+        screenshot_is_not_blank(
+            &bin,
+            profile.path(),
+            &format!("http://{admin}/"),
+            "1280,1400",
+            "KMSD_UI_FLEET_SCREENSHOT",
+        )
+        .await;
+    }
+    token.cancel();
+    tokio::time::timeout(WAIT, task)
+        .await
+        .expect("admin API stops in time")
+        .unwrap()
+        .unwrap();
+    east.stop().await;
+}
