@@ -274,6 +274,7 @@ fn fleet_status(hosts: Vec<HostStatus>) -> StatusReport {
         now_ms: NOW,
         notes: vec![],
         hosts,
+        imports: vec![],
         pools: vec![],
         epids: vec![],
         totals: vec![],
