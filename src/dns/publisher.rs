@@ -162,11 +162,11 @@ async fn run(
 
 /// The states the previous run of this host noted (for its records).
 async fn previous_states(host: &Host) -> Vec<DomainState> {
-    let now = host.now_ms();
-    match host.store().status(now).await {
-        Ok(st) => st
-            .note(Note::Dns)
-            .and_then(|j| serde_json::from_str(j).ok())
+    match host.store().reader().notes().await {
+        Ok(notes) => notes
+            .iter()
+            .find(|(n, _)| *n == Note::Dns)
+            .and_then(|(_, j)| serde_json::from_str(j).ok())
             .unwrap_or_default(),
         Err(e) => {
             tracing::warn!(error = %e, "DNS: cannot read the records noted by the previous run");

@@ -260,6 +260,11 @@ impl MemoryReader {
         rows
     }
 
+    pub fn notes(&self) -> Vec<(Note, String)> {
+        let st = self.shared.state();
+        st.notes.iter().map(|(n, v)| (*n, v.clone())).collect()
+    }
+
     pub fn recent(&self, limit: usize) -> Vec<StoredActivation> {
         let st = self.shared.state();
         st.log.iter().rev().take(limit).cloned().collect()

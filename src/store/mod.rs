@@ -272,6 +272,20 @@ impl StoreReader {
         }
     }
 
+    /// The notes of the host reading (a single host's, or in a fleet the
+    /// reading host's own; none for a fleet read from the CLI): cheaper than
+    /// a whole status when only a note is wanted.
+    pub async fn notes(&self) -> Result<Vec<(Note, String)>, StoreError> {
+        match self {
+            Self::Sqlite(r) => {
+                let r = r.clone();
+                blocking(move || r.notes()).await
+            }
+            Self::Memory(r) => Ok(r.notes()),
+            Self::Postgres(r) => r.notes().await,
+        }
+    }
+
     /// The `limit` most recent activation records, newest first.
     pub async fn recent(&self, limit: usize) -> Result<Vec<StoredActivation>, StoreError> {
         match self {

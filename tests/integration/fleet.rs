@@ -704,3 +704,41 @@ async fn retention_trims_the_activation_log_to_keep_records() {
     assert_eq!(host.status().await.records_kept, 50);
     host.stop().await;
 }
+
+/// A fleet host reading through its own store sees its own notes (the
+/// status page's header, the DNS publisher's previous records); the CLI's
+/// reader of the fleet sees every host's, per host, and none store-wide.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_host_reads_its_own_notes() {
+    let Some(url) = pg_database().await else {
+        return;
+    };
+    let hosts = fleet(&url, 2, "read-committed").await;
+    let own = hosts[1]
+        .host
+        .store()
+        .status(hosts[1].host.now_ms())
+        .await
+        .unwrap();
+    let listen = hosts[1].addr.to_string();
+    assert_eq!(
+        own.note(kmsd::store::Note::Listen),
+        Some(listen.as_str()),
+        "{:?}",
+        own.notes
+    );
+    let notes = hosts[1].host.store().reader().notes().await.unwrap();
+    assert!(
+        notes
+            .iter()
+            .any(|(n, v)| *n == kmsd::store::Note::Listen && *v == listen)
+    );
+    let cli = kmsd::store::StoreReader::open(&Backend::Postgres(url.clone()), "/".as_ref())
+        .unwrap()
+        .status(0)
+        .await
+        .unwrap();
+    assert!(cli.notes.is_empty());
+    assert_eq!(cli.hosts.len(), 2);
+    stop_all(hosts).await;
+}

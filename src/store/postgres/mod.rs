@@ -455,6 +455,7 @@ impl PgStore {
         PgReader {
             db: self.db.clone(),
             shown: self.shown.clone(),
+            host_id: Some(self.host_id.clone()),
         }
     }
 
@@ -689,6 +690,9 @@ pub async fn trim(c: &mut tokio_postgres::Client, keep: i64) -> Result<u64, Stor
 pub struct PgReader {
     db: DbPool,
     shown: String,
+    /// The host reading through its own store: its notes are the status's
+    /// notes (a reader from the CLI has none).
+    host_id: Option<String>,
 }
 
 impl std::fmt::Debug for PgReader {
@@ -703,7 +707,11 @@ impl PgReader {
     /// A reader for `kmsd status --store URL` and the like.
     pub fn connect(url: &str) -> Result<Self, StoreError> {
         let (db, shown) = connect_pool(url, 2, Duration::from_secs(5))?;
-        Ok(Self { db, shown })
+        Ok(Self {
+            db,
+            shown,
+            host_id: None,
+        })
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
@@ -717,8 +725,26 @@ impl PgReader {
         &self.shown
     }
 
+    /// The fleet's status; read by a host through its own store, the notes
+    /// are that host's (as a single host's status has its own).
     pub async fn status(&self) -> Result<StoreStatus, StoreError> {
-        reads::status(&*self.client().await?, &self.shown).await
+        let mut st = reads::status(&*self.client().await?, &self.shown).await?;
+        if let Some(me) = st
+            .hosts
+            .iter()
+            .find(|h| Some(&h.id) == self.host_id.as_ref())
+        {
+            st.notes = me.notes.clone();
+        }
+        Ok(st)
+    }
+
+    /// This host's notes (none for a reader from the CLI).
+    pub async fn notes(&self) -> Result<Vec<(Note, String)>, StoreError> {
+        let Some(id) = &self.host_id else {
+            return Ok(Vec::new());
+        };
+        reads::host_notes(&*self.client().await?, id).await
     }
 
     pub async fn clients(&self, q: &ClientQuery) -> Result<Vec<Client>, StoreError> {

@@ -203,6 +203,23 @@ pub async fn status(c: &Pg, shown: &str) -> Result<StoreStatus, StoreError> {
     })
 }
 
+/// The notes of the host `id`.
+pub async fn host_notes(c: &Pg, id: &str) -> Result<Vec<(Note, String)>, StoreError> {
+    Ok(c.query(
+        "SELECT key, value FROM host_notes WHERE host_id = $1",
+        &[&id],
+    )
+    .await
+    .map_err(pg_err)?
+    .iter()
+    .filter_map(|r| {
+        let key: &str = r.get(0);
+        let n = Note::ALL.iter().find(|n| n.key() == key)?;
+        Some((*n, r.get(1)))
+    })
+    .collect())
+}
+
 /// The inventory, newest first.
 pub async fn clients(c: &Pg, q: &ClientQuery) -> Result<Vec<Client>, StoreError> {
     let now = db_now(c).await?;

@@ -339,6 +339,10 @@ impl SqliteReader {
         reads::clients(&open_ro(&self.path)?, q)
     }
 
+    pub fn notes(&self) -> Result<Vec<(Note, String)>, StoreError> {
+        reads::notes(&open_ro(&self.path)?)
+    }
+
     pub fn recent(&self, limit: usize) -> Result<Vec<StoredActivation>, StoreError> {
         reads::recent(&open_ro(&self.path)?, limit)
     }

@@ -28,7 +28,7 @@ pub fn inventory_size(conn: &Connection) -> Result<u64, StoreError> {
 }
 
 /// The host's notes.
-fn notes(conn: &Connection) -> Result<Vec<(Note, String)>, StoreError> {
+pub fn notes(conn: &Connection) -> Result<Vec<(Note, String)>, StoreError> {
     let mut stmt = conn.prepare("SELECT key, value FROM meta")?;
     let mut out = Vec::new();
     for row in stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))? {
