@@ -23,19 +23,8 @@ use crate::protocol::server::{self, Decoded, Outcome, Pending};
 use crate::store::{CountMode, CountRequest, Note, PoolStatus, Record, Store, StoreError};
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
-
-/// Running totals since start.
-#[derive(Debug, Default)]
-pub struct Stats {
-    pub answered: AtomicU64,
-    pub refused: AtomicU64,
-    pub invalid: AtomicU64,
-    pub faults: AtomicU64,
-    pub store_failures: AtomicU64,
-}
 
 /// What a SIGHUP can change about how requests are decided.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,8 +73,9 @@ pub struct Host {
     policy: RwLock<Arc<Policy>>,
     hwid: [u8; 8],
     store: Store,
-    pub stats: Stats,
-    pub metrics: Arc<Metrics>,
+    /// The one set of counters: `/metrics`, the status page and the
+    /// tiles all read it ([`Host::metrics`]).
+    metrics: Arc<Metrics>,
 }
 
 impl Host {
@@ -143,7 +133,6 @@ impl Host {
             policy: RwLock::new(Arc::new(Policy::from_config(cfg))),
             hwid: cfg.hwid,
             store,
-            stats: Stats::default(),
             metrics,
         };
         host.store
@@ -170,6 +159,13 @@ impl Host {
 
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// The host's counters and histograms (requests by result, connection
+    /// events, latencies, the DNS state) for `/metrics`, the page and the
+    /// server.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// The pools' counts and capacities right now.
@@ -281,7 +277,6 @@ impl Host {
                     };
                     match self.store.count(act).await {
                         Ok(counted) => {
-                            self.stats.answered.fetch_add(1, Ordering::Relaxed);
                             let answer = Answer {
                                 epid,
                                 hwid: self.hwid,
@@ -296,7 +291,6 @@ impl Host {
                             )
                         }
                         Err(e) => {
-                            self.stats.store_failures.fetch_add(1, Ordering::Relaxed);
                             tracing::error!(%peer, error = %e, cmid = %p.request.base.cmid,
                                 "record not committed; answering E_FAIL so the client retries");
                             (
@@ -324,7 +318,6 @@ impl Host {
         now: i64,
         out: &mut Vec<u8>,
     ) -> Outcome {
-        self.stats.refused.fetch_add(1, Ordering::Relaxed);
         if let Err(e) = self.store.record(record(&p.request, peer, now, hr)).await {
             tracing::warn!(%peer, error = %e, "refusal record not committed");
         }
@@ -335,17 +328,13 @@ impl Host {
     fn count_other(&self, outcome: &Outcome, took: Duration) {
         let (version, result) = match outcome {
             Outcome::Invalid { error, .. } => {
-                self.stats.invalid.fetch_add(1, Ordering::Relaxed);
                 let v = match error {
                     crate::protocol::kms::KmsError::UnsupportedVersion { major, .. } => *major,
                     _ => 0,
                 };
                 (v, RequestResult::Invalid)
             }
-            Outcome::Fault { .. } | Outcome::BadStub { .. } => {
-                self.stats.faults.fetch_add(1, Ordering::Relaxed);
-                (0, RequestResult::Fault)
-            }
+            Outcome::Fault { .. } | Outcome::BadStub { .. } => (0, RequestResult::Fault),
             Outcome::Negotiated { .. } | Outcome::Answered { .. } | Outcome::Refused { .. } => {
                 return;
             }

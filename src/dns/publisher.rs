@@ -342,7 +342,7 @@ async fn update_once(
 /// Writes the states for `kmsd status` and `/metrics`.
 async fn persist(host: &Host, slots: &BTreeMap<String, Slot>) {
     let states: Vec<DomainState> = slots.values().map(|s| s.state.clone()).collect();
-    match host.metrics.dns.lock() {
+    match host.metrics().dns.lock() {
         Ok(mut g) => g.clone_from(&states),
         Err(e) => e.into_inner().clone_from(&states),
     }

@@ -131,7 +131,7 @@ async fn metrics(State(s): S) -> Response {
         .into_iter()
         .map(|p| (p.pool, p.count, p.capacity))
         .collect();
-    let body = host.metrics.render(&pools);
+    let body = host.metrics().render(&pools);
     (
         [
             (header::CONTENT_TYPE, "text/plain; version=0.0.4"),

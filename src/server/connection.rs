@@ -91,7 +91,7 @@ pub async fn serve(
         };
         let pdu = match next {
             Err(why) => {
-                host.metrics.conn_event(why.event());
+                host.metrics().conn_event(why.event());
                 debug!(reason = why.reason(), "closing connection");
                 break;
             }
@@ -101,7 +101,7 @@ pub async fn serve(
                 break;
             }
             Ok(Some(Err(CodecError::Pdu(e)))) => {
-                host.metrics.conn_event(ConnEvent::ClosedMalformed);
+                host.metrics().conn_event(ConnEvent::ClosedMalformed);
                 warn!(%peer, error = %e, "unframeable PDU; closing connection");
                 break;
             }
@@ -114,7 +114,7 @@ pub async fn serve(
         {
             Ok(o) => o,
             Err(e) => {
-                host.metrics.conn_event(ConnEvent::ClosedMalformed);
+                host.metrics().conn_event(ConnEvent::ClosedMalformed);
                 warn!(%peer, error = %e, "malformed PDU; closing connection");
                 break;
             }
@@ -129,7 +129,7 @@ pub async fn serve(
         if is_request(&outcome) {
             requests += 1;
             if requests >= limits.max_requests {
-                host.metrics.conn_event(ConnEvent::ClosedRequestLimit);
+                host.metrics().conn_event(ConnEvent::ClosedRequestLimit);
                 debug!(requests, "request limit reached; closing connection");
                 break;
             }

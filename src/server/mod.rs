@@ -274,7 +274,7 @@ impl Server {
         let tracker = TaskTracker::new();
         let slots = Arc::new(Semaphore::new(self.cfg.max_connections));
         self.host
-            .metrics
+            .metrics()
             .max_connections
             .store(self.cfg.max_connections as u64, Ordering::Relaxed);
         let per_ip = Arc::new(PerIp::default());
@@ -378,7 +378,7 @@ async fn accept_loop(listener: TcpListener, ctx: AcceptCtx) {
 fn admit(stream: TcpStream, peer: SocketAddr, ctx: &AcceptCtx) {
     use crate::metrics::ConnEvent;
     let ip = access::normalize(peer.ip());
-    let metrics = &ctx.host.metrics;
+    let metrics = &ctx.host.metrics();
     let refuse = |event: ConnEvent, reason: &'static str| {
         metrics.conn_event(event);
         if ctx.refusals.should_log(ip, reason) {
@@ -430,7 +430,7 @@ fn admit(stream: TcpStream, peer: SocketAddr, ctx: &AcceptCtx) {
     let assoc = ctx.assoc.clone();
     ctx.tracker.spawn(
         async move {
-            let metrics = &host.metrics;
+            let metrics = &host.metrics();
             let ip_guard = match queued {
                 Ok(g) => g,
                 Err(q) => {

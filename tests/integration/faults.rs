@@ -33,9 +33,8 @@ async fn a_locked_database_gets_an_error_answer_and_the_host_recovers() {
     assert_eq!(activate().await.unwrap(), 2);
     assert_eq!(
         srv.host
-            .stats
-            .store_failures
-            .load(std::sync::atomic::Ordering::Relaxed),
+            .metrics()
+            .requests_with(kmsd::metrics::RequestResult::StoreError),
         3
     );
     srv.host.flush().await.unwrap();

@@ -35,7 +35,7 @@ async fn a_burst_of_256_clients_from_one_address_has_no_errors() {
         "only {} activations",
         report.activations
     );
-    let m = &srv.host.metrics;
+    let m = srv.host.metrics();
     assert_eq!(m.conn_events(ConnEvent::RefusedPerAddressLimit), 0);
     assert_eq!(m.conn_events(ConnEvent::RefusedQueueTimeout), 0);
     assert!(

@@ -202,7 +202,7 @@ async fn a_connection_flood_past_the_limit_and_queue_is_closed_at_once() {
         took < Duration::from_secs(10),
         "queue drained after {took:?}"
     );
-    let m = &srv.host.metrics;
+    let m = srv.host.metrics();
     assert_eq!(
         m.conn_events(ConnEvent::RefusedPerAddressLimit),
         (500 - per_ip - queue) as u64

@@ -2,14 +2,14 @@
 //! function per part of the page. No markup here.
 
 use super::{PageDb, Row, View};
-use crate::host::{Host, Stats};
+use crate::host::Host;
 use crate::http::data::ActivationRow;
+use crate::metrics::{Metrics, RequestResult};
 use crate::protocol::kms::Hresult;
 use crate::protocol::kms::products::{self, Pool};
 use crate::report::{self, ClientRow, DnsReport, HostReport, StatusReport};
 use crate::store::CountMode;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The whole page's content.
 pub(super) struct StatusView<'a> {
@@ -177,7 +177,7 @@ impl<'a> StatusView<'a> {
         let served = v.host.served_groups();
         StatusView {
             head: Head::new(v, s),
-            tiles: tiles(&v.host.stats, s),
+            tiles: tiles(v.host.metrics(), s),
             fleet: fleet(s),
             pools: pools(v.host),
             groups: groups(v.host, &served),
@@ -246,8 +246,8 @@ fn build_name(host_build: &str) -> &'static str {
 }
 
 /// The counters since start, and the database's sizes.
-fn tiles(st: &Stats, s: &StatusReport) -> Vec<Tile> {
-    let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
+fn tiles(m: &Metrics, s: &StatusReport) -> Vec<Tile> {
+    let n = |r| m.requests_with(r);
     let tile = |id, label, value, alarm| Tile {
         id,
         label,
@@ -255,18 +255,28 @@ fn tiles(st: &Stats, s: &StatusReport) -> Vec<Tile> {
         alarm,
     };
     vec![
-        tile("answered", "answered since start", n(&st.answered), false),
-        tile("refused", "refused since start", n(&st.refused), false),
+        tile(
+            "answered",
+            "answered since start",
+            n(RequestResult::Answered),
+            false,
+        ),
+        tile(
+            "refused",
+            "refused since start",
+            n(RequestResult::Refused),
+            false,
+        ),
         tile(
             "invalid",
             "invalid or faulted",
-            n(&st.invalid) + n(&st.faults),
+            n(RequestResult::Invalid) + n(RequestResult::Fault),
             false,
         ),
         tile(
             "store-failures",
             "store failures",
-            n(&st.store_failures),
+            n(RequestResult::StoreError),
             true,
         ),
         tile("inventory", "machines in the inventory", s.inventory, false),
