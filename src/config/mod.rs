@@ -228,11 +228,11 @@ impl ServeConfig {
             ));
         }
         if self.durability != crate::store::Durability::Full
-            && matches!(self.store, crate::store::Backend::Postgres(_))
+            && self.store != crate::store::Backend::Sqlite
         {
             return Err(bad(
                 "durability",
-                "\"os\" applies to the embedded SQLite store; a fleet's commits are as durable as its PostgreSQL makes them (synchronous_commit)",
+                "\"os\" applies to the embedded SQLite store; a fleet's commits are as durable as its PostgreSQL makes them (synchronous_commit), and a memory store keeps nothing",
             ));
         }
         if !(1..=0xFFFF).contains(&self.lcid) {
@@ -377,6 +377,8 @@ mod tests {
         c.durability = crate::store::Durability::Os;
         c.validate().unwrap();
         c.store = crate::store::Backend::Postgres("postgres://kmsd@127.0.0.1/fleet".into());
+        assert_eq!(c.validate().unwrap_err().key, "durability");
+        c.store = crate::store::Backend::Memory;
         assert_eq!(c.validate().unwrap_err().key, "durability");
         let mut c = ServeConfig::default();
         c.max_pdu_len = 100;
