@@ -203,30 +203,7 @@ impl ServeConfig {
         if self.listen.is_empty() {
             return Err(bad("listen", "at least one address is needed"));
         }
-        let build = products::win_build(self.host_build).ok_or_else(|| {
-            bad(
-                "host_build",
-                format!(
-                    "{} is not a known Windows build (known: {})",
-                    self.host_build,
-                    products::win_builds()
-                        .iter()
-                        .filter(|b| b.use_for_epid)
-                        .map(|b| b.build.to_string())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            )
-        })?;
-        if self.ndr64 && !build.uses_ndr64 {
-            return Err(bad(
-                "ndr64",
-                format!(
-                    "build {} hosts do not negotiate NDR64; turn ndr64 off or pick a newer host_build",
-                    self.host_build
-                ),
-            ));
-        }
+        self.validate_host_build()?;
         if self.durability != crate::store::Durability::Full
             && self.store != crate::store::Backend::Sqlite
         {
@@ -302,6 +279,38 @@ impl ServeConfig {
         self.dns
             .validate()
             .map_err(|(key, problem)| bad(key, problem))?;
+        Ok(())
+    }
+}
+
+impl ServeConfig {
+    /// The host build is a known one, and NDR64 is off on builds that did
+    /// not offer it.
+    fn validate_host_build(&self) -> Result<(), ConfigError> {
+        let build = products::win_build(self.host_build).ok_or_else(|| {
+            bad(
+                "host_build",
+                format!(
+                    "{} is not a known Windows build (known: {})",
+                    self.host_build,
+                    products::win_builds()
+                        .iter()
+                        .filter(|b| b.use_for_epid)
+                        .map(|b| b.build.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            )
+        })?;
+        if self.ndr64 && !build.uses_ndr64 {
+            return Err(bad(
+                "ndr64",
+                format!(
+                    "build {} hosts do not negotiate NDR64; turn ndr64 off or pick a newer host_build",
+                    self.host_build
+                ),
+            ));
+        }
         Ok(())
     }
 }
