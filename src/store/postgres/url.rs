@@ -192,7 +192,7 @@ mod tests {
     fn a_primary_and_its_standbys_pass_through_and_are_all_shown() {
         use tokio_postgres::config::{Host, TargetSessionAttrs};
         let u = parse(
-            "postgres://kmsd:s3cret@db1:5432,db2:5433,127.0.0.1/kmsd?target_session_attrs=read-write&connect_timeout=3",
+            "postgres://kmsd:s3cret@db1:5432,db2:5433,127.0.0.1/kmsd?target_session_attrs=read-write&connect_timeout=3&tcp_user_timeout=5",
         )
         .unwrap();
         assert_eq!(u.shown, "postgres://kmsd@db1:5432,db2:5433,127.0.0.1/kmsd");
@@ -215,6 +215,12 @@ mod tests {
         assert_eq!(
             u.config.get_connect_timeout(),
             Some(&std::time::Duration::from_secs(3))
+        );
+        // Seconds, as connect_timeout (libpq reads milliseconds here): the
+        // README says so.
+        assert_eq!(
+            u.config.get_tcp_user_timeout(),
+            Some(&std::time::Duration::from_secs(5))
         );
         assert_eq!(u.config.get_password(), Some(&b"s3cret"[..]));
         // Without the parameter any host will do (the first that answers).
