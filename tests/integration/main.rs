@@ -9,6 +9,7 @@ mod config;
 mod counting;
 mod dns;
 mod durability;
+mod failover;
 mod faults;
 mod fleet;
 mod framing;

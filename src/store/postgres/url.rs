@@ -1,5 +1,7 @@
-//! The fleet database's URL: `postgres://USER[:PASS]@HOST[:PORT]/DB[?sslmode=…]`,
-//! TLS through rustls (ring) for `sslmode=require` and `verify-full` with
+//! The fleet database's URL: `postgres://USER[:PASS]@HOST[:PORT][,HOST[:PORT]…]/DB[?sslmode=…]`
+//! (a primary and its standbys, with `target_session_attrs=read-write` so
+//! only the writable one is used; every other parameter goes to
+//! tokio-postgres as it is), TLS through rustls (ring) for `sslmode=require` and `verify-full` with
 //! the CA file named by `sslrootcert`, and a form of the URL without the
 //! password for messages.
 
@@ -23,7 +25,7 @@ pub enum Tls {
 pub struct FleetUrl {
     pub config: tokio_postgres::Config,
     pub tls: Tls,
-    /// `postgres://USER@HOST:PORT/DB`, for logs and errors.
+    /// `postgres://USER@HOST:PORT[,HOST:PORT…]/DB`, for logs and errors.
     pub shown: String,
 }
 
@@ -66,7 +68,7 @@ pub fn parse(url: &str) -> Result<FleetUrl, StoreError> {
         libpq.push('?');
         libpq.push_str(&passed.join("&"));
     }
-    let mut config: tokio_postgres::Config = libpq.parse().map_err(|e| bad(format!("{e}")))?;
+    let mut config: tokio_postgres::Config = libpq.parse().map_err(|e| bad(with_sources(&e)))?;
     if config.get_dbname().is_none() {
         return Err(bad("no database name (…/DB)".into()));
     }
@@ -85,6 +87,19 @@ pub fn parse(url: &str) -> Result<FleetUrl, StoreError> {
         config,
         tls,
     })
+}
+
+/// An error and its causes ("invalid connection string: invalid value for
+/// option `target_session_attrs`"): tokio-postgres keeps the option's name
+/// in the source.
+fn with_sources(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        s = format!("{s}: {inner}");
+        src = inner.source();
+    }
+    s
 }
 
 /// `url` with any password and query left out.
@@ -169,5 +184,55 @@ mod tests {
             assert!(matches!(e, StoreError::Misconfigured { .. }), "{bad}: {e}");
             assert!(e.to_string().starts_with(&redact(bad)), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn a_primary_and_its_standbys_pass_through_and_are_all_shown() {
+        use tokio_postgres::config::{Host, TargetSessionAttrs};
+        let u = parse(
+            "postgres://kmsd:s3cret@db1:5432,db2:5433,127.0.0.1/kmsd?target_session_attrs=read-write&connect_timeout=3&tcp_user_timeout=5",
+        )
+        .unwrap();
+        assert_eq!(u.shown, "postgres://kmsd@db1:5432,db2:5433,127.0.0.1/kmsd");
+        let hosts: Vec<String> = u
+            .config
+            .get_hosts()
+            .iter()
+            .map(|h| match h {
+                Host::Tcp(name) => name.clone(),
+                other => format!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(hosts, ["db1", "db2", "127.0.0.1"]);
+        // A host without a port gets the default one.
+        assert_eq!(u.config.get_ports(), [5432, 5433, 5432]);
+        assert_eq!(
+            u.config.get_target_session_attrs(),
+            TargetSessionAttrs::ReadWrite
+        );
+        assert_eq!(
+            u.config.get_connect_timeout(),
+            Some(&std::time::Duration::from_secs(3))
+        );
+        // Seconds, as connect_timeout (libpq reads milliseconds here): the
+        // README says so.
+        assert_eq!(
+            u.config.get_tcp_user_timeout(),
+            Some(&std::time::Duration::from_secs(5))
+        );
+        assert_eq!(u.config.get_password(), Some(&b"s3cret"[..]));
+        // Without the parameter any host will do (the first that answers).
+        let any = parse("postgres://kmsd@db1,db2/kmsd").unwrap();
+        assert_eq!(
+            any.config.get_target_session_attrs(),
+            TargetSessionAttrs::Any
+        );
+        // A wrong value is refused by name, without the password.
+        let e = parse("postgres://kmsd:s3cret@db1,db2/kmsd?target_session_attrs=primary-ish")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("target_session_attrs"), "{e}");
+        assert!(!e.contains("s3cret"), "{e}");
+        assert!(e.contains("postgres://kmsd@db1,db2/kmsd"), "{e}");
     }
 }
