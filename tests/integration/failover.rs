@@ -417,7 +417,7 @@ fn check_gap(log: &[Try], ev: &Events) {
 /// The Windows pool's machines in the (promoted) fleet database.
 async fn read_pools(url: &str) -> HashSet<Guid> {
     let reader =
-        kmsd::store::Reader::for_backend(&Backend::Postgres(url.to_owned()), "/".as_ref()).unwrap();
+        kmsd::store::StoreReader::open(&Backend::Postgres(url.to_owned()), "/".as_ref()).unwrap();
     let pools = reader.pools(0).await.unwrap();
     let w = pools
         .iter()
@@ -462,7 +462,7 @@ async fn check_promoted(url: &str, log: &[Try], ev: &Events) {
     );
     let pool = read_pools(url).await;
     let reader =
-        kmsd::store::Reader::for_backend(&Backend::Postgres(url.to_owned()), "/".as_ref()).unwrap();
+        kmsd::store::StoreReader::open(&Backend::Postgres(url.to_owned()), "/".as_ref()).unwrap();
     let logged: HashSet<Guid> = reader
         .recent(10_000)
         .await
@@ -563,7 +563,7 @@ async fn a_request_answered_e_fail_while_the_database_stalls_is_not_counted_late
         .collect();
     assert!(!refused.is_empty(), "the stall was seen: {log:?}");
     let reader =
-        kmsd::store::Reader::for_backend(&Backend::Postgres(url.clone()), "/".as_ref()).unwrap();
+        kmsd::store::StoreReader::open(&Backend::Postgres(url.clone()), "/".as_ref()).unwrap();
     let logged: HashSet<Guid> = reader
         .recent(10_000)
         .await
