@@ -42,6 +42,9 @@ use tokio_util::task::TaskTracker;
 const MAX_BATCH: usize = 256;
 /// Requests waiting for a transaction at most (more are refused at once).
 const QUEUE: usize = 4096;
+/// How long past its deadline a caller still waits for the batcher's
+/// answer (which normally comes at the deadline at the latest).
+const BACKSTOP: Duration = Duration::from_secs(1);
 /// How many records one retention step deletes at the most.
 const RETENTION_CHUNK: i64 = 2_000;
 /// The advisory lock retention holds ("kmsd" in ASCII, then 2).
@@ -150,7 +153,10 @@ struct Run {
 type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
 enum Job {
-    Count(Item, Reply<Counted>),
+    /// A request to count (or record), with the moment its caller stops
+    /// waiting: past it, it is answered [`StoreError::Timeout`] and never
+    /// committed.
+    Count(Item, tokio::time::Instant, Reply<Counted>),
     /// Completes once everything queued before it is committed.
     Barrier(Reply<()>),
 }
@@ -386,12 +392,13 @@ impl PgStore {
     /// Counts a request; its count comes back once committed, within the
     /// configured timeout.
     pub async fn count(&self, pool: Pool, record: Record) -> Result<Counted, StoreError> {
-        self.ask(|r| {
+        self.ask(|at, r| {
             Job::Count(
                 Item {
                     pool: Some(pool),
                     record,
                 },
+                at,
                 r,
             )
         })
@@ -400,18 +407,26 @@ impl PgStore {
 
     /// Records a refused request.
     pub async fn record(&self, record: Record) -> Result<(), StoreError> {
-        self.ask(|r| Job::Count(Item { pool: None, record }, r))
+        self.ask(|at, r| Job::Count(Item { pool: None, record }, at, r))
             .await
             .map(|_| ())
     }
 
-    async fn ask<T>(&self, job: impl FnOnce(Reply<T>) -> Job) -> Result<T, StoreError> {
+    /// Queues a job and waits for the batcher's answer. The batcher owns
+    /// the deadline (a request it has not committed by then is answered
+    /// Timeout and never committed later); the caller's own wait is only a
+    /// backstop a little past it.
+    async fn ask<T>(
+        &self,
+        job: impl FnOnce(tokio::time::Instant, Reply<T>) -> Job,
+    ) -> Result<T, StoreError> {
         let (tx, rx) = oneshot::channel();
-        self.jobs.try_send(job(tx)).map_err(|e| match e {
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        self.jobs.try_send(job(deadline, tx)).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => StoreError::Full,
             mpsc::error::TrySendError::Closed(_) => StoreError::Closed,
         })?;
-        match tokio::time::timeout(self.timeout, rx).await {
+        match tokio::time::timeout_at(deadline + BACKSTOP, rx).await {
             Ok(Ok(r)) => r,
             Ok(Err(_)) => Err(StoreError::Closed),
             Err(_) => Err(StoreError::Timeout(self.timeout)),
@@ -460,7 +475,7 @@ impl PgStore {
     }
 
     pub async fn flush(&self) -> Result<(), StoreError> {
-        self.ask(Job::Barrier).await
+        self.ask(|_, r| Job::Barrier(r)).await
     }
 
     /// Commits what is queued and stops this host's tasks.
@@ -504,9 +519,18 @@ async fn batcher(
         let mut items = Vec::new();
         let mut replies = Vec::new();
         let mut barriers = Vec::new();
+        let now = tokio::time::Instant::now();
+        let mut deadline: Option<tokio::time::Instant> = None;
         for j in jobs.drain(..) {
             match j {
-                Job::Count(item, reply) => {
+                // A caller that has given up, or whose time has passed, is
+                // never committed: it was (or is now) answered Timeout.
+                Job::Count(_, _, reply) if reply.is_closed() => {}
+                Job::Count(_, at, reply) if at <= now => {
+                    let _ = reply.send(Err(StoreError::Timeout(run.settings.timeout)));
+                }
+                Job::Count(item, at, reply) => {
+                    deadline = Some(deadline.map_or(at, |d| d.min(at)));
                     items.push(item);
                     replies.push(reply);
                 }
@@ -517,7 +541,8 @@ async fn batcher(
             Ok(Vec::new())
         } else {
             let t = Instant::now();
-            let r = commit(&db, &shown, &run, &items, &mut cache).await;
+            let until = deadline.unwrap_or(now + run.settings.timeout);
+            let r = commit(&db, &shown, &run, &items, until, &mut cache).await;
             run.metrics
                 .store_commit_latency
                 .observe(t.elapsed().as_secs_f64());
@@ -564,16 +589,19 @@ fn snapshot(pools: &Mutex<Vec<PoolStatus>>, cache: &HashMap<Pool, Cached>, now_m
 }
 
 /// One batch, retried on serialization failures and deadlocks with
-/// jittered backoff, within the request timeout.
+/// jittered backoff, until the earliest deadline of its requests: past it
+/// the transaction is dropped (rolled back), so no request answered
+/// Timeout is counted (short of a commit already sent, whose outcome the
+/// database alone knows).
 async fn commit(
     db: &DbPool,
     shown: &str,
     run: &Run,
     items: &[Item],
+    deadline: tokio::time::Instant,
     cache: &mut HashMap<Pool, Cached>,
 ) -> Result<Vec<Counted>, StoreError> {
     let s = &run.settings;
-    let deadline = tokio::time::Instant::now() + s.timeout;
     let attempt = async {
         let mut c = client(db, shown).await?;
         let mut backoff = Duration::from_millis(2);
