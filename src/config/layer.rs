@@ -4,7 +4,7 @@
 //! the defaults of [`ServeConfig`] and validated.
 
 #[cfg(doc)]
-use super::keys::Kind;
+use super::Kind;
 use super::keys::{KEYS, closest, key};
 use super::{ConfigError, ServeConfig};
 use std::collections::BTreeMap;

@@ -3,17 +3,22 @@
 //! ([`keys::KEYS`]) every layer, flag and document comes from; and the
 //! layers themselves ([`Layers`]: file < `KMSD_*` environment < flags).
 //!
-//! * [`keys`]: the key table, the reload classification
-//!   ([`restart_needed`]), the effective TOML and the Markdown reference.
+//! * [`keys`]: the key table and the reload classification
+//!   ([`restart_needed`]).
+//! * `value`: how a key's value is written ([`Kind`]) and read into a field.
+//! * `render`: the effective TOML, the Markdown reference, the sample file.
 //! * [`layer`]: [`Settings`] (one layer) and [`Layers`] (all of `serve`'s).
 
 pub mod keys;
 pub mod layer;
+mod render;
+mod value;
 
-pub use keys::{
-    KEYS, Key, Kind, Reload, changed, effective_toml, markdown_table, restart_needed, sample_toml,
-};
+pub use keys::{KEYS, Key, Reload, changed, restart_needed};
 pub use layer::{CONFIG_ENV, Layers, Resolved, Settings};
+pub(crate) use render::capitalized;
+pub use render::{effective_toml, markdown_table, sample_toml};
+pub use value::Kind;
 
 use crate::protocol::kms::products;
 use crate::protocol::rpc::pdu::{DEFAULT_MAX_PDU_LEN, HEADER_LEN, MAX_PDU_LEN};
