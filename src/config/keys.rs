@@ -19,12 +19,11 @@
 //! },
 //! ```
 
-use super::value::{Kind, cidrs, codec, int, list, num, parsed, string, strings, text};
+use super::value::{Kind, cidrs, codec, int, list, num, optional, parsed, string, strings, text};
 use super::{ServeConfig, parse_hwid};
 use crate::protocol::kms::products;
 use crate::server::access::AccessList;
 use std::borrow::Cow;
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -158,24 +157,48 @@ fn group_name(g: &str) -> String {
     products::epid_group(g).map_or_else(|| g.to_owned(), |e| e.name.to_owned())
 }
 
-/// The rest of the entry of a key stored as is in one field of
-/// [`ServeConfig`]: `..field!(int, lcid)`, `..field!(secs, dns.refresh)`.
-/// The codec (a module of [`codec`](super::value::codec): `int`, `secs`,
-/// `millis`, `flag`, `string`, `parsed`) gives the kind, the flag's value
-/// name (the entry may give its own) and the setter and getter.
+/// The rest of the entry of a key that is one field of [`ServeConfig`]:
+/// * `..field!(int, lcid)`, `..field!(secs, dns.refresh)`: a plain field,
+///   read and written by a codec of [`codec`](super::value::codec) (`int`,
+///   `secs`, `millis`, `flag`, `string`, `parsed`), which also gives the
+///   kind and the flag's value name (the entry may give its own);
+/// * `..field!(Kind::Str, data_dir, READ, WRITE)`: a field of the given kind
+///   that the closure `READ` (`|value| -> Result<_, String>`) reads from
+///   the value and `WRITE` (`|field| -> Value`) writes back.
 macro_rules! field {
     ($codec:ident, $($field:ident).+) => {
         Key {
             kind: codec::$codec::KIND,
             value_name: codec::$codec::VALUE_NAME,
-            set: |c, v| {
-                c.$($field).+ = codec::$codec::read(v)?;
-                Ok(())
-            },
+            set: |c, v| put(&mut c.$($field).+, v, codec::$codec::read),
             get: |c| codec::$codec::write(&c.$($field).+),
             ..Key::BASE
         }
     };
+    ($kind:expr, $($field:ident).+, $read:expr, $write:expr $(,)?) => {
+        Key {
+            kind: $kind,
+            set: |c, v| put(&mut c.$($field).+, v, $read),
+            get: |c| show(&c.$($field).+, $write),
+            ..Key::BASE
+        }
+    };
+}
+
+/// `*slot = read(v)?` (for [`field!`]: a closure's types come from the
+/// slot).
+fn put<T>(
+    slot: &mut T,
+    v: &Value,
+    read: impl FnOnce(&Value) -> Result<T, String>,
+) -> Result<(), String> {
+    *slot = read(v)?;
+    Ok(())
+}
+
+/// `write(field)` (for [`field!`]: the closure's types come from the field).
+fn show<T>(field: &T, write: impl FnOnce(&T) -> Value) -> Value {
+    write(field)
 }
 
 /// Every key, in the order the documentation lists them. The order is also
@@ -184,31 +207,24 @@ macro_rules! field {
 pub static KEYS: &[Key] = &[
     Key {
         name: "listen",
-        kind: Kind::List,
         doc: "addresses the KMS listener binds",
         value_name: "ADDR:PORT",
         note: "The IPv6 wildcard is IPv6-only, beside IPv4.",
-        set: |c, v| {
-            c.listen = parsed(v, "ADDR:PORT")?;
-            Ok(())
-        },
-        get: |c| list(&c.listen),
-        ..Key::BASE
+        ..field!(Kind::List, listen, |v| parsed(v, "ADDR:PORT"), |a| list(a))
     },
     Key {
         name: "data_dir",
-        kind: Kind::Str,
         default_text: "per-user or /var/lib/kmsd",
         doc: "directory of the database (pools, ePIDs, inventory)",
         value_name: "DIR",
         note: "Default: $STATE_DIRECTORY (systemd), /var/lib/kmsd for root, else $XDG_STATE_HOME/kmsd or ~/.local/state/kmsd.",
         sample: r#""/var/lib/kmsd""#,
-        set: |c, v| {
-            c.data_dir = PathBuf::from(string(v)?);
-            Ok(())
-        },
-        get: |c| text(c.data_dir.display()),
-        ..Key::BASE
+        ..field!(
+            Kind::Str,
+            data_dir,
+            |v| Ok(PathBuf::from(string(v)?)),
+            |d| text(d.display())
+        )
     },
     Key {
         name: "count_mode",
@@ -219,17 +235,16 @@ pub static KEYS: &[Key] = &[
     },
     Key {
         name: "serve",
-        kind: Kind::List,
         default_text: "all ePID groups",
         doc: "ePID groups (host keys) served; others get 0xC004F042",
         reload: Reload::Live,
         value_name: "GROUP",
-        set: |c, v| {
-            c.served_groups = strings(v)?.into_iter().map(group_name).collect();
-            Ok(())
-        },
-        get: |c| list(&c.served_groups),
-        ..Key::BASE
+        ..field!(
+            Kind::List,
+            served_groups,
+            |v| Ok(strings(v)?.into_iter().map(group_name).collect()),
+            |g| list(g)
+        )
     },
     Key {
         name: "strict_products",
@@ -241,7 +256,6 @@ pub static KEYS: &[Key] = &[
     },
     Key {
         name: "max_clock_skew_minutes",
-        kind: Kind::Int,
         default_text: "0 (off)",
         doc: "refuse clients whose clock is further off (0xC004F06C)",
         reload: Reload::Live,
@@ -249,55 +263,46 @@ pub static KEYS: &[Key] = &[
         aliases: &["max-clock-skew"],
         note: "0 turns the check off. Windows hosts use 240 (4 hours).",
         sample: "0",
-        set: |c, v| {
-            let minutes: u32 = int(v)?;
-            c.max_clock_skew = (minutes > 0).then(|| Duration::from_secs(u64::from(minutes) * 60));
-            Ok(())
-        },
-        get: |c| num(c.max_clock_skew.map_or(0, |d| d.as_secs() / 60)),
-        ..Key::BASE
+        ..field!(
+            Kind::Int,
+            max_clock_skew,
+            |v| {
+                let minutes: u32 = int(v)?;
+                Ok((minutes > 0).then(|| Duration::from_secs(u64::from(minutes) * 60)))
+            },
+            |d| num(d.map_or(0, |d| d.as_secs() / 60))
+        )
     },
     Key {
         name: "epids",
-        kind: Kind::Table,
         default_text: "generated once",
         doc: "fixed ePID per group, e.g. `Windows = \"03612-...\"`",
         value_name: "GROUP=EPID",
         aliases: &["epid"],
         note: "Groups not listed get one generated once and kept. A TOML table: keep it at the end of the file.",
         sample: r#"Windows = "03612-04918-012-345678-03-1033-26100.0000-3052024""#,
-        set: |c, v| {
-            let t = v
-                .as_table()
-                .ok_or_else(|| format!("expected a table, found {v}"))?;
-            c.epids = t
-                .iter()
-                .map(|(g, e)| Ok((group_name(g), string(e)?.to_owned())))
-                .collect::<Result<BTreeMap<_, _>, String>>()?;
-            Ok(())
-        },
-        get: |c| Value::Table(c.epids.iter().map(|(g, e)| (g.clone(), text(e))).collect()),
-        ..Key::BASE
+        ..field!(
+            Kind::Table,
+            epids,
+            |v| {
+                let t = v
+                    .as_table()
+                    .ok_or_else(|| format!("expected a table, found {v}"))?;
+                t.iter()
+                    .map(|(g, e)| Ok((group_name(g), string(e)?.to_owned())))
+                    .collect()
+            },
+            |e| Value::Table(e.iter().map(|(g, e)| (g.clone(), text(e))).collect())
+        )
     },
     Key {
         name: "hwid",
-        kind: Kind::Str,
         doc: "host hardware ID sent to protocol 6 clients",
         value_name: "16HEX",
         note: "16 hex digits.",
-        set: |c, v| {
-            c.hwid = parse_hwid(string(v)?)?;
-            Ok(())
-        },
-        get: |c| {
-            text(
-                c.hwid
-                    .iter()
-                    .map(|b| format!("{b:02X}"))
-                    .collect::<String>(),
-            )
-        },
-        ..Key::BASE
+        ..field!(Kind::Str, hwid, |v| parse_hwid(string(v)?), |h| text(
+            h.iter().map(|b| format!("{b:02X}")).collect::<String>()
+        ))
     },
     Key {
         name: "host_build",
@@ -404,82 +409,74 @@ pub static KEYS: &[Key] = &[
     },
     Key {
         name: "allow",
-        kind: Kind::List,
         default_text: "[] (loopback and private networks)",
         doc: "extra address blocks allowed, e.g. `0.0.0.0/0`",
         reload: Reload::Live,
         value_name: "CIDR",
         note: "Loopback, RFC 1918 private, link-local and IPv6 unique-local sources are always allowed unless denied; \"0.0.0.0/0\" allows everyone.",
         sample: "[]",
-        set: |c, v| {
-            c.access.allow = AccessList::default().allow;
-            c.access.allow.extend(cidrs(v)?);
-            Ok(())
-        },
-        get: |c| {
-            let defaults = AccessList::default().allow;
-            list(c.access.allow.iter().filter(|a| !defaults.contains(a)))
-        },
-        ..Key::BASE
+        ..field!(
+            Kind::List,
+            access.allow,
+            |v| Ok(AccessList::default()
+                .allow
+                .into_iter()
+                .chain(cidrs(v)?)
+                .collect()),
+            |a| {
+                let defaults = AccessList::default().allow;
+                list(a.iter().filter(|a| !defaults.contains(a)))
+            }
+        )
     },
     Key {
         name: "deny",
-        kind: Kind::List,
         doc: "address blocks refused (wins over allow)",
         reload: Reload::Live,
         value_name: "CIDR",
-        set: |c, v| {
-            c.access.deny = cidrs(v)?;
-            Ok(())
-        },
-        get: |c| list(&c.access.deny),
-        ..Key::BASE
+        ..field!(Kind::List, access.deny, cidrs, |d| list(d))
     },
     Key {
         name: "store",
-        kind: Kind::Str,
         doc: "`sqlite` (one file in the data dir) or `postgres://USER[:PASS]@HOST[:PORT]/DB` for a fleet",
         value_name: "sqlite|URL",
         note: "A fleet: every host with the same URL shares one count, one inventory, one set of ePIDs and one activation log. TLS: add ?sslmode=verify-full&sslrootcert=/path/ca.pem.",
         sample: r#""postgres://kmsd@db.example:5432/kmsd""#,
-        set: |c, v| {
-            c.store = string(v)?.parse()?;
-            Ok(())
-        },
-        get: |c| text(crate::store::postgres::url::redact_backend(&c.store)),
-        ..Key::BASE
+        ..field!(Kind::Str, store, |v| string(v)?.parse(), |b| text(
+            crate::store::postgres::url::redact_backend(b)
+        ))
     },
     Key {
         name: "store_timeout_ms",
-        kind: Kind::Int,
         doc: "PostgreSQL: milliseconds a request waits for its commit",
         value_name: "MS",
         note: "Past it the client gets E_FAIL (0x80004005), is not counted, and retries later.",
-        set: |c, v| {
-            c.store_timeout = Duration::from_millis(int::<u64>(v)?.max(1));
-            Ok(())
-        },
-        get: |c| num(c.store_timeout.as_millis()),
-        ..Key::BASE
+        ..field!(
+            Kind::Int,
+            store_timeout,
+            |v| Ok(Duration::from_millis(int::<u64>(v)?.max(1))),
+            |d| num(d.as_millis())
+        )
     },
     Key {
         name: "store_isolation",
-        kind: Kind::Str,
         doc: "PostgreSQL: `read-committed`, `repeatable-read` or `serializable`",
         value_name: "LEVEL",
         note: "Counts are exact under each; repeatable-read and serializable retry on conflicts (how CockroachDB and YugabyteDB run).",
-        set: |c, v| {
-            let s = string(v)?;
-            if crate::store::postgres::isolation(s).is_none() {
-                return Err(format!(
-                    "{s:?}: expected read-committed, repeatable-read or serializable"
-                ));
-            }
-            c.store_isolation = s.to_owned();
-            Ok(())
-        },
-        get: |c| text(&c.store_isolation),
-        ..Key::BASE
+        ..field!(
+            Kind::Str,
+            store_isolation,
+            |v| {
+                let s = string(v)?;
+                if crate::store::postgres::isolation(s).is_none() {
+                    return Err(format!(
+                        "{s:?}: expected read-committed, repeatable-read or serializable"
+                    ));
+                }
+                Ok(s.to_owned())
+            },
+            |s| text(s)
+        )
     },
     Key {
         name: "store_busy_timeout_ms",
@@ -489,37 +486,38 @@ pub static KEYS: &[Key] = &[
     },
     Key {
         name: "durability",
-        kind: Kind::Str,
         doc: "SQLite: `full` (a count is on disk before its answer leaves) or `os` (written, not flushed)",
         value_name: "full|os",
         note: "`os` survives a crash or kill -9 of kmsd, not a power cut or an OS crash; for labs. The default waits for the disk's flush on every commit.",
-        set: |c, v| {
-            let s = string(v)?;
-            c.durability = crate::store::Durability::parse(s)
-                .ok_or_else(|| format!("{s:?}: expected full or os"))?;
-            Ok(())
-        },
-        get: |c| text(c.durability.name()),
-        ..Key::BASE
+        ..field!(
+            Kind::Str,
+            durability,
+            |v| {
+                let s = string(v)?;
+                crate::store::Durability::parse(s)
+                    .ok_or_else(|| format!("{s:?}: expected full or os"))
+            },
+            |d| text(d.name())
+        )
     },
     Key {
         name: "http",
-        kind: Kind::Str,
         default_text: "off",
         doc: "admin listener (metrics, health, status page), e.g. `127.0.0.1:9688`",
         value_name: "ADDR:PORT|off",
         note: "Serves /metrics, /healthz, /readyz, /api/* and a status page at /. Off unless set; keep it on loopback or behind a firewall.",
         sample: r#""127.0.0.1:9688""#,
-        set: |c, v| {
-            let s = string(v)?;
-            c.http = match s {
-                "" | "off" => None,
-                _ => Some(s.parse().map_err(|_| format!("{s:?} is not ADDR:PORT"))?),
-            };
-            Ok(())
-        },
-        get: |c| c.http.map_or_else(|| text("off"), text),
-        ..Key::BASE
+        ..field!(
+            Kind::Str,
+            http,
+            |v| match string(v)? {
+                "" | "off" => Ok(None),
+                s => Ok(Some(
+                    s.parse().map_err(|_| format!("{s:?} is not ADDR:PORT"))?
+                )),
+            },
+            |h| h.map_or_else(|| text("off"), text)
+        )
     },
     Key {
         name: "http_max_connections",
@@ -543,82 +541,62 @@ pub static KEYS: &[Key] = &[
     },
     Key {
         name: "dns_publish",
-        kind: Kind::List,
         doc: "domains whose `_vlmcs._tcp` SRV record this host publishes by dynamic update, `DOMAIN[,PRIORITY[,WEIGHT]]`",
         reload: Reload::Live,
         value_name: "DOMAIN[,PRIO[,WEIGHT]]",
         note: "The format of Windows' DnsDomainPublishList, e.g. [\"lab.example.com,0,100\"]. The host adds its own record (the port it listens on) and only ever deletes its own, so several hosts can share the RRset; give them all the same dns_ttl. Failures are logged and retried and never stop the KMS service.",
-        set: |c, v| {
-            c.dns.publish = crate::dns::parse_publish_list(&strings(v)?)?;
-            Ok(())
-        },
-        get: |c| list(&c.dns.publish),
-        ..Key::BASE
+        ..field!(
+            Kind::List,
+            dns.publish,
+            |v| crate::dns::parse_publish_list(&strings(v)?),
+            |p| list(p)
+        )
     },
     Key {
         name: "dns_server",
-        kind: Kind::Str,
         default_text: "the zone's SOA primary",
         doc: "DNS server the updates go to, `ADDR[:PORT]`",
         reload: Reload::Live,
         value_name: "ADDR:PORT",
         note: "Default: the MNAME of the zone's SOA, looked up through the name servers of /etc/resolv.conf.",
-        set: |c, v| {
-            let s = string(v)?;
-            c.dns.server = match s.trim() {
-                "" => None,
-                s => Some(crate::dns::parse_server(s)?),
-            };
-            Ok(())
-        },
-        get: |c| c.dns.server.map_or_else(|| text(""), text),
-        ..Key::BASE
+        ..field!(
+            Kind::Str,
+            dns.server,
+            |v| optional(v, crate::dns::parse_server),
+            |s| s.map_or_else(|| text(""), text)
+        )
     },
     Key {
         name: "dns_tsig_key",
-        kind: Kind::Str,
         default_text: "none (unsigned updates)",
         doc: "TSIG key file the updates are signed with, as `tsig-keygen` writes it (hmac-sha256 or hmac-sha512)",
         reload: Reload::Live,
         value_name: "PATH",
         note: "Read when the configuration is (at start and on SIGHUP). Without a key, updates are unsigned: only for a zone that allows them (a Windows DNS zone set to non-secure updates).",
-        set: |c, v| {
-            let s = string(v)?;
-            c.dns.tsig_key = match s.trim() {
-                "" => None,
-                p => Some(crate::dns::TsigKey::load(std::path::Path::new(p))?),
-            };
-            Ok(())
-        },
-        get: |c| {
-            c.dns
-                .tsig_key
+        ..field!(
+            Kind::Str,
+            dns.tsig_key,
+            |v| optional(v, |p| crate::dns::TsigKey::load(std::path::Path::new(p))),
+            |k| k
                 .as_ref()
                 .map_or_else(|| text(""), |k| text(k.path.display()))
-        },
-        ..Key::BASE
+        )
     },
     Key {
         name: "dns_host_name",
-        kind: Kind::Str,
         default_text: "this machine's name",
         doc: "host name the SRV record points clients at",
         reload: Reload::Live,
         value_name: "NAME",
         note: "A name without a dot gets the domain appended.",
-        set: |c, v| {
-            let s = string(v)?;
-            c.dns.host_name = match s.trim() {
-                "" => None,
-                n => Some(
-                    crate::dns::normal_name(n)
-                        .ok_or_else(|| format!("{n:?} is not a host name"))?,
-                ),
-            };
-            Ok(())
-        },
-        get: |c| text(c.dns.host_name.as_deref().unwrap_or("")),
-        ..Key::BASE
+        ..field!(
+            Kind::Str,
+            dns.host_name,
+            |v| optional(v, |n| {
+                crate::dns::normal_name(n).ok_or_else(|| format!("{n:?} is not a host name"))
+            }),
+            |n| text(n.as_deref().unwrap_or(""))
+        )
     },
     Key {
         name: "dns_ttl",
@@ -657,114 +635,6 @@ pub fn restart_needed(old: &ServeConfig, new: &ServeConfig) -> Vec<&'static str>
         .map(|k| k.name)
         .collect()
 }
-/// Edit distance (insertions, deletions, substitutions) between two names.
-pub(crate) fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut diag = row[0];
-        row[0] = i + 1;
-        for (j, cb) in b.iter().enumerate() {
-            let next = (diag + usize::from(ca != *cb))
-                .min(row[j] + 1)
-                .min(row[j + 1] + 1);
-            diag = row[j + 1];
-            row[j + 1] = next;
-        }
-    }
-    row[b.len()]
-}
-
-/// The key closest to `name` if it is within two edits.
-pub fn closest(name: &str) -> Option<&'static Key> {
-    KEYS.iter()
-        .map(|k| (edit_distance(name, k.name), k))
-        .filter(|(d, _)| *d <= 2)
-        .min_by_key(|(d, _)| *d)
-        .map(|(_, k)| k)
-}
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reload_classification_comes_from_the_table() {
-        let old = ServeConfig::default();
-        let mut new = old.clone();
-        new.log_level = "debug".into();
-        assert_eq!(key("log_level").unwrap().reload, Reload::Live);
-        assert!(restart_needed(&old, &new).is_empty(), "log_level is live");
-        new.log_format = crate::config::LogFormat::Json;
-        assert_eq!(restart_needed(&old, &new), ["log_format"]);
-        new.access.deny.push("10.0.0.0/8".parse().unwrap());
-        new.lcid = 1031;
-        assert_eq!(restart_needed(&old, &new), ["lcid", "log_format"]);
-        let changed: Vec<_> = changed(&old, &new).iter().map(|k| k.name).collect();
-        assert_eq!(changed, ["lcid", "deny", "log_level", "log_format"]);
-    }
-
-    #[test]
-    fn a_change_of_each_key_is_seen_as_that_key() {
-        // Each key set to a value other than the default is seen as
-        // changed by its own key, and by no other.
-        for k in KEYS {
-            let mut cfg = ServeConfig::default();
-            let v = match k.kind {
-                Kind::Int => Value::Integer(k.get(&cfg).as_integer().unwrap() + 1),
-                Kind::Bool => Value::Boolean(!k.get(&cfg).as_bool().unwrap()),
-                _ => continue,
-            };
-            k.set(&mut cfg, &v).unwrap();
-            let changed: Vec<_> = changed(&ServeConfig::default(), &cfg)
-                .iter()
-                .map(|k| k.name)
-                .filter(|n| *n == k.name || *n != "ndr64") // host_build implies it
-                .collect();
-            assert_eq!(changed, [k.name]);
-        }
-    }
-
-    #[test]
-    fn documented_literal_defaults_are_the_real_ones() {
-        let cfg = ServeConfig::default();
-        let mut literal = 0;
-        for k in KEYS.iter().filter(|k| k.default_is_literal()) {
-            let doc: toml::Table = format!("x = {}", k.shown_default()).parse().unwrap();
-            assert_eq!(doc["x"], k.get(&cfg), "{}", k.name);
-            literal += 1;
-        }
-        assert!(literal > KEYS.len() / 2);
-    }
-
-    #[test]
-    fn a_default_in_words_is_no_second_home_of_a_value() {
-        // A fixed default lives in ServeConfig::default() alone; words are
-        // for the defaults that are no fixed value.
-        for k in KEYS.iter().filter(|k| !k.default_text.is_empty()) {
-            let as_toml = format!("x = {}", k.default_text).parse::<toml::Table>();
-            assert!(
-                as_toml.is_err(),
-                "{}: write no value in default_text",
-                k.name
-            );
-        }
-    }
-
-    #[test]
-    fn names_and_flags() {
-        assert_eq!(
-            key("max_clock_skew_minutes").unwrap().flag(),
-            "max-clock-skew-minutes"
-        );
-        assert_eq!(key("data_dir").unwrap().env_var(), "KMSD_DATA_DIR");
-        assert_eq!(edit_distance("listn", "listen"), 1);
-        assert_eq!(edit_distance("", "abc"), 3);
-        assert_eq!(closest("lsiten").map(|k| k.name), Some("listen"));
-        assert_eq!(closest("service_host").map(|k| k.name), None);
-        let mut names: Vec<_> = KEYS.iter().map(|k| k.name).collect();
-        names.sort_unstable();
-        names.dedup();
-        assert_eq!(names.len(), KEYS.len(), "a key declared twice");
-    }
-}
+mod tests;

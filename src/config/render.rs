@@ -142,3 +142,34 @@ fn wrap(text: &str, width: usize) -> Vec<String> {
     }
     lines
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn documented_literal_defaults_are_the_real_ones() {
+        let cfg = ServeConfig::default();
+        let mut literal = 0;
+        for k in KEYS.iter().filter(|k| k.default_is_literal()) {
+            let doc: toml::Table = format!("x = {}", k.shown_default()).parse().unwrap();
+            assert_eq!(doc["x"], k.get(&cfg), "{}", k.name);
+            literal += 1;
+        }
+        assert!(literal > KEYS.len() / 2);
+    }
+
+    #[test]
+    fn a_default_in_words_is_no_second_home_of_a_value() {
+        // A fixed default lives in ServeConfig::default() alone; words are
+        // for the defaults that are no fixed value.
+        for k in KEYS.iter().filter(|k| !k.default_text.is_empty()) {
+            let as_toml = format!("x = {}", k.default_text).parse::<toml::Table>();
+            assert!(
+                as_toml.is_err(),
+                "{}: write no value in default_text",
+                k.name
+            );
+        }
+    }
+}

@@ -117,6 +117,17 @@ pub(super) fn strings(v: &Value) -> Result<Vec<&str>, String> {
         .collect()
 }
 
+/// None for an empty string, else what `parse` makes of it, trimmed.
+pub(super) fn optional<T>(
+    v: &Value,
+    parse: impl FnOnce(&str) -> Result<T, String>,
+) -> Result<Option<T>, String> {
+    match string(v)?.trim() {
+        "" => Ok(None),
+        s => parse(s).map(Some),
+    }
+}
+
 /// A list of `T`s; an item that does not parse "is not `what`".
 pub(super) fn parsed<T: std::str::FromStr>(v: &Value, what: &str) -> Result<Vec<T>, String> {
     strings(v)?
