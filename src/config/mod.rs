@@ -140,6 +140,9 @@ impl std::str::FromStr for LogFormat {
     }
 }
 
+/// The one home of every key's default: the README table, the sample file
+/// and `--help` show these values (a key's `default_text` puts in words a
+/// default that is no fixed value, such as the data directory).
 impl Default for ServeConfig {
     fn default() -> Self {
         Self {
@@ -208,6 +211,38 @@ impl ServeConfig {
         if self.listen.is_empty() {
             return Err(bad("listen", "at least one address is needed"));
         }
+        self.check_build()?;
+        if self.durability != crate::store::Durability::Full
+            && matches!(self.store, crate::store::Backend::Postgres(_))
+        {
+            return Err(bad(
+                "durability",
+                "\"os\" applies to the embedded SQLite store; a fleet's commits are as durable as its PostgreSQL makes them (synchronous_commit)",
+            ));
+        }
+        if !(1..=0xFFFF).contains(&self.lcid) {
+            return Err(bad("lcid", "must be 1..=65535"));
+        }
+        for (key, v) in [
+            ("activation_interval", self.activation_interval),
+            ("renewal_interval", self.renewal_interval),
+        ] {
+            if !(15..=43200).contains(&v) {
+                return Err(bad(key, format!("{v} minutes is outside 15..=43200")));
+            }
+        }
+        self.check_groups()?;
+        self.check_limits()?;
+        tracing_subscriber::EnvFilter::try_new(&self.log_level)
+            .map_err(|e| bad("log_level", format!("{:?}: {e}", self.log_level)))?;
+        self.dns
+            .validate()
+            .map_err(|(key, problem)| bad(key, problem))?;
+        Ok(())
+    }
+
+    /// `host_build` is a known build, and `ndr64` what hosts of it did.
+    fn check_build(&self) -> Result<(), ConfigError> {
         let build = products::win_build(self.host_build).ok_or_else(|| {
             bad(
                 "host_build",
@@ -232,27 +267,12 @@ impl ServeConfig {
                 ),
             ));
         }
-        if self.durability != crate::store::Durability::Full
-            && matches!(self.store, crate::store::Backend::Postgres(_))
-        {
-            return Err(bad(
-                "durability",
-                "\"os\" applies to the embedded SQLite store; a fleet's commits are as durable as its PostgreSQL makes them (synchronous_commit)",
-            ));
-        }
-        if !(1..=0xFFFF).contains(&self.lcid) {
-            return Err(bad("lcid", "must be 1..=65535"));
-        }
-        for (key, v) in [
-            ("activation_interval", self.activation_interval),
-            ("renewal_interval", self.renewal_interval),
-        ] {
-            if !(15..=43200).contains(&v) {
-                return Err(bad(key, format!("{v} minutes is outside 15..=43200")));
-            }
-        }
-        // The one check of ePID group names (the layers keep unknown names
-        // as written, for this to name them).
+        Ok(())
+    }
+
+    /// The one check of ePID group names (the layers keep unknown names as
+    /// written, for this to name them), and of the fixed ePIDs.
+    fn check_groups(&self) -> Result<(), ConfigError> {
         let unknown = |g: &&String| products::epid_group(g).is_none();
         let unknown_group = (self
             .served_groups
@@ -270,6 +290,11 @@ impl ServeConfig {
             crate::protocol::kms::Epid::new(e)
                 .map_err(|err| bad("epids", format!("{g}: {err}")))?;
         }
+        Ok(())
+    }
+
+    /// The PDU bound, the connection limits and the timeouts.
+    fn check_limits(&self) -> Result<(), ConfigError> {
         if !(HEADER_LEN + 284..=MAX_PDU_LEN).contains(&self.max_pdu_len) {
             return Err(bad(
                 "max_pdu_len",
@@ -301,11 +326,6 @@ impl ServeConfig {
                 return Err(bad(key, "must be between 1 ms and 1 hour"));
             }
         }
-        tracing_subscriber::EnvFilter::try_new(&self.log_level)
-            .map_err(|e| bad("log_level", format!("{:?}: {e}", self.log_level)))?;
-        self.dns
-            .validate()
-            .map_err(|(key, problem)| bad(key, problem))?;
         Ok(())
     }
 }
