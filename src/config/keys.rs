@@ -1,8 +1,8 @@
 //! The one table of configuration keys. Every layer (TOML file, `KMSD_*`
 //! environment, `kmsd serve` flags), the documentation (`kmsd config keys`,
-//! `kmsd config sample`, the README: see [`render`](super::render)) and the
-//! SIGHUP reload classification come from [`KEYS`]: a key is declared here
-//! once, with how it is read into a [`ServeConfig`] and read back out.
+//! `kmsd config sample`, the README: see `config::render`) and the SIGHUP
+//! reload classification come from [`KEYS`]: a key is declared here once,
+//! with how it is read into a [`ServeConfig`] and read back out.
 //!
 //! Adding a key: a field of [`ServeConfig`] with its default in
 //! `ServeConfig::default()` (the one home of a default: the documentation
@@ -20,9 +20,10 @@
 //! ```
 
 use super::value::{Kind, cidrs, codec, int, list, num, optional, parsed, string, strings, text};
-use super::{ServeConfig, parse_hwid};
+use super::{ServeConfig, format_hwid, parse_hwid};
 use crate::protocol::kms::products;
 use crate::server::access::AccessList;
+use crate::store::postgres::url::redact_backend;
 use std::borrow::Cow;
 use std::path::PathBuf;
 use std::sync::OnceLock;
@@ -39,7 +40,7 @@ pub enum Reload {
 }
 
 /// One configuration key. An entry gives what differs from [`Key::BASE`]
-/// (or from what [`field!`] makes of a plain field).
+/// (or from what `field!` makes of a plain field).
 #[derive(Clone, Copy)]
 pub struct Key {
     /// The TOML key; the flag is `--` plus the name with `-` for `_`, the
@@ -159,9 +160,9 @@ fn group_name(g: &str) -> String {
 
 /// The rest of the entry of a key that is one field of [`ServeConfig`]:
 /// * `..field!(int, lcid)`, `..field!(secs, dns.refresh)`: a plain field,
-///   read and written by a codec of [`codec`](super::value::codec) (`int`,
-///   `secs`, `millis`, `flag`, `string`, `parsed`), which also gives the
-///   kind and the flag's value name (the entry may give its own);
+///   read and written by a codec of `value::codec` (`int`, `secs`,
+///   `millis`, `flag`, `string`, `parsed`), which also gives the kind and
+///   the flag's value name (the entry may give its own);
 /// * `..field!(Kind::Str, data_dir, READ, WRITE)`: a field of the given kind
 ///   that the closure `READ` (`|value| -> Result<_, String>`) reads from
 ///   the value and `WRITE` (`|field| -> Value`) writes back.
@@ -185,7 +186,7 @@ macro_rules! field {
     };
 }
 
-/// `*slot = read(v)?` (for [`field!`]: a closure's types come from the
+/// `*slot = read(v)?` (for `field!`: a closure's types come from the
 /// slot).
 fn put<T>(
     slot: &mut T,
@@ -196,7 +197,7 @@ fn put<T>(
     Ok(())
 }
 
-/// `write(field)` (for [`field!`]: the closure's types come from the field).
+/// `write(field)` (for `field!`: the closure's types come from the field).
 fn show<T>(field: &T, write: impl FnOnce(&T) -> Value) -> Value {
     write(field)
 }
@@ -301,7 +302,7 @@ pub static KEYS: &[Key] = &[
         value_name: "16HEX",
         note: "16 hex digits.",
         ..field!(Kind::Str, hwid, |v| parse_hwid(string(v)?), |h| text(
-            h.iter().map(|b| format!("{b:02X}")).collect::<String>()
+            format_hwid(h)
         ))
     },
     Key {
@@ -418,11 +419,7 @@ pub static KEYS: &[Key] = &[
         ..field!(
             Kind::List,
             access.allow,
-            |v| Ok(AccessList::default()
-                .allow
-                .into_iter()
-                .chain(cidrs(v)?)
-                .collect()),
+            |v| Ok([AccessList::default().allow, cidrs(v)?].concat()),
             |a| {
                 let defaults = AccessList::default().allow;
                 list(a.iter().filter(|a| !defaults.contains(a)))
@@ -443,7 +440,7 @@ pub static KEYS: &[Key] = &[
         note: "A fleet: every host with the same URL shares one count, one inventory, one set of ePIDs and one activation log. TLS: add ?sslmode=verify-full&sslrootcert=/path/ca.pem.",
         sample: r#""postgres://kmsd@db.example:5432/kmsd""#,
         ..field!(Kind::Str, store, |v| string(v)?.parse(), |b| text(
-            crate::store::postgres::url::redact_backend(b)
+            redact_backend(b)
         ))
     },
     Key {

@@ -372,6 +372,11 @@ pub fn parse_hwid(s: &str) -> Result<[u8; 8], String> {
     Ok(out)
 }
 
+/// A HwId as 16 hex digits (what [`parse_hwid`] reads).
+pub fn format_hwid(h: &[u8; 8]) -> String {
+    h.iter().map(|b| format!("{b:02X}")).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -410,6 +415,7 @@ mod tests {
     #[test]
     fn hwid_parses_sixteen_hex_digits() {
         assert_eq!(parse_hwid("3A1C049600B60076"), Ok(DEFAULT_HWID));
+        assert_eq!(format_hwid(&DEFAULT_HWID), "3A1C049600B60076");
         assert!(parse_hwid("3A1C049600B6007").is_err());
         assert!(parse_hwid("3A1C049600B6007G").is_err());
     }

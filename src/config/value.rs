@@ -1,7 +1,7 @@
 //! How a key's value is written: its [`Kind`] (checked in every layer,
 //! parsed from the environment and flags), the readers and writers the key
 //! table's setters and getters are made of, and the codecs of the plain
-//! fields that [`field!`](super::keys) declares in one line.
+//! fields that `keys::field!` declares in one line.
 
 use crate::server::access::Cidr;
 use toml::Value;
