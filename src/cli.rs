@@ -312,8 +312,8 @@ impl clap::Args for KeyFlags {
         for k in flag_keys() {
             let help = format!(
                 "{} [default: {}; {}{}]",
-                crate::config::keys::capitalized(k.doc),
-                k.default,
+                crate::config::capitalized(k.doc),
+                k.shown_default(),
                 k.env_var(),
                 if k.reload == Reload::Live {
                     "; SIGHUP applies it"

@@ -4,8 +4,8 @@
 //! the defaults of [`ServeConfig`] and validated.
 
 #[cfg(doc)]
-use super::keys::Kind;
-use super::keys::{KEYS, closest, key};
+use super::Kind;
+use super::keys::{KEYS, Key, key};
 use super::{ConfigError, ServeConfig};
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -201,6 +201,33 @@ impl Settings {
     }
 }
 
+/// Edit distance (insertions, deletions, substitutions) between two names.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diag = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let next = (diag + usize::from(ca != *cb))
+                .min(row[j] + 1)
+                .min(row[j + 1] + 1);
+            diag = row[j + 1];
+            row[j + 1] = next;
+        }
+    }
+    row[b.len()]
+}
+
+/// The key closest to `name` if it is within two edits.
+fn closest(name: &str) -> Option<&'static Key> {
+    KEYS.iter()
+        .map(|k| (edit_distance(name, k.name), k))
+        .filter(|(d, _)| *d <= 2)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| k)
+}
+
 /// The configuration of `kmsd serve`: the file (if any) < the `KMSD_*`
 /// environment < the flags, over the defaults.
 #[derive(Debug, Clone)]
@@ -307,6 +334,14 @@ mod tests {
             s.set_str(k, &[v], "test").unwrap();
             assert_eq!(Settings::resolve(&[&s]).unwrap_err().key, k);
         }
+    }
+
+    #[test]
+    fn did_you_mean_is_the_key_within_two_edits() {
+        assert_eq!(edit_distance("listn", "listen"), 1);
+        assert_eq!(edit_distance("", "abc"), 3);
+        assert_eq!(closest("lsiten").map(|k| k.name), Some("listen"));
+        assert_eq!(closest("service_host").map(|k| k.name), None);
     }
 
     #[test]

@@ -3,17 +3,22 @@
 //! ([`keys::KEYS`]) every layer, flag and document comes from; and the
 //! layers themselves ([`Layers`]: file < `KMSD_*` environment < flags).
 //!
-//! * [`keys`]: the key table, the reload classification
-//!   ([`restart_needed`]), the effective TOML and the Markdown reference.
+//! * [`keys`]: the key table and the reload classification
+//!   ([`restart_needed`]).
+//! * `value`: how a key's value is written ([`Kind`]) and read into a field.
+//! * `render`: the effective TOML, the Markdown reference, the sample file.
 //! * [`layer`]: [`Settings`] (one layer) and [`Layers`] (all of `serve`'s).
 
 pub mod keys;
 pub mod layer;
+mod render;
+mod value;
 
-pub use keys::{
-    KEYS, Key, Kind, Reload, changed, effective_toml, markdown_table, restart_needed, sample_toml,
-};
+pub use keys::{KEYS, Key, Reload, changed, restart_needed};
 pub use layer::{CONFIG_ENV, Layers, Resolved, Settings};
+pub(crate) use render::capitalized;
+pub use render::{effective_toml, markdown_table, sample_toml};
+pub use value::Kind;
 
 use crate::protocol::kms::{INTERVAL_RANGE, products};
 use crate::protocol::rpc::pdu::{DEFAULT_MAX_PDU_LEN, HEADER_LEN, MAX_PDU_LEN};
@@ -135,6 +140,9 @@ impl std::str::FromStr for LogFormat {
     }
 }
 
+/// The one home of every key's default: the README table, the sample file
+/// and `--help` show these values (a key's `default_text` puts in words a
+/// default that is no fixed value, such as the data directory).
 impl Default for ServeConfig {
     fn default() -> Self {
         Self {
@@ -203,7 +211,7 @@ impl ServeConfig {
         if self.listen.is_empty() {
             return Err(bad("listen", "at least one address is needed"));
         }
-        self.validate_host_build()?;
+        self.check_build()?;
         if self.durability != crate::store::Durability::Full
             && self.store != crate::store::Backend::Sqlite
         {
@@ -224,8 +232,48 @@ impl ServeConfig {
                 return Err(bad(key, format!("{v} minutes is outside {lo}..={hi}")));
             }
         }
-        // The one check of ePID group names (the layers keep unknown names
-        // as written, for this to name them).
+        self.check_groups()?;
+        self.check_limits()?;
+        tracing_subscriber::EnvFilter::try_new(&self.log_level)
+            .map_err(|e| bad("log_level", format!("{:?}: {e}", self.log_level)))?;
+        self.dns
+            .validate()
+            .map_err(|(key, problem)| bad(key, problem))?;
+        Ok(())
+    }
+
+    /// `host_build` is a known build, and `ndr64` what hosts of it did.
+    fn check_build(&self) -> Result<(), ConfigError> {
+        let build = products::win_build(self.host_build).ok_or_else(|| {
+            bad(
+                "host_build",
+                format!(
+                    "{} is not a known Windows build (known: {})",
+                    self.host_build,
+                    products::win_builds()
+                        .iter()
+                        .filter(|b| b.use_for_epid)
+                        .map(|b| b.build.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            )
+        })?;
+        if self.ndr64 && !build.uses_ndr64 {
+            return Err(bad(
+                "ndr64",
+                format!(
+                    "build {} hosts do not negotiate NDR64; turn ndr64 off or pick a newer host_build",
+                    self.host_build
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The one check of ePID group names (the layers keep unknown names as
+    /// written, for this to name them), and of the fixed ePIDs.
+    fn check_groups(&self) -> Result<(), ConfigError> {
         let unknown = |g: &&String| products::epid_group(g).is_none();
         let unknown_group = (self
             .served_groups
@@ -243,6 +291,11 @@ impl ServeConfig {
             crate::protocol::kms::Epid::new(e)
                 .map_err(|err| bad("epids", format!("{g}: {err}")))?;
         }
+        Ok(())
+    }
+
+    /// The PDU bound, the connection limits and the timeouts.
+    fn check_limits(&self) -> Result<(), ConfigError> {
         if !(HEADER_LEN + 284..=MAX_PDU_LEN).contains(&self.max_pdu_len) {
             return Err(bad(
                 "max_pdu_len",
@@ -273,43 +326,6 @@ impl ServeConfig {
             if d.is_zero() || d > Duration::from_secs(3600) {
                 return Err(bad(key, "must be between 1 ms and 1 hour"));
             }
-        }
-        tracing_subscriber::EnvFilter::try_new(&self.log_level)
-            .map_err(|e| bad("log_level", format!("{:?}: {e}", self.log_level)))?;
-        self.dns
-            .validate()
-            .map_err(|(key, problem)| bad(key, problem))?;
-        Ok(())
-    }
-}
-
-impl ServeConfig {
-    /// The host build is a known one, and NDR64 is off on builds that did
-    /// not offer it.
-    fn validate_host_build(&self) -> Result<(), ConfigError> {
-        let build = products::win_build(self.host_build).ok_or_else(|| {
-            bad(
-                "host_build",
-                format!(
-                    "{} is not a known Windows build (known: {})",
-                    self.host_build,
-                    products::win_builds()
-                        .iter()
-                        .filter(|b| b.use_for_epid)
-                        .map(|b| b.build.to_string())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            )
-        })?;
-        if self.ndr64 && !build.uses_ndr64 {
-            return Err(bad(
-                "ndr64",
-                format!(
-                    "build {} hosts do not negotiate NDR64; turn ndr64 off or pick a newer host_build",
-                    self.host_build
-                ),
-            ));
         }
         Ok(())
     }
@@ -357,6 +373,11 @@ pub fn parse_hwid(s: &str) -> Result<[u8; 8], String> {
     Ok(out)
 }
 
+/// A HwId as 16 hex digits (what [`parse_hwid`] reads).
+pub fn format_hwid(h: &[u8; 8]) -> String {
+    h.iter().map(|b| format!("{b:02X}")).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -397,6 +418,7 @@ mod tests {
     #[test]
     fn hwid_parses_sixteen_hex_digits() {
         assert_eq!(parse_hwid("3A1C049600B60076"), Ok(DEFAULT_HWID));
+        assert_eq!(format_hwid(&DEFAULT_HWID), "3A1C049600B60076");
         assert!(parse_hwid("3A1C049600B6007").is_err());
         assert!(parse_hwid("3A1C049600B6007G").is_err());
     }
