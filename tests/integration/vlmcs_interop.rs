@@ -106,27 +106,13 @@ async fn vlmcs_ndr64_and_a_host_without_ndr64() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vlmcs_sees_office_and_server_products_with_their_own_epids() {
     let Some(bin) = binary_or_skip() else { return };
-    use kmsd::protocol::kms::products;
     let srv = start_server(|_| {}).await;
     for (product, group) in [
         ("Office LTSC Professional Plus 2021", "Office2021"),
         ("Office Professional Plus 2010", "Office2010"),
         ("Windows Server 2025 Standard", "Windows"),
     ] {
-        let sku = products::find_sku(product).unwrap();
-        let g = products::kms_group(&sku.kms_id).unwrap();
-        let args = vec![
-            format!("-{}", g.protocol_major),
-            "--application-id".into(),
-            sku.app_id.to_string(),
-            "--activation-id".into(),
-            sku.id.to_string(),
-            "--kms-id".into(),
-            sku.kms_id.to_string(),
-            "--required-count".into(),
-            g.n_policy.to_string(),
-            srv.addr.to_string(),
-        ];
+        let args = product_args(product, srv.addr);
         let b = bin.clone();
         let stdout = tokio::task::spawn_blocking(move || {
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -144,12 +130,14 @@ async fn vlmcs_sees_office_and_server_products_with_their_own_epids() {
     srv.stop().await;
 }
 
-/// Asks `addr` once as a new Windows Server machine; the count vlmcs shows.
-fn vlmcs_server_count(bin: &PathBuf, addr: std::net::SocketAddr) -> u32 {
+/// vlmcs's arguments to ask `addr` as a new machine of `product` (its
+/// catalog protocol, IDs and threshold).
+fn product_args(product: &str, addr: std::net::SocketAddr) -> Vec<String> {
     use kmsd::protocol::kms::products;
-    let sku = products::find_sku("Windows Server 2022 Standard").unwrap();
-    let args = [
-        "-6".to_owned(),
+    let sku = products::find_sku(product).unwrap();
+    let g = products::kms_group(&sku.kms_id).unwrap();
+    vec![
+        format!("-{}", g.protocol_major),
         "--application-id".into(),
         sku.app_id.to_string(),
         "--activation-id".into(),
@@ -157,9 +145,14 @@ fn vlmcs_server_count(bin: &PathBuf, addr: std::net::SocketAddr) -> u32 {
         "--kms-id".into(),
         sku.kms_id.to_string(),
         "--required-count".into(),
-        "5".into(),
+        g.n_policy.to_string(),
         addr.to_string(),
-    ];
+    ]
+}
+
+/// Asks `addr` once as a new Windows Server machine; the count vlmcs shows.
+fn vlmcs_server_count(bin: &PathBuf, addr: std::net::SocketAddr) -> u32 {
+    let args = product_args("Windows Server 2022 Standard", addr);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let out = run(bin, &args);
     out.lines()
