@@ -62,6 +62,7 @@ fn group_commit(c: &mut Criterion) {
                 durability,
                 prune_every: std::time::Duration::from_secs(3600),
                 clock: kmsd::clock::system_clock(),
+                host: "bench".to_owned(),
             },
             metrics,
         )

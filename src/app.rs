@@ -107,6 +107,12 @@ impl App {
             None => None,
         };
         tasks.spawn(server.run(shutdown.clone()));
+        crate::licenses::watch::spawn(
+            host.licenses().clone(),
+            opts.store_schedule,
+            shutdown.clone(),
+            &tasks,
+        );
         // Published once the listeners are bound, with the port they got;
         // withdrawn when `shutdown` is cancelled.
         let dns = crate::dns::publisher::spawn(

@@ -39,6 +39,9 @@ pub enum Command {
     Status(StatusArgs),
     /// List the client inventory (every machine that asked), newest first.
     Clients(ClientsArgs),
+    /// License packs and seats: what the operator owns, which machine holds
+    /// which seat; without a subcommand, each pack's usage.
+    Licenses(crate::licenses::commands::LicensesArgs),
     /// Load generator: many Windows-like clients against a host (loopback
     /// unless --allow-remote), every response verified; reports activations/s,
     /// errors by kind and latency percentiles. Stops by itself.

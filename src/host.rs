@@ -12,6 +12,8 @@
 
 use crate::codec::Pdu;
 use crate::config::ServeConfig;
+use crate::licenses::Seat;
+use crate::licenses::watch::Watch;
 use crate::metrics::{Metrics, RequestResult};
 use crate::protocol::kms::epid::EpidParts;
 use crate::protocol::kms::products::{self, Date, Pool};
@@ -20,7 +22,7 @@ use crate::protocol::policy::{self, Decision, ProductPolicy};
 use crate::protocol::rpc::pdu::PduError;
 use crate::protocol::rpc::session::Session;
 use crate::protocol::server::{self, Decoded, Outcome, Pending};
-use crate::store::{CountMode, CountRequest, Note, PoolStatus, Record, Store, StoreError};
+use crate::store::{CountMode, CountRequest, Counted, Note, PoolStatus, Record, Store, StoreError};
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, RwLock};
@@ -76,6 +78,15 @@ pub struct Host {
     /// The one set of counters: `/metrics`, the status page and the
     /// tiles all read it ([`Host::metrics`]).
     metrics: Arc<Metrics>,
+    /// The license packs as last read ([`Host::licenses`]).
+    licenses: Arc<Watch>,
+}
+
+/// What one PDU came to: the outcome, and the seat of a counted request.
+#[derive(Debug)]
+pub struct Handled {
+    pub outcome: Outcome,
+    pub seat: Seat,
 }
 
 impl Host {
@@ -127,6 +138,15 @@ impl Host {
             }
             epids.insert(g.name, epid);
         }
+        let licenses = Arc::new(Watch::new(
+            store.ledger_at(),
+            clock.clone(),
+            cfg.renewal_interval,
+            cfg.license_reclaim_days,
+        ));
+        if let Err(e) = licenses.refresh(true).await {
+            tracing::warn!(error = %e, "cannot read the license packs; no seat is bound until they can be read");
+        }
         let host = Self {
             clock,
             epids,
@@ -134,6 +154,7 @@ impl Host {
             hwid: cfg.hwid,
             store,
             metrics,
+            licenses,
         };
         host.store
             .note(vec![
@@ -159,6 +180,11 @@ impl Host {
 
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// The license packs and seats as last read.
+    pub fn licenses(&self) -> &Arc<Watch> {
+        &self.licenses
     }
 
     /// The host's counters and histograms (requests by result, connection
@@ -237,15 +263,19 @@ impl Host {
         peer: IpAddr,
         rng: &mut impl rand::CryptoRng,
         out: &mut Vec<u8>,
-    ) -> Result<Outcome, PduError> {
+    ) -> Result<Handled, PduError> {
         let started = Instant::now();
         let p = match server::decode_parsed(session, pdu.header(), pdu, out)? {
             Decoded::Done(outcome) => {
                 self.count_other(&outcome, started.elapsed());
-                return Ok(outcome);
+                return Ok(Handled {
+                    outcome,
+                    seat: Seat::None,
+                });
             }
             Decoded::Request(p) => p,
         };
+        let mut seat = Seat::None;
         let now = self.now_ms();
         let policy = self.policy();
         let decision = policy::decide(&policy.product, &p.request.base, now);
@@ -274,9 +304,23 @@ impl Host {
                     let act = CountRequest {
                         pool: c.pool,
                         record: record(&p.request, peer, now, 0),
+                        seat: self.licenses.covers(&p.request.base.sku_id),
                     };
                     match self.store.count(act).await {
+                        Ok(Counted {
+                            seat: Seat::Refused(pack),
+                            ..
+                        }) => {
+                            seat = Seat::Refused(pack);
+                            // Recorded by the store, which took the count back.
+                            (
+                                server::refuse(&p, hresult::KMS_ID_MISMATCH, "no free seat", out),
+                                RequestResult::NoSeat,
+                                Some(c.pool),
+                            )
+                        }
                         Ok(counted) => {
+                            seat = counted.seat;
                             let answer = Answer {
                                 epid,
                                 hwid: self.hwid,
@@ -305,7 +349,7 @@ impl Host {
         };
         self.metrics
             .request(version, result, pool, started.elapsed());
-        Ok(outcome)
+        Ok(Handled { outcome, seat })
     }
 
     /// Refuses `p`: records the refusal, then writes the error stub.

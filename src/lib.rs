@@ -23,6 +23,7 @@ pub mod dns;
 pub mod docs;
 pub mod host;
 pub mod http;
+pub mod licenses;
 pub mod logging;
 pub mod metrics;
 pub mod probe;

@@ -77,6 +77,7 @@ fn main() -> Result<()> {
                 Command::Products(args) => commands::products(args),
                 Command::Status(args) => rt()?.block_on(commands::status(args)),
                 Command::Clients(args) => rt()?.block_on(commands::clients(args)),
+                Command::Licenses(args) => rt()?.block_on(kmsd::licenses::commands::run(args)),
                 Command::Store(StoreCommand::Copy(args)) => {
                     rt()?.block_on(commands::store_copy(args))
                 }

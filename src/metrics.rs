@@ -14,15 +14,18 @@ pub enum RequestResult {
     Invalid,
     Fault,
     StoreError,
+    /// Refused: a hard-enforced license pack had no free seat.
+    NoSeat,
 }
 
 impl RequestResult {
-    const ALL: [Self; 5] = [
+    const ALL: [Self; 6] = [
         Self::Answered,
         Self::Refused,
         Self::Invalid,
         Self::Fault,
         Self::StoreError,
+        Self::NoSeat,
     ];
     fn label(self) -> &'static str {
         match self {
@@ -31,6 +34,7 @@ impl RequestResult {
             Self::Invalid => "invalid",
             Self::Fault => "rpc_fault",
             Self::StoreError => "store_error",
+            Self::NoSeat => "no_seat",
         }
     }
 }

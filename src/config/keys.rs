@@ -403,6 +403,12 @@ pub static KEYS: &[Key] = &[
         ..field!(int, keep_records)
     },
     Key {
+        name: "license_reclaim_days",
+        doc: "days a license seat is kept without an answered request (1..=180)",
+        value_name: "DAYS",
+        ..field!(int, license_reclaim_days)
+    },
+    Key {
         name: "shutdown_grace_secs",
         doc: "seconds in-flight exchanges get on shutdown",
         reload: Reload::Live,

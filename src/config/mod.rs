@@ -84,6 +84,8 @@ pub struct ServeConfig {
     pub max_pdu_len: usize,
     /// Activation records kept (oldest pruned).
     pub keep_records: u64,
+    /// Days a license seat is kept without an answered request.
+    pub license_reclaim_days: u32,
     /// Time allowed for in-flight exchanges on shutdown.
     pub shutdown_grace: Duration,
     /// Who may connect (deny wins; default: loopback and private networks).
@@ -174,6 +176,7 @@ impl Default for ServeConfig {
             idle_timeout: Duration::from_secs(30),
             max_pdu_len: DEFAULT_MAX_PDU_LEN,
             keep_records: 1_000_000,
+            license_reclaim_days: crate::licenses::DEFAULT_RECLAIM_DAYS,
             shutdown_grace: Duration::from_secs(10),
             access: AccessList::default(),
             store: crate::store::Backend::Sqlite,
@@ -231,6 +234,16 @@ impl ServeConfig {
                 let (lo, hi) = (INTERVAL_RANGE.start(), INTERVAL_RANGE.end());
                 return Err(bad(key, format!("{v} minutes is outside {lo}..={hi}")));
             }
+        }
+        if !(1..=crate::licenses::DEFAULT_RECLAIM_DAYS).contains(&self.license_reclaim_days) {
+            return Err(bad(
+                "license_reclaim_days",
+                format!(
+                    "{} is outside 1..={} (a client's activation lasts 180 days)",
+                    self.license_reclaim_days,
+                    crate::licenses::DEFAULT_RECLAIM_DAYS
+                ),
+            ));
         }
         self.check_groups()?;
         self.check_limits()?;

@@ -85,6 +85,8 @@ pub fn router_with_shutdown(state: AdminState, shutdown: CancellationToken) -> R
         .route("/api/status", get(api_status))
         .route("/api/clients", get(api_clients))
         .route("/api/activations", get(api_activations))
+        .route("/api/licenses", get(api_licenses))
+        .route("/api/seats", get(api_seats))
         .fallback(|| async { text(StatusCode::NOT_FOUND, "not found\n".into()) })
         .with_state(shared)
 }
@@ -131,7 +133,8 @@ async fn metrics(State(s): S) -> Response {
         .into_iter()
         .map(|p| (p.pool, p.count, p.capacity))
         .collect();
-    let body = host.metrics().render(&pools);
+    let mut body = host.metrics().render(&pools);
+    crate::licenses::view::render_metrics(&mut body, &host.licenses().snapshot().report.packs);
     (
         [
             (header::CONTENT_TYPE, "text/plain; version=0.0.4"),
@@ -215,6 +218,31 @@ async fn api_clients(State(s): S, Query(p): Query<ClientsQuery>) -> Result<Respo
         .await
         .map_err(ApiError::internal)?;
     Ok(json(&rows))
+}
+
+/// The packs with their usage, read now (not the last refresh).
+async fn api_licenses(State(s): S) -> Result<Response, ApiError> {
+    let report = crate::licenses::commands::read_report(s.st.host.licenses(), s.st.host.now_ms())
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(json(&crate::licenses::view::LicensesView::from(&report)))
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct SeatsQuery {
+    pack: Option<i64>,
+    stale: Option<String>,
+}
+
+/// The seats, read now (`?pack=ID`, `?stale=1`).
+async fn api_seats(State(s): S, Query(q): Query<SeatsQuery>) -> Result<Response, ApiError> {
+    let w = s.st.host.licenses();
+    let now = s.st.host.now_ms();
+    let stale = matches!(q.stale.as_deref(), Some("1" | "true" | "yes"));
+    let seats = crate::licenses::commands::read_seats(w, now, q.pack, stale)
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(json(&seats))
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -4,6 +4,7 @@
 
 use crate::codec::{CodecError, RpcPduCodec};
 use crate::host::Host;
+use crate::licenses::Seat;
 use crate::metrics::ConnEvent;
 use crate::protocol::kms::products;
 use crate::protocol::rpc::bind::BindPolicy;
@@ -108,11 +109,11 @@ pub async fn serve(
             Ok(Some(Ok(pdu))) => pdu,
         };
         out.clear();
-        let outcome = match host
+        let (outcome, seat) = match host
             .handle(&mut session, &pdu, peer.ip(), &mut rng, &mut out)
             .await
         {
-            Ok(o) => o,
+            Ok(h) => (h.outcome, h.seat),
             Err(e) => {
                 host.metrics().conn_event(ConnEvent::ClosedMalformed);
                 warn!(%peer, error = %e, "malformed PDU; closing connection");
@@ -122,7 +123,7 @@ pub async fn serve(
         // The answer leaves before its log line is formatted: the line is
         // not on the client's critical path.
         let sent = out.is_empty() || framed.get_mut().write_all(&out).await.is_ok();
-        log_outcome(&outcome, peer);
+        log_outcome(&outcome, seat, peer);
         if !sent {
             break;
         }
@@ -201,7 +202,7 @@ async fn next_pdu(
     }
 }
 
-fn log_outcome(o: &Outcome, peer: SocketAddr) {
+fn log_outcome(o: &Outcome, seat: Seat, peer: SocketAddr) {
     match o {
         Outcome::Negotiated { alter, accepted } => {
             debug!(alter, accepted, "presentation contexts negotiated");
@@ -224,6 +225,7 @@ fn log_outcome(o: &Outcome, peer: SocketAddr) {
                 protocol = %b.version,
                 count,
                 activated = *count >= b.n_policy,
+                seat = %SeatLog(seat),
                 result = "0x00000000",
                 "activation answered"
             );
@@ -247,6 +249,7 @@ fn log_outcome(o: &Outcome, peer: SocketAddr) {
                 protocol = %b.version,
                 result = format_args!("{hresult:#010X}"),
                 reason = why,
+                seat = %SeatLog(seat),
                 "activation refused"
             );
         }
@@ -268,6 +271,21 @@ fn log_outcome(o: &Outcome, peer: SocketAddr) {
         }
         Outcome::BadStub { error, call_id } => {
             warn!(%peer, call_id, error = %error, "bad stub data; RPC fault sent");
+        }
+    }
+}
+
+/// A seat as the activation log line names it.
+struct SeatLog(Seat);
+
+impl std::fmt::Display for SeatLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Seat::None => f.write_str("none"),
+            Seat::Renewed(p) => write!(f, "pack {p} (renewed)"),
+            Seat::Taken(p) => write!(f, "pack {p} (taken)"),
+            Seat::Over(p) => write!(f, "pack {p} (OVER its quantity)"),
+            Seat::Refused(p) => write!(f, "pack {p} has no free seat"),
         }
     }
 }

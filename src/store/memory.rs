@@ -91,7 +91,10 @@ impl MemoryStore {
 
     /// Counts `act` (inline: nothing to wait for).
     pub fn count(&self, act: CountRequest) -> Counted {
-        let CountRequest { pool, mut record } = act;
+        // A memory store keeps no packs: nothing asks it for a seat.
+        let CountRequest {
+            pool, mut record, ..
+        } = act;
         let t = self
             .shared
             .pools
@@ -103,6 +106,7 @@ impl MemoryStore {
         Counted {
             count: t.count,
             capacity: t.capacity,
+            ..Counted::default()
         }
     }
 

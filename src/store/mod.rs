@@ -19,6 +19,7 @@
 //! backend said so; the backend's own error is their source.
 
 pub mod error;
+pub mod ledger;
 pub mod location;
 pub mod memory;
 mod pools;
@@ -129,7 +130,7 @@ impl Store {
             Self::Sqlite(s) => s.count(act).await,
             // Nothing to wait for: counted inline on the caller's thread.
             Self::Memory(m) => Ok(m.count(act)),
-            Self::Postgres(p) => p.count(act.pool, act.record).await,
+            Self::Postgres(p) => p.count(act.pool, act.record, act.seat).await,
         }
     }
 
@@ -166,6 +167,15 @@ impl Store {
                 Ok(())
             }
             Self::Postgres(p) => p.note(notes).await,
+        }
+    }
+
+    /// Where the license ledger is (None: a memory store keeps no packs).
+    pub fn ledger_at(&self) -> Option<ledger::LedgerAt> {
+        match self {
+            Self::Sqlite(s) => Some(ledger::LedgerAt::Sqlite(s.path().to_owned())),
+            Self::Memory(_) => None,
+            Self::Postgres(p) => Some(ledger::LedgerAt::Postgres(p.url().to_owned())),
         }
     }
 

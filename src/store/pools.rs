@@ -43,7 +43,7 @@ impl CountMode {
             Self::Real => None,
             Self::Fixed(n) => Some(Counted {
                 count: n,
-                capacity: 0,
+                ..Counted::default()
             }),
         }
     }

@@ -2,6 +2,7 @@
 //! back: the activation record, the request to count, its count, and the
 //! record as the log keeps it.
 
+use crate::licenses::Seat;
 use crate::protocol::guid::Guid;
 use crate::protocol::kms::Hresult;
 use crate::protocol::kms::products::Pool;
@@ -37,6 +38,10 @@ pub struct Record {
 pub struct CountRequest {
     pub pool: Pool,
     pub record: Record,
+    /// A license pack covers the record's product: bind the machine a seat
+    /// when the answer activates it (see [`crate::licenses`]). False costs
+    /// nothing.
+    pub seat: bool,
 }
 
 /// What counting one request gave, once its record is durable.
@@ -46,6 +51,9 @@ pub struct Counted {
     pub count: u32,
     /// The pool's capacity after this request (0 when nothing is counted).
     pub capacity: u32,
+    /// The machine's seat; [`Seat::Refused`]: nothing was counted and the
+    /// refusal is recorded.
+    pub seat: Seat,
 }
 
 /// One activation record as stored.

@@ -16,6 +16,13 @@ pub struct Schedule {
     /// PostgreSQL: this host's heartbeat and its copy of the pool figures
     /// (for metrics and the status page).
     pub heartbeat: Duration,
+    /// License packs: re-reading them (the coverage the hot path asks, the
+    /// usage `/metrics` shows), so a `kmsd licenses` change takes effect
+    /// within this.
+    pub licenses: Duration,
+    /// License seats: reclaiming those nobody renewed, moving those of
+    /// expired packs, keeping the day's peak.
+    pub reclaim: Duration,
 }
 
 impl Default for Schedule {
@@ -24,6 +31,8 @@ impl Default for Schedule {
             prune: Duration::from_secs(3600),
             retention: Duration::from_secs(60),
             heartbeat: Duration::from_secs(10),
+            licenses: Duration::from_secs(2),
+            reclaim: Duration::from_secs(3600),
         }
     }
 }

@@ -23,6 +23,8 @@ fn every(d: Duration) -> Schedule {
         prune: d,
         retention: d,
         heartbeat: d,
+        licenses: d,
+        reclaim: d,
     }
 }
 

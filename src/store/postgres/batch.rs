@@ -18,8 +18,10 @@
 //! retried by the caller; the replay works on copies of the cached pools,
 //! so a failed attempt leaves nothing behind.
 
-use super::pool_rows;
+use super::{ledger, pool_rows};
+use crate::licenses::{Book, Day, Seat, SeatRow};
 use crate::protocol::guid::Guid;
+use crate::protocol::kms::hresult;
 use crate::protocol::kms::products::Pool;
 use crate::store::window::{PoolDelta, Window};
 use crate::store::{CountMode, Counted, Record};
@@ -38,6 +40,8 @@ pub struct Cached {
 pub struct Item {
     pub pool: Option<Pool>,
     pub record: Record,
+    /// Asks for a license seat (a pack covers its product).
+    pub seat: bool,
 }
 
 /// Runs one attempt. On success the cache holds the pools as committed and
@@ -47,7 +51,10 @@ pub struct Item {
 /// what can run before the lock does: the clock and the totals (which need
 /// no count) go first, in one round trip. Under the lock: the pools'
 /// loads (only when another host moved them), then every write in one
-/// pipelined round trip, then the commit.
+/// pipelined round trip, then the commit. A batch with seat requests
+/// takes the license ledger's lock first (before any pool's, in every
+/// host), decides seats in arrival order as it counts, and adds its totals
+/// once the refusals are known.
 pub async fn run(
     client: &mut tokio_postgres::Client,
     isolation: IsolationLevel,
@@ -62,18 +69,33 @@ pub async fn run(
         .start()
         .await?;
     let mut records: Vec<Record> = items.iter().map(|i| i.record.clone()).collect();
-    let (clock, totals) = tokio::join!(
-        tx.query_one(
-            "SELECT (EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT",
-            &[],
-        ),
-        add_totals(&tx, host_id, &records)
+    let seated = items.iter().any(|i| i.seat);
+    let clock = tx.query_one(
+        "SELECT (EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT",
+        &[],
     );
-    let now: i64 = clock?.get(0);
-    totals?;
+    let now: i64 = if seated {
+        clock.await?.get(0)
+    } else {
+        let (clock, totals) = tokio::join!(clock, add_totals(&tx, host_id, &records));
+        totals?;
+        clock?.get(0)
+    };
     for r in &mut records {
         r.time_ms = now;
     }
+    let mut book = match seated {
+        true => {
+            ledger::lock(&tx).await?;
+            let cmids: Vec<Guid> = items
+                .iter()
+                .filter(|i| i.seat)
+                .map(|i| i.record.cmid)
+                .collect();
+            Some(ledger::load_book(&tx, &cmids).await?)
+        }
+        false => None,
+    };
     let mut counted = vec![Counted::default(); items.len()];
     let fixed = mode.fixed();
     // The pools this batch counts in, locked in a fixed order.
@@ -91,18 +113,9 @@ pub async fn run(
         // Replay in arrival order, through the pool rules.
         let mut window = before.clone();
         for (k, item) in items.iter().enumerate() {
-            if item.pool != Some(pool) {
-                continue;
+            if item.pool == Some(pool) {
+                counted[k] = count_one(&mut window, item, &mut records[k], book.as_mut(), now);
             }
-            let o = window.observe(item.record.cmid, now, item.record.n_policy);
-            counted[k] = Counted {
-                count: o.count,
-                capacity: window.capacity() as u32,
-            };
-            let r = &mut records[k];
-            r.count = o.count;
-            r.capacity = counted[k].capacity;
-            r.counted_in = Some(pool);
         }
         let mut delta = window.delta_from(&before);
         delta.removed.extend(dropped);
@@ -113,7 +126,19 @@ pub async fn run(
             if item.pool.is_some() {
                 counted[k] = c;
                 records[k].count = c.count;
+                if let Some(b) = book.as_mut().filter(|_| item.seat) {
+                    counted[k].seat = seat_of(b, &mut records[k], c.count, now);
+                }
             }
+        }
+    }
+    if seated {
+        add_totals(&tx, host_id, &records).await?;
+    }
+    if let Some(b) = &book {
+        for k in (0..items.len()).filter(|&k| items[k].seat) {
+            let row = seat_row(&records[k], host_id);
+            ledger::persist_seat(&tx, b, counted[k].seat, &row).await?;
         }
     }
     // Every write in one round trip: the pools' deltas (each bumping its
@@ -136,6 +161,67 @@ pub async fn run(
         cache.insert(pool, Cached { version, window });
     }
     Ok(counted)
+}
+
+/// Counts one item in its pool's window; with a seat to decide, a machine
+/// refused for want of one is taken out again and its record becomes the
+/// refusal.
+fn count_one(
+    window: &mut Window,
+    item: &Item,
+    record: &mut Record,
+    book: Option<&mut Book>,
+    now: i64,
+) -> Counted {
+    let o = window.observe(item.record.cmid, now, item.record.n_policy);
+    record.count = o.count;
+    record.capacity = window.capacity() as u32;
+    record.counted_in = item.pool;
+    let mut c = Counted {
+        count: o.count,
+        capacity: record.capacity,
+        seat: Seat::None,
+    };
+    if let Some(b) = book.filter(|_| item.seat) {
+        c.seat = seat_of(b, record, o.count, now);
+        if let Seat::Refused(_) = c.seat {
+            window.undo(item.record.cmid, &o);
+            c.count = 0;
+            c.capacity = 0;
+        }
+    }
+    c
+}
+
+/// The seat of a counted `record` given `count`; a refused record is
+/// rewritten as the refusal it is.
+fn seat_of(book: &mut Book, record: &mut Record, count: u32, now: i64) -> Seat {
+    let seat = book.decide(
+        &record.sku_id,
+        record.cmid,
+        count >= record.n_policy,
+        Day::of_ms(now),
+    );
+    if let Seat::Refused(_) = seat {
+        record.counted_in = None;
+        record.capacity = 0;
+        record.count = 0;
+        record.hresult = hresult::KMS_ID_MISMATCH;
+    }
+    seat
+}
+
+fn seat_row(r: &Record, host_id: &str) -> SeatRow {
+    SeatRow {
+        cmid: r.cmid,
+        pack: 0,
+        sku: r.sku_id,
+        workstation: r.workstation.clone(),
+        address: r.address.clone(),
+        host: host_id.to_owned(),
+        first_ms: r.time_ms,
+        last_ms: r.time_ms,
+    }
 }
 
 fn i64_of(v: u32) -> i64 {

@@ -17,6 +17,7 @@
 pub mod batch;
 pub mod host_id;
 pub mod import;
+pub mod ledger;
 pub mod pool_rows;
 pub mod reads;
 pub mod schema;
@@ -184,6 +185,8 @@ impl Quiet {
 
 /// The fleet store of a running host.
 pub struct PgStore {
+    /// The fleet's URL (with its password: never shown).
+    url: String,
     shown: String,
     db: DbPool,
     host_id: String,
@@ -289,6 +292,7 @@ impl PgStore {
         drop(c);
         let (jobs, rx) = mpsc::channel(QUEUE);
         let store = Self {
+            url: settings.url.clone(),
             shown,
             db,
             host_id: host_id.clone(),
@@ -345,6 +349,11 @@ impl PgStore {
         &self.host_id
     }
 
+    /// The fleet's URL, for the license ledger (holds the password).
+    pub(crate) fn url(&self) -> &str {
+        &self.url
+    }
+
     async fn refresh_pools(&self) {
         if let Ok(c) = client(&self.db, &self.shown).await
             && let Ok(p) = reads::pool_status(&c, None).await
@@ -391,12 +400,18 @@ impl PgStore {
 
     /// Counts a request; its count comes back once committed, within the
     /// configured timeout.
-    pub async fn count(&self, pool: Pool, record: Record) -> Result<Counted, StoreError> {
+    pub async fn count(
+        &self,
+        pool: Pool,
+        record: Record,
+        seat: bool,
+    ) -> Result<Counted, StoreError> {
         self.ask(|at, r| {
             Job::Count(
                 Item {
                     pool: Some(pool),
                     record,
+                    seat,
                 },
                 at,
                 r,
@@ -407,9 +422,19 @@ impl PgStore {
 
     /// Records a refused request.
     pub async fn record(&self, record: Record) -> Result<(), StoreError> {
-        self.ask(|at, r| Job::Count(Item { pool: None, record }, at, r))
-            .await
-            .map(|_| ())
+        self.ask(|at, r| {
+            Job::Count(
+                Item {
+                    pool: None,
+                    record,
+                    seat: false,
+                },
+                at,
+                r,
+            )
+        })
+        .await
+        .map(|_| ())
     }
 
     /// Queues a job and waits for the batcher's answer. The batcher owns

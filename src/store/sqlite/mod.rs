@@ -27,6 +27,7 @@
 //! [`prune`], [`meta`] (notes, ePIDs) and [`reads`] (queries only).
 
 pub mod fold;
+pub mod ledger;
 pub mod meta;
 pub mod pool_rows;
 pub mod prune;
@@ -51,6 +52,7 @@ use super::{
     Record, StoreError, StoreStatus, StoredActivation,
 };
 use crate::clock::Clock;
+use crate::licenses::Seat;
 use crate::protocol::guid::Guid;
 use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
 use std::path::{Path, PathBuf};
@@ -102,6 +104,8 @@ pub struct Settings {
     pub durability: Durability,
     /// How long a write waits for a locked database.
     pub busy_timeout: Duration,
+    /// This host's name, on the seats it binds.
+    pub host: String,
 }
 
 impl Settings {
@@ -112,6 +116,7 @@ impl Settings {
             keep_records: cfg.keep_records,
             durability: cfg.durability,
             busy_timeout: cfg.store_busy_timeout,
+            host: hostname(),
         }
     }
 }
@@ -210,6 +215,7 @@ impl SqliteStore {
                 durability: s.durability,
                 prune_every: opts.schedule.prune,
                 clock: opts.clock.clone(),
+                host: s.host.clone(),
             },
             opts.metrics,
         )?;
@@ -231,18 +237,38 @@ impl SqliteStore {
 
     /// Counts in memory, commits the record, and takes the count back if
     /// the commit fails.
+    ///
+    /// A request asking for a seat is bound one in the commit's
+    /// transaction; refused for want of one, its count is taken back.
     pub async fn count(&self, act: CountRequest) -> Result<Counted, StoreError> {
-        let CountRequest { pool, mut record } = act;
+        let CountRequest {
+            pool,
+            mut record,
+            seat,
+        } = act;
         let t = self
             .pools
             .observe(pool, record.cmid, record.time_ms, record.n_policy);
         record.count = t.count;
         record.capacity = t.capacity;
         record.counted_in = (t.capacity > 0).then_some(pool);
-        match self.writer.write(record).await {
-            Ok(()) => Ok(Counted {
+        let written = if seat {
+            self.writer.write_seated(record).await
+        } else {
+            self.writer.write(record).await.map(|()| Seat::None)
+        };
+        match written {
+            Ok(Seat::Refused(p)) => {
+                self.pools.undo(&t);
+                Ok(Counted {
+                    seat: Seat::Refused(p),
+                    ..Counted::default()
+                })
+            }
+            Ok(seat) => Ok(Counted {
                 count: t.count,
                 capacity: t.capacity,
+                seat,
             }),
             Err(e) => {
                 self.pools.undo(&t);
@@ -350,4 +376,13 @@ impl SqliteReader {
     pub fn pools(&self, now_ms: i64) -> Result<Vec<LoadedPool>, StoreError> {
         load(&open_ro(&self.path)?, now_ms)
     }
+}
+
+/// The machine's hostname ("localhost" when it cannot be read).
+pub(crate) fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned())
 }

@@ -6,7 +6,7 @@ use rusqlite::{Connection, OpenFlags};
 use std::path::Path;
 
 /// Schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
 
 fn open_conn(path: &Path, flags: OpenFlags) -> Result<Connection, StoreError> {
     let conn = Connection::open_with_flags(path, flags).map_err(|e| StoreError::open(path, e))?;
@@ -196,6 +196,54 @@ pub(super) fn migrate(conn: &Connection, from: i64) -> Result<(), StoreError> {
                    AND a.hresult = totals.hresult
                    AND a.license_status = totals.license_status);
              PRAGMA user_version = 4;
+             COMMIT;",
+        )?;
+    }
+    if from < 5 {
+        // v5: license packs, the seats machines hold in them, each pack's
+        // daily peak (the true-up figure) and the audit trail of changes.
+        conn.execute_batch(
+            "BEGIN;
+             CREATE TABLE license_packs (
+                 id INTEGER PRIMARY KEY,
+                 product BLOB NOT NULL,
+                 covers TEXT NOT NULL,
+                 quantity INTEGER NOT NULL CHECK (quantity >= 0),
+                 enforce TEXT NOT NULL CHECK (enforce IN ('off', 'warn', 'hard')),
+                 agreement TEXT NOT NULL,
+                 starts_day INTEGER,
+                 expires_day INTEGER,
+                 note TEXT NOT NULL,
+                 created_ms INTEGER NOT NULL,
+                 retired_ms INTEGER
+             );
+             CREATE TABLE license_seats (
+                 cmid BLOB PRIMARY KEY,
+                 pack INTEGER NOT NULL REFERENCES license_packs (id),
+                 sku BLOB NOT NULL,
+                 workstation TEXT NOT NULL,
+                 address TEXT NOT NULL,
+                 host TEXT NOT NULL,
+                 first_ms INTEGER NOT NULL,
+                 last_ms INTEGER NOT NULL
+             ) WITHOUT ROWID;
+             CREATE INDEX license_seats_by_pack ON license_seats (pack);
+             CREATE TABLE license_peaks (
+                 day INTEGER NOT NULL,
+                 pack INTEGER NOT NULL,
+                 quantity INTEGER NOT NULL,
+                 peak INTEGER NOT NULL,
+                 PRIMARY KEY (day, pack)
+             ) WITHOUT ROWID;
+             CREATE TABLE license_audit (
+                 id INTEGER PRIMARY KEY,
+                 time_ms INTEGER NOT NULL,
+                 actor TEXT NOT NULL,
+                 action TEXT NOT NULL,
+                 pack INTEGER,
+                 detail TEXT NOT NULL
+             );
+             PRAGMA user_version = 5;
              COMMIT;",
         )?;
     }

@@ -400,6 +400,7 @@ async fn close_commits_and_folds_everything() {
             durability: Durability::Full,
             prune_every: std::time::Duration::from_secs(3600),
             clock: std::sync::Arc::new(|| T),
+            host: "test".to_owned(),
         },
         metrics,
     )

@@ -3,13 +3,16 @@
 //! prunes in the gaps.
 
 use super::fold::{FOLD_BACKLOG, FOLD_CHUNK, FOLD_EVERY, commit_level, fold_all, fold_unsynced};
+use super::ledger::{load_book, persist_seat};
 use super::meta::set_meta;
 use super::prune::prune;
 use crate::clock::Clock;
+use crate::licenses::{Day, Seat, SeatRow};
+use crate::protocol::kms::hresult;
 use crate::protocol::kms::products::Pool;
 use crate::store::{Durability, StoreError};
 use crate::store::{Note, Record};
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, TransactionBehavior, params};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
@@ -24,6 +27,8 @@ pub struct Upkeep {
     pub prune_every: Duration,
     /// The host's clock (expiry when folding and pruning).
     pub clock: Clock,
+    /// This host's name, on the seats it binds.
+    pub host: String,
 }
 
 /// Records committed between prunes at the most.
@@ -33,9 +38,13 @@ const PRUNE_RECORDS: u64 = 10_000;
 const MAX_BATCH: usize = 512;
 
 type Reply = oneshot::Sender<Result<(), StoreError>>;
+type SeatReply = oneshot::Sender<Result<Seat, StoreError>>;
 
 enum Job {
     Write(Box<Record>, Reply),
+    /// A counted record whose machine asks for a seat: bound in the
+    /// commit's transaction; a refusal is written instead of the count.
+    Seated(Box<Record>, SeatReply),
     /// Completes once everything queued before it is committed.
     Barrier(Reply),
     /// Commits what is queued before it, folds the whole log tail, and
@@ -84,21 +93,75 @@ fn write_record(tx: &rusqlite::Transaction<'_>, r: &Record) -> rusqlite::Result<
 /// page and nothing more.
 #[cfg(test)]
 pub(super) fn commit_batch(conn: &mut Connection, batch: &[&Record]) -> Result<(), StoreError> {
-    commit_batch_known(conn, batch, &mut Vec::new())
+    let batch: Vec<(&Record, bool)> = batch.iter().map(|r| (*r, false)).collect();
+    commit_batch_known(conn, &batch, &mut Vec::new(), "").map(|_| ())
+}
+
+/// The seat row of a counted record.
+fn seat_row(r: &Record, host: &str) -> SeatRow {
+    SeatRow {
+        cmid: r.cmid,
+        pack: 0,
+        sku: r.sku_id,
+        workstation: r.workstation.clone(),
+        address: r.address.clone(),
+        host: host.to_owned(),
+        first_ms: r.time_ms,
+        last_ms: r.time_ms,
+    }
+}
+
+/// A counted record refused for want of a seat, as the log keeps it.
+fn refused(r: &Record) -> Record {
+    Record {
+        counted_in: None,
+        capacity: 0,
+        count: 0,
+        hresult: hresult::KMS_ID_MISMATCH,
+        ..r.clone()
+    }
 }
 
 /// [`commit_batch`], skipping a pool's capacity upsert when `known` says
 /// the stored capacity is already at least the batch's (capacities only
 /// grow, and the upsert keeps the larger one, so skipping it changes
 /// nothing). `known` is updated once the commit succeeds.
+///
+/// A record marked `true` asks for a seat: the packs are read once per
+/// batch into a [`crate::licenses::Book`], which decides in arrival order;
+/// a refused one is logged as a refusal and not counted. The seats per
+/// record come back.
 pub(super) fn commit_batch_known(
     conn: &mut Connection,
-    batch: &[&Record],
+    batch: &[(&Record, bool)],
     known: &mut Vec<(Pool, u32)>,
-) -> Result<(), StoreError> {
-    let tx = conn.transaction()?;
+    host: &str,
+) -> Result<Vec<Seat>, StoreError> {
+    // Immediate: a `kmsd licenses` change elsewhere waits for this commit
+    // (or this for it) rather than failing the upgrade to a write.
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let mut capacities: Vec<(Pool, u32)> = Vec::new();
-    for r in batch {
+    let mut seats = vec![Seat::None; batch.len()];
+    let asks: Vec<_> = batch
+        .iter()
+        .filter(|(_, a)| *a)
+        .map(|(r, _)| r.cmid)
+        .collect();
+    let mut book = if asks.is_empty() {
+        None
+    } else {
+        Some(load_book(&tx, &asks)?)
+    };
+    for (k, &(r, ask)) in batch.iter().enumerate() {
+        if let (true, Some(book)) = (ask, book.as_mut()) {
+            let day = Day::of_ms(r.time_ms);
+            seats[k] = book.decide(&r.sku_id, r.cmid, r.count >= r.n_policy, day);
+            if let Seat::Refused(_) = seats[k] {
+                write_record(&tx, &refused(r))?;
+                continue;
+            }
+            persist_seat(&tx, book, seats[k], &seat_row(r, host))?;
+        }
         write_record(&tx, r)?;
         if let Some(pool) = r.counted_in {
             match capacities.iter_mut().find(|(p, _)| *p == pool) {
@@ -122,7 +185,7 @@ pub(super) fn commit_batch_known(
             None => known.push((pool, c)),
         }
     }
-    Ok(())
+    Ok(seats)
 }
 
 impl Writer {
@@ -148,6 +211,17 @@ impl Writer {
     /// Queues `record` and waits until it is committed.
     pub async fn write(&self, record: Record) -> Result<(), StoreError> {
         self.ask(|done| Job::Write(Box::new(record), done)).await
+    }
+
+    /// Queues a counted `record` whose machine asks for a seat, and waits
+    /// for the commit and the seat (a refused one was logged as refused).
+    pub async fn write_seated(&self, record: Record) -> Result<Seat, StoreError> {
+        let (done, wait) = oneshot::channel();
+        self.tx
+            .send(Job::Seated(Box::new(record), done))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        wait.await.map_err(|_| StoreError::Closed)?
     }
 
     /// Commits everything queued so far, folds the log tail into the
@@ -201,16 +275,17 @@ fn writer(
                 Err(_) => break,
             }
         }
-        let records: Vec<&Record> = jobs
+        let records: Vec<(&Record, bool)> = jobs
             .iter()
             .filter_map(|j| match j {
-                Job::Write(r, _) => Some(&**r),
+                Job::Write(r, _) => Some((&**r, false)),
+                Job::Seated(r, _) => Some((&**r, true)),
                 Job::Barrier(_) | Job::Close(_) | Job::Note(..) => None,
             })
             .collect();
         let n = records.len() as u64;
         let result = if records.is_empty() {
-            Ok(())
+            Ok(Vec::new())
         } else if !tidy.synced
             && let Err(e) = commit_level(&conn, upkeep.durability)
         {
@@ -220,7 +295,7 @@ fn writer(
         } else {
             tidy.synced = true;
             let t = Instant::now();
-            let r = commit_batch_known(&mut conn, &records, &mut capacities);
+            let r = commit_batch_known(&mut conn, &records, &mut capacities, &upkeep.host);
             metrics
                 .store_commit_latency
                 .observe(t.elapsed().as_secs_f64());
@@ -253,12 +328,26 @@ fn writer(
 fn answer(
     conn: &Connection,
     jobs: &mut Vec<Job>,
-    result: &Result<(), StoreError>,
+    result: &Result<Vec<Seat>, StoreError>,
 ) -> Option<Reply> {
     let mut close = None;
+    // Records are numbered in job order, as the batch was built.
+    let mut k = 0;
     for j in jobs.drain(..) {
         let reply = match j {
-            Job::Write(_, r) | Job::Barrier(r) => r,
+            Job::Write(_, r) => {
+                k += 1;
+                r
+            }
+            Job::Seated(_, r) => {
+                let seat = result
+                    .as_ref()
+                    .map(|s| s.get(k).copied().unwrap_or_default());
+                k += 1;
+                let _ = r.send(seat.map_err(Clone::clone));
+                continue;
+            }
+            Job::Barrier(r) => r,
             Job::Note(notes, r) => {
                 let entries: Vec<(&str, String)> =
                     notes.into_iter().map(|(n, v)| (n.key(), v)).collect();
@@ -270,7 +359,7 @@ fn answer(
                 continue;
             }
         };
-        let _ = reply.send(result.clone());
+        let _ = reply.send(result.as_ref().map(|_| ()).map_err(Clone::clone));
     }
     close
 }

@@ -1,0 +1,53 @@
+//! Calendar days (UTC), as packs and the peak table keep them.
+
+use crate::protocol::kms::products::Date;
+
+/// Days since 1970-01-01, UTC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Day(pub i64);
+
+impl Day {
+    /// The UTC day of unix milliseconds `ms`.
+    pub fn of_ms(ms: i64) -> Self {
+        Self(ms.div_euclid(86_400_000))
+    }
+
+    /// Unix milliseconds of the day's start.
+    pub fn start_ms(self) -> i64 {
+        self.0 * 86_400_000
+    }
+}
+
+impl std::fmt::Display for Day {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&format_day(*self))
+    }
+}
+
+/// `YYYY-MM-DD`.
+pub fn format_day(d: Day) -> String {
+    Date::from_days_since_unix_epoch(d.0).to_string()
+}
+
+/// A date `YYYY-MM-DD` (`what` names it in the error).
+pub fn parse_day(v: &str, what: &str) -> Result<Day, String> {
+    let v = v.trim();
+    let bad = || format!("{what} {v:?}: expected a date YYYY-MM-DD");
+    let parts: Vec<&str> = v.split('-').collect();
+    let [y, m, d] = parts.as_slice() else {
+        return Err(bad());
+    };
+    if y.len() != 4 || m.len() != 2 || d.len() != 2 {
+        return Err(bad());
+    }
+    let date = Date {
+        year: y.parse().map_err(|_| bad())?,
+        month: m.parse().map_err(|_| bad())?,
+        day: d.parse().map_err(|_| bad())?,
+    };
+    let days = date.days_since_unix_epoch();
+    if !(1..=12).contains(&date.month) || Date::from_days_since_unix_epoch(days) != date {
+        return Err(format!("{what} {v:?}: no such date"));
+    }
+    Ok(Day(days))
+}
