@@ -7,6 +7,7 @@
 //! text from the network (workstation names, addresses, the search box)
 //! cannot become markup; the stylesheet is the only text inserted raw.
 
+mod licenses;
 mod markup;
 #[cfg(test)]
 mod tests;

@@ -562,17 +562,8 @@ fn print_report(r: &Report, json: bool) -> Result<()> {
         println!("no license packs recorded (`kmsd licenses add --product NAME --quantity N`)");
     } else {
         println!(
-            "{:>4}  {:<40} {:>5} {:>6} {:>5} {:>5} {:>5}  {:<7} {:<10} {}",
-            "id",
-            "product",
-            "owned",
-            "in use",
-            "free",
-            "stale",
-            "over",
-            "enforce",
-            "expires",
-            "agreement"
+            "{:>4}  {:<40} {:>5} {:>6} {:>5} {:>5} {:>5}  {:<7} {:<10} agreement",
+            "id", "product", "owned", "in use", "free", "stale", "over", "enforce", "expires",
         );
         for p in &v.packs {
             print_pack(p);
@@ -612,8 +603,8 @@ fn print_seats(rows: &[SeatView], json: bool) -> Result<()> {
         return Ok(());
     }
     println!(
-        "{:>4}  {:<36}  {:<20} {:<40} {:<20} {}",
-        "pack", "cmid", "workstation", "product", "last seen", "stale"
+        "{:>4}  {:<36}  {:<20} {:<40} {:<20} stale",
+        "pack", "cmid", "workstation", "product", "last seen"
     );
     for s in rows {
         println!(

@@ -430,7 +430,7 @@ pub fn group_duplicates(rows: Vec<(Guid, String, String, i64)>) -> Vec<Duplicate
     }
     out.retain(|d| d.machines.len() > 1);
     for d in &mut out {
-        d.machines.sort_by(|a, b| b.2.cmp(&a.2));
+        d.machines.sort_by_key(|m| std::cmp::Reverse(m.2));
     }
     out
 }

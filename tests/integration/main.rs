@@ -16,6 +16,7 @@ mod framing;
 mod hardening;
 mod hostile;
 mod http_ui;
+mod licenses;
 mod lifecycle;
 mod load_report;
 mod loopback;

@@ -98,6 +98,7 @@ impl StatusView<'_> {
                         }
                         @if !self.fleet.is_empty() { (render_fleet(&self.fleet)) }
                         (self.render_pools())
+                        (super::licenses::render(&self.licenses))
                         (self.render_groups())
                         @if !self.dns.is_empty() { (self.render_dns()) }
                         (self.render_activations())

@@ -83,6 +83,7 @@ fn hostile_view<'a>(q: &'a str, fleet: Vec<FleetHost<'a>>) -> StatusView<'a> {
         },
         tiles: vec![],
         fleet,
+        licenses: Default::default(),
         pools: vec![PoolCard {
             pool: Pool::Windows,
             count: 3,

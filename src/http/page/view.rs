@@ -18,6 +18,8 @@ pub(super) struct StatusView<'a> {
     /// The hosts sharing the database (none: the section is left out).
     pub(super) fleet: Vec<FleetHost<'a>>,
     pub(super) pools: Vec<PoolCard>,
+    /// The license packs as the host last read them.
+    pub(super) licenses: std::sync::Arc<crate::licenses::watch::Snapshot>,
     pub(super) groups: Vec<GroupRow<'a>>,
     /// ePID groups in the database that this host does not serve.
     pub(super) not_served: Vec<&'a str>,
@@ -180,6 +182,7 @@ impl<'a> StatusView<'a> {
             tiles: tiles(v.host.metrics(), s),
             fleet: fleet(s),
             pools: pools(v.host),
+            licenses: v.host.licenses().snapshot(),
             groups: groups(v.host, &served),
             not_served: not_served(s, &served),
             activations: db

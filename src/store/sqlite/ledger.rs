@@ -170,6 +170,14 @@ impl SqliteLedger {
     /// Opens the store at `path` (creating and migrating it if needed) and
     /// begins.
     pub fn begin(path: &Path) -> Result<Self, StoreError> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                StoreError::unavailable(
+                    dir.display().to_string(),
+                    format!("cannot create the data dir: {e}"),
+                )
+            })?;
+        }
         let conn = super::schema::open_rw(path)?;
         conn.execute_batch("BEGIN IMMEDIATE")?;
         Ok(Self { conn })
