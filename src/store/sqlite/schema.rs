@@ -201,10 +201,12 @@ pub(super) fn migrate(conn: &Connection, from: i64) -> Result<(), StoreError> {
     }
     if from < 5 {
         // v5: license packs, the seats machines hold in them, each pack's
-        // daily peak (the true-up figure) and the audit trail of changes.
+        // daily peak (the true-up figure) and the audit trail of changes
+        // (`IF NOT EXISTS`: a database set back to an older version by hand
+        // keeps them).
         conn.execute_batch(
             "BEGIN;
-             CREATE TABLE license_packs (
+             CREATE TABLE IF NOT EXISTS license_packs (
                  id INTEGER PRIMARY KEY,
                  product BLOB NOT NULL,
                  covers TEXT NOT NULL,
@@ -217,7 +219,7 @@ pub(super) fn migrate(conn: &Connection, from: i64) -> Result<(), StoreError> {
                  created_ms INTEGER NOT NULL,
                  retired_ms INTEGER
              );
-             CREATE TABLE license_seats (
+             CREATE TABLE IF NOT EXISTS license_seats (
                  cmid BLOB PRIMARY KEY,
                  pack INTEGER NOT NULL REFERENCES license_packs (id),
                  sku BLOB NOT NULL,
@@ -227,15 +229,15 @@ pub(super) fn migrate(conn: &Connection, from: i64) -> Result<(), StoreError> {
                  first_ms INTEGER NOT NULL,
                  last_ms INTEGER NOT NULL
              ) WITHOUT ROWID;
-             CREATE INDEX license_seats_by_pack ON license_seats (pack);
-             CREATE TABLE license_peaks (
+             CREATE INDEX IF NOT EXISTS license_seats_by_pack ON license_seats (pack);
+             CREATE TABLE IF NOT EXISTS license_peaks (
                  day INTEGER NOT NULL,
                  pack INTEGER NOT NULL,
                  quantity INTEGER NOT NULL,
                  peak INTEGER NOT NULL,
                  PRIMARY KEY (day, pack)
              ) WITHOUT ROWID;
-             CREATE TABLE license_audit (
+             CREATE TABLE IF NOT EXISTS license_audit (
                  id INTEGER PRIMARY KEY,
                  time_ms INTEGER NOT NULL,
                  actor TEXT NOT NULL,
