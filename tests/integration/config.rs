@@ -132,6 +132,7 @@ fn example(key: &str) -> (&'static str, &'static str) {
         "idle_timeout_secs" => ("20", "20"),
         "max_pdu_len" => ("1024", "1024"),
         "keep_records" => ("1000", "1000"),
+        "license_reclaim_days" => ("90", "90"),
         "shutdown_grace_secs" => ("3", "3"),
         "allow" => ("203.0.113.0/24", r#"["203.0.113.0/24"]"#),
         "deny" => (
