@@ -187,6 +187,11 @@ pub struct ClientsArgs {
     /// Most rows printed.
     #[arg(long, default_value = "1000")]
     pub limit: usize,
+    /// List the client machine IDs seen under more than one workstation
+    /// name instead (an image cloned without `sysprep /generalize`: those
+    /// machines count as one, and hold one license seat).
+    #[arg(long)]
+    pub duplicates: bool,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,

@@ -276,10 +276,27 @@ pub async fn status(a: &StatusArgs) -> Result<()> {
         .status(unix_ms_now())
         .await?;
     let report = StatusReport::new(st);
+    let licenses = crate::licenses::commands::summary(&a.store, &dir).await;
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        let mut v = serde_json::to_value(&report)?;
+        if let (Some(l), Some(o)) = (licenses, v.as_object_mut()) {
+            o.insert("licenses".into(), serde_json::to_value(l)?);
+        }
+        println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         println!("{report}");
+        if let Some(l) = licenses.filter(|l| !l.packs.is_empty() || !l.uncovered.is_empty()) {
+            println!("\nLicenses (kmsd licenses for more):");
+            for p in &l.packs {
+                println!(
+                    "  pack {:<4} {:<40} {:>5} of {:<5} in use, {} free, {} stale, {} over ({})",
+                    p.id, p.product, p.in_use, p.owned, p.free, p.stale, p.over, p.enforce
+                );
+            }
+            for u in &l.uncovered {
+                println!("  no pack     {:<40} {:>5} machines", u.product, u.machines);
+            }
+        }
     }
     Ok(())
 }
@@ -307,23 +324,30 @@ pub async fn clients(a: &ClientsArgs) -> Result<()> {
         since_ms: since,
         limit: a.limit,
     };
-    let rows: Vec<ClientRow> = StoreReader::open(&a.store, &dir)?
+    if a.duplicates {
+        return crate::licenses::commands::duplicates(&a.store, &dir, a.json).await;
+    }
+    let mut rows: Vec<ClientRow> = StoreReader::open(&a.store, &dir)?
         .clients(&query)
         .await?
         .iter()
         .map(ClientRow::new)
         .collect();
+    let seats = crate::licenses::commands::seat_map(&a.store, &dir).await;
+    for r in &mut rows {
+        r.seat = seats.get(&r.cmid).copied();
+    }
     if a.json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(());
     }
     println!(
-        "{:<36}  {:<12} {:<4} {:<20} {:<20} {:>5} {:>5}  {:<22} product",
-        "CMID", "pool", "live", "workstation", "last seen", "reqs", "count", "last result"
+        "{:<36}  {:<12} {:<4} {:<20} {:<20} {:>5} {:>5}  {:<22} {:<5} product",
+        "CMID", "pool", "live", "workstation", "last seen", "reqs", "count", "last result", "seat"
     );
     for r in &rows {
         println!(
-            "{:<36}  {:<12} {:<4} {:<20} {:<20} {:>5} {:>5}  {:<22} {}",
+            "{:<36}  {:<12} {:<4} {:<20} {:<20} {:>5} {:>5}  {:<22} {:<5} {}",
             r.cmid,
             r.pool,
             if r.live { "yes" } else { "no" },
@@ -332,6 +356,7 @@ pub async fn clients(a: &ClientsArgs) -> Result<()> {
             r.requests,
             r.last_count,
             r.last_result,
+            r.seat.map_or_else(|| "-".to_owned(), |p| p.to_string()),
             r.product
         );
     }

@@ -450,6 +450,8 @@ pub struct ClientRow {
     pub last_count: u32,
     /// Counted in its pool right now.
     pub live: bool,
+    /// The license pack it holds a seat in (`kmsd clients` fills it in).
+    pub seat: Option<i64>,
 }
 
 impl ClientRow {
@@ -470,6 +472,7 @@ impl ClientRow {
             last_result: m.last_result.to_string(),
             last_count: m.last_count,
             live: m.live,
+            seat: None,
         }
     }
 }

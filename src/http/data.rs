@@ -227,6 +227,7 @@ mod tests {
             last_result: "answered".into(),
             last_count: 1,
             live: true,
+            seat: None,
         };
         for q in ["srv-alpha", "{0F1E2D3C-0000", "10.0.0", "server 2022", ""] {
             assert!(client_matches(&row, &needle(q)), "{q}");

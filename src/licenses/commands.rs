@@ -652,3 +652,106 @@ pub async fn read_seats(
         .filter(|v| !stale || v.stale)
         .collect())
 }
+
+/// The ledger of the store a reader names, read-only (None: a memory
+/// store, or no ledger yet).
+async fn read_ledger(store: &crate::store::Backend, dir: &std::path::Path) -> Option<AnyLedger> {
+    let at = LedgerAt::of(store, dir).ok()?;
+    AnyLedger::read(&at).await.ok()
+}
+
+/// Which pack each machine (CMID as text) holds a seat in, for `kmsd
+/// clients` (empty when the store keeps no packs).
+pub async fn seat_map(
+    store: &crate::store::Backend,
+    dir: &std::path::Path,
+) -> std::collections::HashMap<String, PackId> {
+    let Some(mut l) = read_ledger(store, dir).await else {
+        return Default::default();
+    };
+    let seats = l.seats().await.unwrap_or_default();
+    let _ = l.commit().await;
+    seats.iter().map(|s| (s.cmid.to_string(), s.pack)).collect()
+}
+
+/// The packs' usage for `kmsd status` (None when the store keeps none).
+pub async fn summary(store: &crate::store::Backend, dir: &std::path::Path) -> Option<LicensesView> {
+    let mut l = read_ledger(store, dir).await?;
+    let now = crate::clock::unix_ms_now();
+    let ageing = super::Ageing::at(
+        now,
+        crate::config::ServeConfig::default().renewal_interval,
+        super::DEFAULT_RECLAIM_DAYS,
+    );
+    let r = admin::report(&mut l, ageing, now).await.ok()?;
+    let _ = l.commit().await;
+    Some(LicensesView::from(&r))
+}
+
+/// `kmsd clients --duplicates`: the client machine IDs seen under more
+/// than one workstation name, with the machines and the fix.
+pub async fn duplicates(
+    store: &crate::store::Backend,
+    dir: &std::path::Path,
+    json: bool,
+) -> Result<()> {
+    let at = LedgerAt::of(store, dir)?;
+    let mut l = AnyLedger::read(&at).await?;
+    let dups = l.duplicates().await?;
+    let seats = l.seats().await?;
+    l.commit().await?;
+    #[derive(serde::Serialize)]
+    struct Machine {
+        workstation: String,
+        address: String,
+        last_seen: String,
+    }
+    #[derive(serde::Serialize)]
+    struct Row {
+        cmid: String,
+        machines: Vec<Machine>,
+        /// The one seat these machines share.
+        seat: Option<PackId>,
+        fix: &'static str,
+    }
+    let rows: Vec<Row> = dups
+        .iter()
+        .map(|d| Row {
+            cmid: d.cmid.to_string(),
+            machines: d
+                .machines
+                .iter()
+                .map(|(w, a, t)| Machine {
+                    workstation: w.clone(),
+                    address: a.clone(),
+                    last_seen: crate::report::iso_utc(*t),
+                })
+                .collect(),
+            seat: seats.iter().find(|s| s.cmid == d.cmid).map(|s| s.pack),
+            fix: super::DUPLICATE_FIX,
+        })
+        .collect();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    if rows.is_empty() {
+        println!("no client machine ID was seen under more than one workstation name");
+        return Ok(());
+    }
+    for r in &rows {
+        let seat = match r.seat {
+            Some(p) => format!("; they hold one seat, in pack {p}"),
+            None => String::new(),
+        };
+        println!("{} stands for {} machines{seat}:", r.cmid, r.machines.len());
+        for m in &r.machines {
+            println!(
+                "  {:<24} {:<40} last seen {}",
+                m.workstation, m.address, m.last_seen
+            );
+        }
+    }
+    println!("\nFix: {}.", super::DUPLICATE_FIX);
+    Ok(())
+}

@@ -35,8 +35,14 @@ fn vlmcs_bin() -> Option<PathBuf> {
 
 /// `kmsd licenses ARGS` on the store `at` (flags), asserting success.
 fn licenses(at: &[String], args: &[&str]) -> String {
+    let mut all = vec!["licenses"];
+    all.extend_from_slice(args);
+    kmsd(at, &all)
+}
+
+/// `kmsd ARGS` on the store `at` (flags), asserting success.
+fn kmsd(at: &[String], args: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_kmsd"))
-        .arg("licenses")
         .args(args)
         .args(at)
         .output()
@@ -44,7 +50,7 @@ fn licenses(at: &[String], args: &[&str]) -> String {
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
-        "kmsd licenses {args:?}: {}{stdout}",
+        "kmsd {args:?}: {}{stdout}",
         String::from_utf8_lossy(&out.stderr)
     );
     stdout
