@@ -194,6 +194,16 @@ async fn hard_pack_scenario(at: Vec<String>, serve_flags: Vec<String>, data: &Pa
             .any(|u| u["product"] == ESS && u["machines"] == 1),
         "Essentials listed as uncovered: {report}"
     );
+    // A quantity below the seats in use is refused and changes nothing.
+    let below = Command::new(env!("CARGO_BIN_EXE_kmsd"))
+        .args(["licenses", "set", &id, "--quantity", "2"])
+        .args(&at)
+        .output()
+        .unwrap();
+    assert!(!below.status.success());
+    let e = String::from_utf8_lossy(&below.stderr);
+    assert!(e.contains("3 seats in use") && e.contains("--force"), "{e}");
+    assert_eq!(json(&licenses(&at, &["--json"]))["packs"][0]["quantity"], 3);
     // Releasing machine 6 lets a new machine 8 in within 5 s.
     let m6 = seat_of(&at, "m6").unwrap().to_string();
     licenses(&at, &["release", &m6, "--reason", "retired"]);
