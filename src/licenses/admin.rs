@@ -213,9 +213,8 @@ pub async fn reclaim(
         );
         l.audit(&who.row("reclaim", None, detail)).await?;
     }
-    let after = l.seats().await?;
-    let rows: Vec<(PackId, i64)> = after.iter().map(|s| (s.pack, s.last_ms)).collect();
-    let peaks: Vec<(PackId, u32, u32)> = usage(&packs, &rows, day, ageing)
+    let counts = l.seat_counts(ageing.stale_ms).await?;
+    let peaks: Vec<(PackId, u32, u32)> = usage(&packs, &counts, day)
         .iter()
         .map(|u| (u.pack.id, u.owned, u.in_use))
         .collect();
@@ -231,25 +230,29 @@ pub struct Report {
     pub uncovered: Vec<(Guid, u32)>,
 }
 
-/// The report at `now_ms`.
+/// The report at `now_ms`. The uncovered products are looked for when
+/// `uncovered` says so, or some pack exists (a host with no packs does not
+/// scan its inventory every refresh).
 pub async fn report(
     l: &mut impl Ledger,
     ageing: Ageing,
     now_ms: i64,
+    uncovered: bool,
 ) -> Result<Report, AdminError> {
     let packs = l.packs(false).await?;
-    let seats = l.seats().await?;
+    let counts = l.seat_counts(ageing.stale_ms).await?;
     let day = Day::of_ms(now_ms);
-    let rows: Vec<(PackId, i64)> = seats.iter().map(|s| (s.pack, s.last_ms)).collect();
-    let mut uncovered: Vec<(Guid, u32)> = l
-        .in_use(ageing.reclaim_ms)
-        .await?
+    let in_use = match uncovered || !packs.is_empty() {
+        true => l.in_use(ageing.reclaim_ms).await?,
+        false => Vec::new(),
+    };
+    let mut uncovered: Vec<(Guid, u32)> = in_use
         .into_iter()
         .filter(|(sku, _)| covering(&packs, sku, day).is_empty())
         .collect();
     uncovered.sort_by_key(|(sku, _)| super::sku_name(sku));
     Ok(Report {
-        packs: usage(&packs, &rows, day, ageing),
+        packs: usage(&packs, &counts, day),
         uncovered,
     })
 }

@@ -270,7 +270,7 @@ pub async fn run(a: &LicensesArgs) -> Result<()> {
     );
     match &a.command {
         None => {
-            let r = admin::report(&mut l, ageing, who.now_ms)
+            let r = admin::report(&mut l, ageing, who.now_ms, true)
                 .await
                 .map_err(fail)?;
             l.commit().await?;
@@ -626,7 +626,7 @@ pub async fn read_report(w: &Watch, now_ms: i64) -> Result<Report, AdminError> {
         return Ok(Report::default());
     };
     let mut l = AnyLedger::read(at).await?;
-    let r = admin::report(&mut l, w.ageing(now_ms), now_ms).await?;
+    let r = admin::report(&mut l, w.ageing(now_ms), now_ms, true).await?;
     l.commit().await?;
     Ok(r)
 }
@@ -683,7 +683,7 @@ pub async fn summary(store: &crate::store::Backend, dir: &std::path::Path) -> Op
         crate::config::ServeConfig::default().renewal_interval,
         super::DEFAULT_RECLAIM_DAYS,
     );
-    let r = admin::report(&mut l, ageing, now).await.ok()?;
+    let r = admin::report(&mut l, ageing, now, false).await.ok()?;
     let _ = l.commit().await;
     Some(LicensesView::from(&r))
 }

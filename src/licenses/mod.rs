@@ -191,6 +191,19 @@ impl Book {
         &self.packs
     }
 
+    /// No pack at all: nothing to decide.
+    pub fn is_empty(&self) -> bool {
+        self.packs.is_empty()
+    }
+
+    /// Replaces the machines whose seats are known with `holders` (a
+    /// book kept across batches learns the seats of each batch's machines
+    /// from the store; the counts per pack stay the book's own).
+    pub fn set_holders(&mut self, holders: impl IntoIterator<Item = (Guid, PackId)>) {
+        self.holders.clear();
+        self.holders.extend(holders);
+    }
+
     /// Seats held in `pack`.
     pub fn in_use(&self, pack: PackId) -> u32 {
         self.in_use.get(&pack).copied().unwrap_or(0)
@@ -277,14 +290,18 @@ pub struct Usage {
     pub over: u32,
 }
 
-/// Each pack's usage on `day`, from `(pack, last_ms)` of every seat.
-pub fn usage(packs: &[Pack], seats: &[(PackId, i64)], day: Day, ageing: Ageing) -> Vec<Usage> {
+/// Seats per pack: `(pack, in use, stale)`, as the store counts them.
+pub type SeatCounts = [(PackId, u32, u32)];
+
+/// Each pack's usage on `day`, from the seats each holds.
+pub fn usage(packs: &[Pack], counts: &SeatCounts, day: Day) -> Vec<Usage> {
     packs
         .iter()
         .map(|p| {
-            let mine = seats.iter().filter(|(id, _)| *id == p.id);
-            let in_use = mine.clone().count() as u32;
-            let stale = mine.filter(|(_, last)| ageing.is_stale(*last)).count() as u32;
+            let (in_use, stale) = counts
+                .iter()
+                .find(|(id, _, _)| *id == p.id)
+                .map_or((0, 0), |&(_, n, s)| (n, s));
             let owned = p.owned_on(day);
             Usage {
                 pack: p.clone(),

@@ -118,7 +118,7 @@ fn reclaim_frees_old_seats_and_moves_expired_packs_seats_while_there_is_room() {
         "one room; the older seat moves"
     );
     // What stays in the expired pack is over.
-    let u = usage(&[old, new], &[(1, now), (2, now)], TODAY, ageing);
+    let u = usage(&[old, new], &[(1, 1, 0), (2, 1, 0)], TODAY);
     assert_eq!((u[0].owned, u[0].over), (0, 1));
     assert_eq!((u[1].in_use, u[1].free), (1, 0));
 }

@@ -80,7 +80,7 @@ impl Watch {
         let now = (self.clock)();
         let ageing = self.ageing(now);
         let mut l = AnyLedger::read(at).await?;
-        let report = admin::report(&mut l, ageing, now).await?;
+        let report = admin::report(&mut l, ageing, now, false).await?;
         let packs: Vec<_> = report.packs.iter().map(|u| u.pack.clone()).collect();
         let dups = match duplicates {
             true => Some(l.duplicates().await?),

@@ -46,6 +46,8 @@ pub trait Ledger {
     async fn packs(&mut self, retired: bool) -> Result<Vec<Pack>, StoreError>;
     /// Every seat.
     async fn seats(&mut self) -> Result<Vec<SeatRow>, StoreError>;
+    /// Seats per pack: `(pack, in use, last answered before stale_ms)`.
+    async fn seat_counts(&mut self, stale_ms: i64) -> Result<Vec<(PackId, u32, u32)>, StoreError>;
     /// Stores a new pack (its `id` is ignored) and returns its id.
     async fn insert_pack(&mut self, p: &Pack, now_ms: i64) -> Result<PackId, StoreError>;
     /// Replaces a pack's terms.
@@ -154,6 +156,9 @@ impl Ledger for AnyLedger {
     }
     async fn seats(&mut self) -> Result<Vec<SeatRow>, StoreError> {
         both!(self, l => l.seats().await)
+    }
+    async fn seat_counts(&mut self, stale_ms: i64) -> Result<Vec<(PackId, u32, u32)>, StoreError> {
+        both!(self, l => l.seat_counts(stale_ms).await)
     }
     async fn insert_pack(&mut self, p: &Pack, now_ms: i64) -> Result<PackId, StoreError> {
         both!(self, l => l.insert_pack(p, now_ms).await)

@@ -62,6 +62,7 @@ pub async fn run(
     mode: CountMode,
     items: &[Item],
     cache: &mut HashMap<Pool, Cached>,
+    books: &mut Option<(i64, Book)>,
 ) -> Result<Vec<Counted>, tokio_postgres::Error> {
     let tx = client
         .build_transaction()
@@ -85,15 +86,7 @@ pub async fn run(
         r.time_ms = now;
     }
     let mut book = match seated {
-        true => {
-            ledger::lock(&tx).await?;
-            let cmids: Vec<Guid> = items
-                .iter()
-                .filter(|i| i.seat)
-                .map(|i| i.record.cmid)
-                .collect();
-            Some(ledger::load_book(&tx, &cmids).await?)
-        }
+        true => Some(open_book(&tx, items, books.as_ref()).await?),
         false => None,
     };
     let mut counted = vec![Counted::default(); items.len()];
@@ -114,7 +107,8 @@ pub async fn run(
         let mut window = before.clone();
         for (k, item) in items.iter().enumerate() {
             if item.pool == Some(pool) {
-                counted[k] = count_one(&mut window, item, &mut records[k], book.as_mut(), now);
+                let b = book.as_mut().map(|(_, b)| b);
+                counted[k] = count_one(&mut window, item, &mut records[k], b, now);
             }
         }
         let mut delta = window.delta_from(&before);
@@ -126,7 +120,7 @@ pub async fn run(
             if item.pool.is_some() {
                 counted[k] = c;
                 records[k].count = c.count;
-                if let Some(b) = book.as_mut().filter(|_| item.seat) {
+                if let Some((_, b)) = book.as_mut().filter(|_| item.seat) {
                     counted[k].seat = seat_of(b, &mut records[k], c.count, now);
                 }
             }
@@ -135,11 +129,8 @@ pub async fn run(
     if seated {
         add_totals(&tx, host_id, &records).await?;
     }
-    if let Some(b) = &book {
-        for k in (0..items.len()).filter(|&k| items[k].seat) {
-            let row = seat_row(&records[k], host_id);
-            ledger::persist_seat(&tx, b, counted[k].seat, &row).await?;
-        }
+    if let Some((_, b)) = &book {
+        persist_seats(&tx, b, items, &records, &counted, host_id).await?;
     }
     // Every write in one round trip: the pools' deltas (each bumping its
     // version), the records and the inventory.
@@ -160,7 +151,43 @@ pub async fn run(
     for ((pool, window, _), version) in committed.into_iter().zip(versions) {
         cache.insert(pool, Cached { version, window });
     }
+    if book.is_some() {
+        *books = book;
+    }
     Ok(counted)
+}
+
+/// Writes the seats the batch's requests came to.
+async fn persist_seats(
+    tx: &tokio_postgres::Transaction<'_>,
+    book: &Book,
+    items: &[Item],
+    records: &[Record],
+    counted: &[Counted],
+    host_id: &str,
+) -> Result<(), tokio_postgres::Error> {
+    for k in (0..items.len()).filter(|&k| items[k].seat) {
+        let row = seat_row(&records[k], host_id);
+        ledger::persist_seat(tx, book, counted[k].seat, &row).await?;
+    }
+    Ok(())
+}
+
+/// Takes the license ledger's lock and the book the batch's seats are
+/// decided with.
+async fn open_book(
+    tx: &tokio_postgres::Transaction<'_>,
+    items: &[Item],
+    cached: Option<&(i64, Book)>,
+) -> Result<(i64, Book), tokio_postgres::Error> {
+    let version = ledger::lock(tx).await?;
+    let cmids: Vec<Guid> = items
+        .iter()
+        .filter(|i| i.seat)
+        .map(|i| i.record.cmid)
+        .collect();
+    let book = ledger::load_book(tx, &cmids, version, cached).await?;
+    Ok((version, book))
 }
 
 /// Counts one item in its pool's window; with a seat to decide, a machine

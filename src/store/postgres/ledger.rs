@@ -21,14 +21,15 @@ fn u32_of(v: i64) -> u32 {
     u32::try_from(v.max(0)).unwrap_or(u32::MAX)
 }
 
-/// Takes the ledger's lock for the rest of the transaction.
-pub async fn lock(c: &impl GenericClient) -> Result<(), tokio_postgres::Error> {
-    c.execute(
-        "UPDATE license_lock SET version = version + 1 WHERE id = 1",
+/// Takes the ledger's lock for the rest of the transaction and moves its
+/// version on: the version returned is one past the last writer's.
+pub async fn lock(c: &impl GenericClient) -> Result<i64, tokio_postgres::Error> {
+    c.query_one(
+        "UPDATE license_lock SET version = version + 1 WHERE id = 1 RETURNING version",
         &[],
     )
     .await
-    .map(|_| ())
+    .map(|r| r.get(0))
 }
 
 const PACK_COLUMNS: &str =
@@ -84,26 +85,49 @@ pub async fn seats(c: &impl GenericClient) -> Result<Vec<SeatRow>, tokio_postgre
     .collect())
 }
 
-/// The book a batch decides with (call with the lock held).
+/// The book a batch decides with (call with the lock held, `version`
+/// what [`lock`] returned): the one `cached` when this host was the last
+/// writer (only the seats of `cmids` are read), else read again.
 pub async fn load_book(
     c: &impl GenericClient,
     cmids: &[Guid],
+    version: i64,
+    cached: Option<&(i64, Book)>,
 ) -> Result<Book, tokio_postgres::Error> {
-    let packs = packs(c, false).await?;
-    if packs.is_empty() {
-        return Ok(Book::default());
+    let mut book = match cached {
+        Some((v, b)) if *v == version - 1 => b.clone(),
+        _ => {
+            let packs = packs(c, false).await?;
+            if packs.is_empty() {
+                return Ok(Book::default());
+            }
+            let in_use: Vec<(PackId, u32)> = c
+                .query(
+                    "SELECT pack, COUNT(*) FROM license_seats GROUP BY pack",
+                    &[],
+                )
+                .await?
+                .iter()
+                .map(|r| (r.get(0), u32_of(r.get(1))))
+                .collect();
+            Book::new(packs, in_use, [])
+        }
+    };
+    if book.is_empty() {
+        return Ok(book);
     }
     let ids: Vec<Vec<u8>> = cmids.iter().map(|g| g.0.to_vec()).collect();
-    let in_use_sql = "SELECT pack, COUNT(*) FROM license_seats GROUP BY pack";
-    let holders_sql = "SELECT cmid, pack FROM license_seats WHERE cmid = ANY($1)";
-    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&ids];
-    let (in_use, holders) = tokio::join!(c.query(in_use_sql, &[]), c.query(holders_sql, &params));
-    let in_use: Vec<(PackId, u32)> = in_use?
+    let holders: Vec<(Guid, PackId)> = c
+        .query(
+            "SELECT cmid, pack FROM license_seats WHERE cmid = ANY($1)",
+            &[&ids],
+        )
+        .await?
         .iter()
-        .map(|r| (r.get(0), u32_of(r.get(1))))
+        .map(|r| (guid(r, 0), r.get(1)))
         .collect();
-    let holders: Vec<(Guid, PackId)> = holders?.iter().map(|r| (guid(r, 0), r.get(1))).collect();
-    Ok(Book::new(packs, in_use, holders))
+    book.set_holders(holders);
+    Ok(book)
 }
 
 /// Writes what a request's seat came to (see the SQLite twin).
@@ -224,6 +248,22 @@ impl Ledger for PgLedger {
 
     async fn seats(&mut self) -> Result<Vec<SeatRow>, StoreError> {
         seats(&self.client).await.map_err(|e| self.err(e))
+    }
+
+    async fn seat_counts(&mut self, stale_ms: i64) -> Result<Vec<(PackId, u32, u32)>, StoreError> {
+        let rows = self
+            .client
+            .query(
+                "SELECT pack, COUNT(*), COUNT(*) FILTER (WHERE last_ms < $1)
+                 FROM license_seats GROUP BY pack",
+                &[&stale_ms],
+            )
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get(0), u32_of(r.get(1)), u32_of(r.get(2))))
+            .collect())
     }
 
     async fn insert_pack(&mut self, p: &Pack, now_ms: i64) -> Result<PackId, StoreError> {

@@ -524,6 +524,8 @@ async fn batcher(
 ) {
     let quiet = Quiet::default();
     let mut cache: HashMap<Pool, Cached> = HashMap::new();
+    // The license book as this host last committed it (see `ledger`).
+    let mut books: Option<(i64, crate::licenses::Book)> = None;
     let mut jobs: Vec<Job> = Vec::with_capacity(MAX_BATCH);
     loop {
         let first = tokio::select! {
@@ -567,7 +569,7 @@ async fn batcher(
         } else {
             let t = Instant::now();
             let until = deadline.unwrap_or(now + run.settings.timeout);
-            let r = commit(&db, &shown, &run, &items, until, &mut cache).await;
+            let r = commit(&db, &shown, &run, &items, until, &mut cache, &mut books).await;
             run.metrics
                 .store_commit_latency
                 .observe(t.elapsed().as_secs_f64());
@@ -584,6 +586,7 @@ async fn batcher(
             Err(e) => {
                 quiet.error("the fleet database failed a commit", &e);
                 cache.clear();
+                books = None;
                 for reply in replies {
                     let _ = reply.send(Err(e.clone()));
                 }
@@ -625,6 +628,7 @@ async fn commit(
     items: &[Item],
     deadline: tokio::time::Instant,
     cache: &mut HashMap<Pool, Cached>,
+    books: &mut Option<(i64, crate::licenses::Book)>,
 ) -> Result<Vec<Counted>, StoreError> {
     let s = &run.settings;
     let attempt = async {
@@ -638,6 +642,7 @@ async fn commit(
                 s.count_mode,
                 items,
                 cache,
+                books,
             )
             .await
             {

@@ -78,8 +78,9 @@ pub(crate) fn seats(conn: &Connection) -> rusqlite::Result<Vec<SeatRow>> {
     .collect()
 }
 
-/// The book a batch decides with: the packs, the seats per pack, and the
-/// seats of `cmids`. Nothing is read when no pack exists.
+/// The book a batch decides with: the packs and the seats per pack, with
+/// the seats of `cmids` (see [`holders`]). Nothing more is read when no
+/// pack exists.
 pub(crate) fn load_book(conn: &Connection, cmids: &[Guid]) -> rusqlite::Result<Book> {
     let packs = packs(conn, false)?;
     if packs.is_empty() {
@@ -89,14 +90,54 @@ pub(crate) fn load_book(conn: &Connection, cmids: &[Guid]) -> rusqlite::Result<B
     let in_use: Vec<(PackId, u32)> = st
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
         .collect::<rusqlite::Result<_>>()?;
+    Ok(Book::new(packs, in_use, holders(conn, cmids)?))
+}
+
+/// The seats `cmids` hold (one primary-key lookup each).
+pub(crate) fn holders(conn: &Connection, cmids: &[Guid]) -> rusqlite::Result<Vec<(Guid, PackId)>> {
     let mut st = conn.prepare_cached("SELECT pack FROM license_seats WHERE cmid = ?1")?;
-    let mut holders = Vec::new();
+    let mut out = Vec::new();
     for c in cmids {
         if let Some(p) = st.query_row([c], |r| r.get::<_, PackId>(0)).optional()? {
-            holders.push((*c, p));
+            out.push((*c, p));
         }
     }
-    Ok(Book::new(packs, in_use, holders))
+    Ok(out)
+}
+
+/// The writer's book between batches, valid while no other connection
+/// has committed (SQLite's `data_version` says so): a host binding seats
+/// reads the packs and counts the seats once, not per batch.
+#[derive(Default)]
+pub(crate) struct BookCache {
+    cached: Option<(i64, Book)>,
+}
+
+impl BookCache {
+    /// The book for a batch asking seats for `cmids`, inside its
+    /// transaction `tx`: the cached one when nothing else wrote since,
+    /// else read again.
+    pub(crate) fn take(
+        &mut self,
+        tx: &Connection,
+        cmids: &[Guid],
+    ) -> rusqlite::Result<(i64, Book)> {
+        let version: i64 = tx.query_row("PRAGMA data_version", [], |r| r.get(0))?;
+        match self.cached.take() {
+            Some((v, mut book)) if v == version => {
+                if !book.is_empty() {
+                    book.set_holders(holders(tx, cmids)?);
+                }
+                Ok((version, book))
+            }
+            _ => Ok((version, load_book(tx, cmids)?)),
+        }
+    }
+
+    /// Keeps `book` once its batch committed (a failed batch keeps none).
+    pub(crate) fn keep(&mut self, version: i64, book: Book) {
+        self.cached = Some((version, book));
+    }
 }
 
 /// Writes what a request's seat came to: a seat taken is inserted (a
@@ -198,6 +239,16 @@ impl Ledger for SqliteLedger {
 
     async fn seats(&mut self) -> Result<Vec<SeatRow>, StoreError> {
         Ok(seats(&self.conn)?)
+    }
+
+    async fn seat_counts(&mut self, stale_ms: i64) -> Result<Vec<(PackId, u32, u32)>, StoreError> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT pack, COUNT(*), COALESCE(SUM(last_ms < ?1), 0) FROM license_seats GROUP BY pack",
+        )?;
+        let rows = st
+            .query_map([stale_ms], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(rows)
     }
 
     async fn insert_pack(&mut self, p: &Pack, now_ms: i64) -> Result<PackId, StoreError> {

@@ -3,7 +3,7 @@
 //! prunes in the gaps.
 
 use super::fold::{FOLD_BACKLOG, FOLD_CHUNK, FOLD_EVERY, commit_level, fold_all, fold_unsynced};
-use super::ledger::{load_book, persist_seat};
+use super::ledger::{BookCache, persist_seat};
 use super::meta::set_meta;
 use super::prune::prune;
 use crate::clock::Clock;
@@ -94,7 +94,8 @@ fn write_record(tx: &rusqlite::Transaction<'_>, r: &Record) -> rusqlite::Result<
 #[cfg(test)]
 pub(super) fn commit_batch(conn: &mut Connection, batch: &[&Record]) -> Result<(), StoreError> {
     let batch: Vec<(&Record, bool)> = batch.iter().map(|r| (*r, false)).collect();
-    commit_batch_known(conn, &batch, &mut Vec::new(), "").map(|_| ())
+    let mut books = BookCache::default();
+    commit_batch_known(conn, &batch, &mut Vec::new(), &mut books, "").map(|_| ())
 }
 
 /// The seat row of a counted record.
@@ -135,6 +136,7 @@ pub(super) fn commit_batch_known(
     conn: &mut Connection,
     batch: &[(&Record, bool)],
     known: &mut Vec<(Pool, u32)>,
+    books: &mut BookCache,
     host: &str,
 ) -> Result<Vec<Seat>, StoreError> {
     // Immediate: a `kmsd licenses` change elsewhere waits for this commit
@@ -150,10 +152,10 @@ pub(super) fn commit_batch_known(
     let mut book = if asks.is_empty() {
         None
     } else {
-        Some(load_book(&tx, &asks)?)
+        Some(books.take(&tx, &asks)?)
     };
     for (k, &(r, ask)) in batch.iter().enumerate() {
-        if let (true, Some(book)) = (ask, book.as_mut()) {
+        if let (true, Some((_, book))) = (ask, book.as_mut()) {
             let day = Day::of_ms(r.time_ms);
             seats[k] = book.decide(&r.sku_id, r.cmid, r.count >= r.n_policy, day);
             if let Seat::Refused(_) = seats[k] {
@@ -179,6 +181,9 @@ pub(super) fn commit_batch_known(
         .execute(params![pool.name(), capacity])?;
     }
     tx.commit()?;
+    if let Some((version, book)) = book {
+        books.keep(version, book);
+    }
     for (pool, c) in capacities {
         match known.iter_mut().find(|(p, _)| *p == pool) {
             Some((_, k)) => *k = (*k).max(c),
@@ -267,6 +272,8 @@ fn writer(
     };
     // Pool capacities this thread has committed (they only grow).
     let mut capacities: Vec<(Pool, u32)> = Vec::new();
+    // The license book between batches that bind seats.
+    let mut books = BookCache::default();
     while let Some(first) = rx.blocking_recv() {
         jobs.push(first);
         while jobs.len() < MAX_BATCH {
@@ -295,7 +302,13 @@ fn writer(
         } else {
             tidy.synced = true;
             let t = Instant::now();
-            let r = commit_batch_known(&mut conn, &records, &mut capacities, &upkeep.host);
+            let r = commit_batch_known(
+                &mut conn,
+                &records,
+                &mut capacities,
+                &mut books,
+                &upkeep.host,
+            );
             metrics
                 .store_commit_latency
                 .observe(t.elapsed().as_secs_f64());
