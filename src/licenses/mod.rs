@@ -240,6 +240,25 @@ impl Book {
     }
 }
 
+/// The packs `seats` took seats in, once each, with what each owns on
+/// `day` (whose peaks a batch raises).
+pub fn taken_in(book: &Book, day: Day, seats: &[Seat]) -> Vec<(PackId, u32)> {
+    let mut out: Vec<(PackId, u32)> = Vec::new();
+    for s in seats {
+        if let Seat::Taken(p) | Seat::Over(p) = *s
+            && !out.iter().any(|(q, _)| *q == p)
+        {
+            let owned = book
+                .packs()
+                .iter()
+                .find(|x| x.id == p)
+                .map_or(0, |x| x.owned_on(day));
+            out.push((p, owned));
+        }
+    }
+    out
+}
+
 /// One seat as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SeatRow {

@@ -166,11 +166,19 @@ async fn persist_seats(
     counted: &[Counted],
     host_id: &str,
 ) -> Result<(), tokio_postgres::Error> {
-    for k in (0..items.len()).filter(|&k| items[k].seat) {
-        let row = seat_row(&records[k], host_id);
-        ledger::persist_seat(tx, book, counted[k].seat, &row).await?;
-    }
-    Ok(())
+    // Pipelined: one round trip for the batch's seats.
+    let rows: Vec<(Seat, SeatRow)> = (0..items.len())
+        .filter(|&k| items[k].seat)
+        .map(|k| (counted[k].seat, seat_row(&records[k], host_id)))
+        .collect();
+    futures_util::future::try_join_all(
+        rows.iter()
+            .map(|(seat, row)| ledger::persist_seat(tx, *seat, row)),
+    )
+    .await?;
+    let seats: Vec<Seat> = counted.iter().map(|c| c.seat).collect();
+    let day = Day::of_ms(records.first().map_or(0, |r| r.time_ms));
+    ledger::raise_peaks(tx, book, day, &seats).await
 }
 
 /// Takes the license ledger's lock and the book the batch's seats are

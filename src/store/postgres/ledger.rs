@@ -133,7 +133,6 @@ pub async fn load_book(
 /// Writes what a request's seat came to (see the SQLite twin).
 pub async fn persist_seat(
     c: &impl GenericClient,
-    book: &Book,
     seat: Seat,
     s: &SeatRow,
 ) -> Result<(), tokio_postgres::Error> {
@@ -155,13 +154,6 @@ pub async fn persist_seat(
                 ],
             )
             .await?;
-            let day = Day::of_ms(s.last_ms);
-            let owned = book
-                .packs()
-                .iter()
-                .find(|x| x.id == p)
-                .map_or(0, |x| x.owned_on(day));
-            raise_peak(c, day, p, owned, book.in_use(p)).await?;
         }
         Seat::Renewed(_) => {
             c.execute(
@@ -178,6 +170,19 @@ pub async fn persist_seat(
             .await?;
         }
         Seat::None | Seat::Refused(_) => {}
+    }
+    Ok(())
+}
+
+/// Raises the day's peak of each pack a batch's `seats` were taken in.
+pub async fn raise_peaks(
+    c: &impl GenericClient,
+    book: &Book,
+    day: Day,
+    seats: &[Seat],
+) -> Result<(), tokio_postgres::Error> {
+    for (pack, owned) in crate::licenses::taken_in(book, day, seats) {
+        raise_peak(c, day, pack, owned, book.in_use(pack)).await?;
     }
     Ok(())
 }

@@ -140,14 +140,10 @@ impl BookCache {
     }
 }
 
-/// Writes what a request's seat came to: a seat taken is inserted (a
-/// renewal refreshes it), and the pack's peak for the day raised.
-pub(crate) fn persist_seat(
-    conn: &Connection,
-    book: &Book,
-    seat: Seat,
-    s: &SeatRow,
-) -> rusqlite::Result<()> {
+/// Writes what a request's seat came to: a seat taken is inserted, a
+/// renewal refreshes it (the peaks are raised once per batch:
+/// [`raise_peaks`]).
+pub(crate) fn persist_seat(conn: &Connection, seat: Seat, s: &SeatRow) -> rusqlite::Result<()> {
     match seat {
         Seat::Taken(p) | Seat::Over(p) => {
             conn.prepare_cached(
@@ -165,13 +161,6 @@ pub(crate) fn persist_seat(
                 s.host,
                 s.last_ms
             ])?;
-            let day = Day::of_ms(s.last_ms);
-            let owned = book
-                .packs()
-                .iter()
-                .find(|x| x.id == p)
-                .map_or(0, |x| x.owned_on(day));
-            raise_peak(conn, day, p, owned, book.in_use(p))?;
         }
         Seat::Renewed(_) => {
             conn.prepare_cached(
@@ -181,6 +170,20 @@ pub(crate) fn persist_seat(
             .execute(params![s.cmid, s.last_ms, s.workstation, s.address, s.host])?;
         }
         Seat::None | Seat::Refused(_) => {}
+    }
+    Ok(())
+}
+
+/// Raises the day's peak of each pack a seat was taken in (`seats`: a
+/// batch's), to the seats it holds now.
+pub(crate) fn raise_peaks(
+    conn: &Connection,
+    book: &Book,
+    day: Day,
+    seats: &[Seat],
+) -> rusqlite::Result<()> {
+    for (pack, owned) in crate::licenses::taken_in(book, day, seats) {
+        raise_peak(conn, day, pack, owned, book.in_use(pack))?;
     }
     Ok(())
 }

@@ -3,7 +3,7 @@
 //! prunes in the gaps.
 
 use super::fold::{FOLD_BACKLOG, FOLD_CHUNK, FOLD_EVERY, commit_level, fold_all, fold_unsynced};
-use super::ledger::{BookCache, persist_seat};
+use super::ledger::{BookCache, persist_seat, raise_peaks};
 use super::meta::set_meta;
 use super::prune::prune;
 use crate::clock::Clock;
@@ -162,7 +162,7 @@ pub(super) fn commit_batch_known(
                 write_record(&tx, &refused(r))?;
                 continue;
             }
-            persist_seat(&tx, book, seats[k], &seat_row(r, host))?;
+            persist_seat(&tx, seats[k], &seat_row(r, host))?;
         }
         write_record(&tx, r)?;
         if let Some(pool) = r.counted_in {
@@ -179,6 +179,9 @@ pub(super) fn commit_batch_known(
              ON CONFLICT(pool) DO UPDATE SET capacity = MAX(capacity, excluded.capacity)",
         )?
         .execute(params![pool.name(), capacity])?;
+    }
+    if let (Some((_, b)), Some((r, _))) = (&book, batch.first()) {
+        raise_peaks(&tx, b, Day::of_ms(r.time_ms), &seats)?;
     }
     tx.commit()?;
     if let Some((version, book)) = book {
