@@ -105,9 +105,22 @@ async fn get(addr: SocketAddr, path: &str) -> Resp {
     }
 }
 
-/// A host with 3 Windows Server clients and 1 Office 2019 client.
-async fn host_with_activations() -> common::TestServer {
+/// A host with 3 Windows Server clients and 1 Office 2019 client; with
+/// `pack`, a warn pack of 2 for the server product (recorded by `kmsd
+/// licenses` before the clients come; they stay below the threshold, so
+/// they hold no seat and Office is in use without a pack).
+async fn host_with_activations(pack: bool) -> common::TestServer {
     let srv = start_server(|_| {}).await;
+    if pack {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_kmsd"))
+            .args(["licenses", "add", "--product", SERVER, "--quantity", "2"])
+            .arg("--data-dir")
+            .arg(srv.dir.path())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        srv.host.licenses().refresh(true).await.unwrap();
+    }
     for ws in SERVERS {
         let mut opts = client_options(SERVER, Version::V6);
         opts.workstation = ws.into();
@@ -153,7 +166,7 @@ fn sku_name(product: &str) -> &'static str {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_metrics_probes_and_search() {
-    let srv = host_with_activations().await;
+    let srv = host_with_activations(false).await;
     let (admin, admin_token, admin_task) = start_admin(state(&srv)).await;
 
     // /metrics
@@ -472,7 +485,8 @@ async fn a_browser_shows_the_pools_and_activations() {
         );
         return;
     };
-    let srv = host_with_activations().await;
+    let srv = host_with_activations(true).await;
+    srv.host.licenses().refresh(true).await.unwrap();
     let (admin, token, task) = start_admin(state(&srv)).await;
     let url = format!("http://{admin}/");
     let profile = tempfile::tempdir().unwrap();
@@ -521,6 +535,18 @@ async fn a_browser_shows_the_pools_and_activations() {
 
     let inventory = element(&dom, "id=\"inventory\"", "</section>");
     assert_eq!(inventory.matches("class=\"client live\"").count(), 4);
+
+    // The licenses section: the pack's bar, no seat taken below the
+    // threshold, and Office in use without a pack.
+    let licenses = text_of(element(&dom, "id=\"licenses\"", "</section>"));
+    assert!(
+        licenses.contains("0 / 2 seats in use") && licenses.contains("2 free"),
+        "{licenses}"
+    );
+    assert!(
+        licenses.contains(&format!("{}: 1 machine", sku_name(OFFICE))),
+        "{licenses}"
+    );
 
     // A search through the form's GET.
     let dom = run_chromium(

@@ -30,7 +30,9 @@ pub(super) fn render(s: &Snapshot) -> Markup {
                     @let owned = u.owned.max(1);
                     @let pct = (u64::from(u.in_use.min(owned)) * 100 / u64::from(owned)).min(100);
                     .pool.card.threshold.reached[u.over == 0] data-pack=(u.pack.id) {
-                        h3 { (u.pack.product_name()) " " span.second { "pack " (u.pack.id) ", " (u.pack.enforce) } }
+                        h3 { (u.pack.product_name()) }
+                        p.sub { "pack " (u.pack.id) " · " (u.pack.enforce)
+                            @if !u.pack.agreement.is_empty() { " · " (u.pack.agreement) } }
                         p.big { (u.in_use) " / " (u.owned) " seats in use" }
                         .bar role="progressbar" aria-label=(u.pack.product_name())
                             aria-valuemin="0" aria-valuemax=(u.owned) aria-valuenow=(u.in_use) {
@@ -52,7 +54,7 @@ pub(super) fn render(s: &Snapshot) -> Markup {
                 h3 { "In use without a recorded license" }
                 ul #uncovered {
                     @for (sku, n) in &r.uncovered {
-                        li { (sku_name(sku)) ": " (n) " machines" }
+                        li { (sku_name(sku)) ": " (n) @if *n == 1 { " machine" } @else { " machines" } }
                     }
                 }
             }
