@@ -162,10 +162,7 @@ impl Host {
                 (Note::ServedGroups, host.served_groups().join(",")),
                 (Note::CountMode, cfg.count_mode.to_string()),
                 (Note::HostBuild, cfg.host_build.to_string()),
-                (
-                    Note::Hwid,
-                    cfg.hwid.iter().map(|b| format!("{b:02X}")).collect(),
-                ),
+                (Note::Hwid, crate::config::format_hwid(&cfg.hwid)),
                 (Note::Pid, std::process::id().to_string()),
                 (Note::Version, env!("CARGO_PKG_VERSION").to_owned()),
                 (Note::Listen, String::new()),
@@ -417,6 +414,6 @@ fn record(req: &Request, peer: IpAddr, now_ms: i64, hr: u32) -> Record {
         vm: b.vm_info != 0,
         protocol: b.version.major(),
         count: 0,
-        hresult: hr,
+        hresult: crate::protocol::kms::Hresult(hr),
     }
 }

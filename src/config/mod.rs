@@ -379,16 +379,14 @@ pub fn parse_hwid(s: &str) -> Result<[u8; 8], String> {
     if s.len() != 16 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(format!("HwId {s:?}: expected 16 hex digits"));
     }
-    let mut out = [0u8; 8];
-    for (i, b) in out.iter_mut().enumerate() {
-        *b = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).map_err(|e| e.to_string())?;
-    }
-    Ok(out)
+    crate::protocol::hex::decode(s)
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .ok_or_else(|| format!("HwId {s:?}: expected 16 hex digits"))
 }
 
 /// A HwId as 16 hex digits (what [`parse_hwid`] reads).
 pub fn format_hwid(h: &[u8; 8]) -> String {
-    h.iter().map(|b| format!("{b:02X}")).collect()
+    crate::protocol::hex::upper(h)
 }
 
 #[cfg(test)]

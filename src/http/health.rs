@@ -58,7 +58,7 @@ mod tests {
         // The probe's bind: one context, the KMS interface v1.0 in NDR32 v2.
         let mut pdu = Vec::new();
         Binding::new(Offer::NDR32_ONLY, 2).encode(&mut pdu);
-        let got: String = pdu.iter().map(|b| format!("{b:02x}")).collect();
+        let got = crate::protocol::hex::lower(&pdu);
         assert_eq!(got, want);
     }
 

@@ -19,11 +19,7 @@ pub fn probes() -> Value {
 }
 
 pub fn hex(s: &str) -> Vec<u8> {
-    assert!(s.len().is_multiple_of(2), "odd hex length");
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex"))
-        .collect()
+    kmsd::protocol::hex::decode(s).expect("hex")
 }
 
 pub fn hex16(s: &str) -> [u8; 16] {

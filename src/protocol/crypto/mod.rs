@@ -65,11 +65,7 @@ mod tests {
     use super::*;
 
     fn block(s: &str) -> [u8; 16] {
-        let v: Vec<u8> = (0..32)
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-            .collect();
-        v.try_into().unwrap()
+        crate::protocol::hex::decode(s).unwrap().try_into().unwrap()
     }
 
     const COUNTING: &str = "000102030405060708090a0b0c0d0e0f";

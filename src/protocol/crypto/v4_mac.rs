@@ -34,11 +34,7 @@ mod tests {
     use super::*;
 
     fn hex16(s: &str) -> [u8; 16] {
-        let v: Vec<u8> = (0..32)
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-            .collect();
-        v.try_into().unwrap()
+        crate::protocol::hex::decode(s).unwrap().try_into().unwrap()
     }
 
     // vectors/index.json -> crypto.v4_mac_examples

@@ -46,10 +46,7 @@ mod tests {
     use super::*;
 
     fn hex(s: &str) -> Vec<u8> {
-        (0..s.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-            .collect()
+        crate::protocol::hex::decode(s).unwrap()
     }
 
     // vectors/index.json -> crypto.v6_hmac_key_derivation
