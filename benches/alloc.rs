@@ -17,7 +17,7 @@ mod common;
 use kmsd::protocol::kms::{self, ResponseRandom, SentRequest};
 use kmsd::protocol::rpc::bind::BindPolicy;
 use kmsd::protocol::rpc::session::Session;
-use kmsd::protocol::server::{self, Decision};
+use kmsd::protocol::server::{self, Verdict};
 use rand::SeedableRng;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
@@ -100,7 +100,7 @@ fn main() {
                     let _ = black_box(server::handle_pdu(
                         &mut session,
                         pdu,
-                        |_| Decision::Answer(answer),
+                        |_| Verdict::Answer(answer),
                         &mut rng,
                         &mut out,
                     ));
@@ -116,7 +116,7 @@ fn main() {
                     let o = server::handle_pdu(
                         &mut session,
                         black_box(pdu),
-                        |_| Decision::Answer(answer),
+                        |_| Verdict::Answer(answer),
                         &mut rng,
                         &mut out,
                     );
@@ -169,7 +169,7 @@ fn main() {
                 let _ = black_box(server::handle_pdu(
                     &mut session,
                     &pdus[2],
-                    |_| Decision::Answer(answer),
+                    |_| Verdict::Answer(answer),
                     &mut rng,
                     &mut fresh,
                 ));

@@ -8,7 +8,7 @@ mod common;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use kmsd::protocol::rpc::bind::BindPolicy;
 use kmsd::protocol::rpc::session::Session;
-use kmsd::protocol::server::{self, Decision, Outcome};
+use kmsd::protocol::server::{self, Outcome, Verdict};
 use rand::SeedableRng;
 use std::hint::black_box;
 
@@ -47,7 +47,7 @@ fn requests(c: &mut Criterion) {
             let o = server::handle_pdu(
                 &mut session,
                 pdu,
-                |_| Decision::Answer(answer),
+                |_| Verdict::Answer(answer),
                 &mut rng,
                 &mut out,
             )
@@ -59,7 +59,7 @@ fn requests(c: &mut Criterion) {
                     let o = server::handle_pdu(
                         &mut session,
                         black_box(pdu),
-                        |_| Decision::Answer(answer),
+                        |_| Verdict::Answer(answer),
                         &mut rng,
                         &mut out,
                     );
@@ -81,7 +81,7 @@ fn requests(c: &mut Criterion) {
                     let o = server::handle_pdu(
                         &mut session,
                         black_box(pdu),
-                        |_| Decision::Answer(answer),
+                        |_| Verdict::Answer(answer),
                         &mut rng,
                         &mut out,
                     );

@@ -20,7 +20,7 @@ use kmsd::protocol::rpc::pdu::{Header, ptype};
 use kmsd::protocol::rpc::request::{Reply, decode_reply};
 use kmsd::protocol::rpc::session::Session;
 use kmsd::protocol::rpc::{Syntax, status};
-use kmsd::protocol::server::{Decision, Outcome, handle_pdu};
+use kmsd::protocol::server::{Verdict, Outcome, handle_pdu};
 use kmsd_fuzz::{FIXED_EPID, check_host_pdu, fixed_rng, split_stream};
 use libfuzzer_sys::fuzz_target;
 use std::sync::LazyLock;
@@ -62,12 +62,12 @@ fuzz_target!(|data: &[u8]| {
         out.clear();
         let decide = |_: &_| {
             if refuse {
-                Decision::Refuse {
+                Verdict::Refuse {
                     hresult: hresult::KMS_ID_MISMATCH,
                     why: "fuzz: refuse all",
                 }
             } else {
-                Decision::Answer(Answer {
+                Verdict::Answer(Answer {
                     epid: &EPID,
                     hwid: HWID,
                     count: COUNT,

@@ -445,7 +445,7 @@ mod tests {
     use crate::protocol::kms::{Answer, Epid, Version, Workstation, hresult, products};
     use crate::protocol::rpc::bind::BindPolicy;
     use crate::protocol::rpc::session::Session;
-    use crate::protocol::server::{Decision, Outcome, handle_pdu};
+    use crate::protocol::server::{Outcome, Verdict, handle_pdu};
     use rand::SeedableRng;
     use rand::rngs::StdRng;
 
@@ -477,11 +477,11 @@ mod tests {
                 &mut self.session,
                 pdu,
                 |_| match refuse {
-                    Some(hresult) => Decision::Refuse {
+                    Some(hresult) => Verdict::Refuse {
                         hresult,
                         why: "test",
                     },
-                    None => Decision::Answer(Answer {
+                    None => Verdict::Answer(Answer {
                         epid,
                         hwid: HWID,
                         count: 30,

@@ -13,9 +13,10 @@ use super::rpc::request::{self as rpc_request, StubError};
 use super::rpc::session::{Session, Step};
 use super::rpc::{Syntax, status};
 
-/// What the host decided for a verified request.
+/// What the caller of [`handle_pdu`] does with a verified request (the
+/// host's product decision is [`crate::protocol::policy::Decision`]).
 #[derive(Debug, Clone, Copy)]
-pub enum Decision<'a> {
+pub enum Verdict<'a> {
     Answer(Answer<'a>),
     /// Refuse with this HRESULT (e.g. product not served).
     Refuse {
@@ -179,15 +180,15 @@ pub fn refuse(p: &Pending, hresult: u32, why: &'static str, out: &mut Vec<u8>) -
 pub fn handle_pdu<'e>(
     session: &mut Session,
     pdu: &[u8],
-    decide: impl FnOnce(&Request) -> Decision<'e>,
+    decide: impl FnOnce(&Request) -> Verdict<'e>,
     rng: &mut impl rand::CryptoRng,
     out: &mut Vec<u8>,
 ) -> Result<Outcome, PduError> {
     Ok(match decode(session, pdu, out)? {
         Decoded::Done(o) => o,
         Decoded::Request(p) => match decide(&p.request) {
-            Decision::Refuse { hresult, why } => refuse(&p, hresult, why, out),
-            Decision::Answer(a) => answer(&p, &a, rng, out),
+            Verdict::Refuse { hresult, why } => refuse(&p, hresult, why, out),
+            Verdict::Answer(a) => answer(&p, &a, rng, out),
         },
     })
 }

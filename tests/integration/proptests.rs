@@ -27,7 +27,7 @@ use kmsd::protocol::rpc::pdu::{
 use kmsd::protocol::rpc::request::{self as rpc, Reply, decode_call, decode_reply, decode_stub};
 use kmsd::protocol::rpc::session::Session;
 use kmsd::protocol::rpc::{KMS_INTERFACE, Syntax};
-use kmsd::protocol::server::{Decision, Outcome, handle_pdu};
+use kmsd::protocol::server::{Outcome, Verdict, handle_pdu};
 use kmsd::store::window::{TTL_MS, Window};
 use proptest::prelude::*;
 use std::collections::BTreeMap;
@@ -424,7 +424,7 @@ proptest! {
         let all = bind_first.then_some(&bind).into_iter().chain(pdus.iter());
         for pdu in all {
             let mut out = Vec::new();
-            let decide = |_: &kms::Request| Decision::Answer(Answer {
+            let decide = |_: &kms::Request| Verdict::Answer(Answer {
                 epid: &epid,
                 hwid: HWID,
                 count: 25,
@@ -675,7 +675,7 @@ fn every_capture_is_answered_and_verifies() {
         for pdu in split_pdus(&c2s(name)) {
             let mut out = Vec::new();
             let decide = |_: &kms::Request| {
-                Decision::Answer(Answer {
+                Verdict::Answer(Answer {
                     epid: &epid,
                     hwid: HWID,
                     count: 25,

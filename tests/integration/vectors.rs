@@ -10,7 +10,7 @@ use kmsd::protocol::rpc::pdu::{Header, MAX_PDU_LEN, ptype};
 use kmsd::protocol::rpc::request::{Reply, decode_reply};
 use kmsd::protocol::rpc::session::Session;
 use kmsd::protocol::rpc::{Syntax, status};
-use kmsd::protocol::server::{self, Decision, Outcome};
+use kmsd::protocol::server::{self, Outcome, Verdict};
 use serde_json::Value;
 
 fn scenarios() -> Vec<Value> {
@@ -309,7 +309,7 @@ fn the_host_core_replays_every_capture_byte_for_byte() {
                 &mut session,
                 pdu,
                 |_req| {
-                    Decision::Answer(Answer {
+                    Verdict::Answer(Answer {
                         epid: epid.as_ref().expect("an answered call has inputs"),
                         hwid: hwid(&inputs),
                         count: inputs["count"].as_u64().unwrap() as u32,
@@ -407,7 +407,7 @@ fn edge_case_probes_get_strict_answers() {
                 Ok(Some(_)) => server::handle_pdu(
                     &mut session,
                     &bytes,
-                    |_| Decision::Refuse {
+                    |_| Verdict::Refuse {
                         hresult: 0xdead,
                         why: "probe",
                     },
@@ -515,7 +515,7 @@ fn probe_requests_on_a_negotiated_context() {
         let (bind, request, vlmcsd_answer) = (&chunks[0], &chunks[2], &chunks[3]);
         let mut session = Session::new(BindPolicy::default(), 16880, 9);
         let mut out = Vec::new();
-        let refuse = |_: &kms::Request| Decision::Refuse {
+        let refuse = |_: &kms::Request| Verdict::Refuse {
             hresult: 1,
             why: "unused",
         };
