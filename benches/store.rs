@@ -37,7 +37,7 @@ fn record(n: u64, now: i64) -> Record {
         vm: false,
         protocol: 6,
         count: 50,
-        hresult: 0,
+        hresult: kmsd::protocol::kms::Hresult::ANSWERED,
     }
 }
 

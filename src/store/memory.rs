@@ -132,7 +132,7 @@ impl State {
     fn remember(&mut self, r: Record, keep: usize) {
         *self
             .totals
-            .entry((r.hresult, r.license_status))
+            .entry((r.hresult.0, r.license_status))
             .or_default() += 1;
         let client = self
             .clients
@@ -146,14 +146,14 @@ impl State {
                 first_seen_ms: r.time_ms,
                 last_seen_ms: r.time_ms,
                 requests: 0,
-                last_result: Hresult(r.hresult),
+                last_result: r.hresult,
                 last_count: r.count,
                 live: false,
             });
         client.last_seen_ms = client.last_seen_ms.max(r.time_ms);
         client.requests += 1;
         client.sku_id = r.sku_id;
-        client.last_result = Hresult(r.hresult);
+        client.last_result = r.hresult;
         client.last_count = r.count;
         client.workstation.clone_from(&r.workstation);
         client.address.clone_from(&r.address);
@@ -178,7 +178,7 @@ impl State {
             vm: r.vm,
             protocol: r.protocol,
             count: r.count,
-            result: Hresult(r.hresult),
+            result: r.hresult,
         });
     }
 }

@@ -28,8 +28,8 @@ pub struct Record {
     pub vm: bool,
     pub protocol: u16,
     pub count: u32,
-    /// 0 for an answered request, else the HRESULT sent.
-    pub hresult: u32,
+    /// [`Hresult::ANSWERED`], else the HRESULT sent in its place.
+    pub hresult: Hresult,
 }
 
 /// A request to count: its record, with the pool to count its CMID in.

@@ -241,7 +241,7 @@ fn seat_of(book: &mut Book, record: &mut Record, count: u32, now: i64) -> Seat {
         record.counted_in = None;
         record.capacity = 0;
         record.count = 0;
-        record.hresult = hresult::KMS_ID_MISMATCH;
+        record.hresult = crate::protocol::kms::Hresult(hresult::KMS_ID_MISMATCH);
     }
     seat
 }
@@ -305,7 +305,7 @@ pub(crate) async fn insert_records(
             &vm,
             &protocol,
             &col(|r| i64_of(r.count)),
-            &col(|r| i64_of(r.hresult)),
+            &col(|r| i64_of(r.hresult.0)),
             &pool,
         ],
     )
@@ -364,7 +364,7 @@ async fn upsert_inventory(
         sku.push(m.latest.sku_id.0.to_vec());
         addr.push(m.latest.address.clone());
         reqs.push(m.requests);
-        hr.push(i64_of(m.latest.hresult));
+        hr.push(i64_of(m.latest.hresult.0));
         count.push(i64_of(m.latest.count));
     }
     tx.execute(
@@ -396,7 +396,7 @@ async fn add_totals(
     let mut totals: BTreeMap<(i64, i64), i64> = BTreeMap::new();
     for r in records {
         *totals
-            .entry((i64_of(r.hresult), i64_of(r.license_status)))
+            .entry((i64_of(r.hresult.0), i64_of(r.license_status)))
             .or_default() += 1;
     }
     let (keys, n): (Vec<(i64, i64)>, Vec<i64>) = totals.into_iter().unzip();

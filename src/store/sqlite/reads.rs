@@ -235,7 +235,7 @@ pub fn records_after(
                 vm: r.get(11)?,
                 protocol: r.get(12)?,
                 count: r.get(13)?,
-                hresult: r.get(14)?,
+                hresult: Hresult(r.get(14)?),
                 counted_in: r
                     .get::<_, Option<String>>(15)?
                     .as_deref()

@@ -30,7 +30,7 @@ fn record(cmid: u128, hresult: u32) -> Record {
         vm: false,
         protocol: 6,
         count: 1,
-        hresult,
+        hresult: crate::protocol::kms::Hresult(hresult),
     }
 }
 
@@ -184,7 +184,7 @@ fn per_record_oracle(records: &[Record]) -> (Vec<Vec<String>>, Vec<Vec<String>>)
                 r.workstation,
                 &r.sku_id.0[..],
                 r.address,
-                r.hresult,
+                r.hresult.0,
                 r.count
             ],
         )
@@ -463,7 +463,7 @@ fn commit_batch_v1(conn: &mut Connection, records: &[Record]) {
             "INSERT INTO activations (time_ms, address, workstation, cmid, app_id, sku_id, kms_id,
                  n_policy, license_status, binding_expiration, vm, protocol, count, hresult)
              VALUES (?1, '', '', ?2, x'', x'', x'', 5, ?3, 0, 0, 6, 1, ?4)",
-            params![r.time_ms, &r.cmid.0[..], r.license_status, r.hresult],
+            params![r.time_ms, &r.cmid.0[..], r.license_status, r.hresult.0],
         )
         .unwrap();
     }

@@ -8,8 +8,8 @@ use super::meta::set_meta;
 use super::prune::prune;
 use crate::clock::Clock;
 use crate::licenses::{Day, Seat, SeatRow};
-use crate::protocol::kms::hresult;
 use crate::protocol::kms::products::Pool;
+use crate::protocol::kms::{Hresult, hresult};
 use crate::store::{Durability, StoreError};
 use crate::store::{Note, Record};
 use rusqlite::{Connection, TransactionBehavior, params};
@@ -80,7 +80,7 @@ fn write_record(tx: &rusqlite::Transaction<'_>, r: &Record) -> rusqlite::Result<
         r.vm,
         r.protocol,
         r.count,
-        r.hresult,
+        r.hresult.0,
         r.counted_in.map(Pool::name),
     ])?;
     Ok(())
@@ -118,7 +118,7 @@ fn refused(r: &Record) -> Record {
         counted_in: None,
         capacity: 0,
         count: 0,
-        hresult: hresult::KMS_ID_MISMATCH,
+        hresult: Hresult(hresult::KMS_ID_MISMATCH),
         ..r.clone()
     }
 }
