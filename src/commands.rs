@@ -245,25 +245,24 @@ pub async fn probe(a: &crate::probe::ProbeArgs) -> Result<()> {
 
 pub fn products(a: &ProductsArgs) -> Result<()> {
     let filter = a.filter.as_deref().unwrap_or("").to_lowercase();
-    let mut n = 0;
+    let mut t = crate::term::table(&["SKU ID", "product", "group", "N", "protocol"], &[3]);
     for s in products::skus() {
         if !s.name.to_lowercase().contains(&filter) {
             continue;
         }
         let g = products::kms_group(&s.kms_id);
-        println!(
-            "{}  {:<58} group: {} (N={}, v{})",
-            s.id,
-            s.name,
-            g.map_or("?", |g| g.name),
-            g.map_or(0, |g| g.n_policy),
-            g.map_or(0, |g| g.protocol_major)
-        );
-        n += 1;
+        t.add_row(vec![
+            s.id.to_string(),
+            s.name.to_owned(),
+            g.map_or("?", |g| g.name).to_owned(),
+            g.map_or(0, |g| g.n_policy).to_string(),
+            format!("v{}", g.map_or(0, |g| g.protocol_major)),
+        ]);
     }
-    if n == 0 {
+    if t.row_count() == 0 {
         bail!("no product matches {filter:?}");
     }
+    println!("{}", t.trim_fmt());
     Ok(())
 }
 
@@ -341,32 +340,68 @@ pub async fn clients(a: &ClientsArgs) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(());
     }
-    println!(
-        "{:<36}  {:<12} {:<4} {:<20} {:<20} {:>5} {:>5}  {:<22} {:<5} product",
-        "CMID", "pool", "live", "workstation", "last seen", "reqs", "count", "last result", "seat"
+    let mut t = crate::term::table(
+        &[
+            "CMID",
+            "pool",
+            "live",
+            "workstation",
+            "last seen",
+            "reqs",
+            "count",
+            "last result",
+            "seat",
+            "product",
+        ],
+        &[5, 6],
     );
     for r in &rows {
-        println!(
-            "{:<36}  {:<12} {:<4} {:<20} {:<20} {:>5} {:>5}  {:<22} {:<5} {}",
-            r.cmid,
-            r.pool,
-            if r.live { "yes" } else { "no" },
-            r.workstation,
-            r.last_seen,
-            r.requests,
-            r.last_count,
-            r.last_result,
-            r.seat.map_or_else(|| "-".to_owned(), |p| p.to_string()),
-            r.product
-        );
+        t.add_row(vec![
+            r.cmid.clone(),
+            r.pool.clone(),
+            if r.live { "yes" } else { "no" }.to_owned(),
+            r.workstation.clone(),
+            r.last_seen.clone(),
+            r.requests.to_string(),
+            r.last_count.to_string(),
+            r.last_result.clone(),
+            r.seat
+                .map_or_else(|| "-".to_owned(), |p| format!("pack {p}")),
+            r.product.clone(),
+        ]);
     }
+    println!("{}", t.trim_fmt());
     println!("{} machines", rows.len());
     Ok(())
 }
 
 /// `kmsd store copy`.
 pub async fn store_copy(a: &crate::cli::StoreCopyArgs) -> Result<()> {
-    let report = crate::store::postgres::import::copy(&a.from, &a.to, a.merge).await?;
+    use crate::store::postgres::import::Progress;
+    let bar = std::sync::Mutex::new(None::<indicatif::ProgressBar>);
+    let progress = |p: Progress| {
+        let Ok(mut b) = bar.lock() else { return };
+        match p {
+            Progress::Stage { what, total } => {
+                if let Some(old) = b.take() {
+                    old.finish();
+                }
+                *b = Some(crate::term::bar(total, what));
+            }
+            Progress::Done(n) => {
+                if let Some(b) = b.as_ref() {
+                    b.inc(n);
+                }
+            }
+        }
+    };
+    let report = crate::store::postgres::import::copy(&a.from, &a.to, a.merge, &progress).await;
+    if let Ok(mut b) = bar.lock()
+        && let Some(b) = b.take()
+    {
+        b.finish_and_clear();
+    }
+    let report = report?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

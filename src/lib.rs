@@ -31,3 +31,4 @@ pub mod protocol;
 pub mod report;
 pub mod server;
 pub mod store;
+pub mod term;

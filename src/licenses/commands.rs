@@ -310,8 +310,18 @@ pub async fn run(a: &LicensesArgs) -> Result<()> {
         }
         Some(LicensesCommand::Import(i)) => {
             let packs = read_csv(&i.file)?;
-            let ids = admin::add(&mut l, &packs, &who).await.map_err(fail)?;
+            let bar = crate::term::bar(packs.len() as u64, "packs");
+            let mut ids = Vec::with_capacity(packs.len());
+            for p in &packs {
+                ids.extend(
+                    admin::add(&mut l, std::slice::from_ref(p), &who)
+                        .await
+                        .map_err(fail)?,
+                );
+                bar.inc(1);
+            }
             l.commit().await?;
+            bar.finish_and_clear();
             println!("{} packs recorded: {}", ids.len(), join_ids(&ids));
         }
         Some(LicensesCommand::Export(_)) => {
@@ -538,16 +548,18 @@ fn print_peaks(rows: &[crate::store::ledger::PeakRow], csv_out: bool, json: bool
         }
         w.flush()?;
     } else {
-        println!(
-            "{:<10}  {:>4}  {:<44} {:>8} {:>6}",
-            "date", "pack", "product", "quantity", "peak"
-        );
+        let mut t =
+            crate::term::table(&["date", "pack", "product", "quantity", "peak"], &[1, 3, 4]);
         for r in &rows {
-            println!(
-                "{:<10}  {:>4}  {:<44} {:>8} {:>6}",
-                r.date, r.pack, r.product, r.quantity, r.peak
-            );
+            t.add_row(vec![
+                r.date.clone(),
+                r.pack.to_string(),
+                r.product.clone(),
+                r.quantity.to_string(),
+                r.peak.to_string(),
+            ]);
         }
+        println!("{}", t.trim_fmt());
     }
     Ok(())
 }
@@ -561,40 +573,56 @@ fn print_report(r: &Report, json: bool) -> Result<()> {
     if v.packs.is_empty() {
         println!("no license packs recorded (`kmsd licenses add --product NAME --quantity N`)");
     } else {
-        println!(
-            "{:>4}  {:<40} {:>5} {:>6} {:>5} {:>5} {:>5}  {:<7} {:<10} agreement",
-            "id", "product", "owned", "in use", "free", "stale", "over", "enforce", "expires",
+        let mut t = crate::term::table(
+            &[
+                "id",
+                "product",
+                "covers",
+                "owned",
+                "in use",
+                "free",
+                "stale",
+                "over",
+                "enforce",
+                "expires",
+                "agreement",
+            ],
+            &[0, 3, 4, 5, 6, 7],
         );
         for p in &v.packs {
-            print_pack(p);
+            t.add_row(pack_row(p));
         }
+        println!("{}", t.trim_fmt());
     }
     if !v.uncovered.is_empty() {
-        println!("\nin use without a recorded license:");
+        println!("\nIn use without a recorded license:");
+        let mut t = crate::term::table(&["product", "machines"], &[1]);
         for u in &v.uncovered {
-            println!("  {:<44} {:>5} machines", u.product, u.machines);
+            t.add_row(vec![u.product.clone(), u.machines.to_string()]);
         }
+        println!("{}", t.trim_fmt());
     }
     Ok(())
 }
 
-fn print_pack(p: &PackView) {
-    println!(
-        "{:>4}  {:<40} {:>5} {:>6} {:>5} {:>5} {:>5}  {:<7} {:<10} {}",
-        p.id,
-        p.product,
-        p.owned,
-        p.in_use,
-        p.free,
-        p.stale,
-        p.over,
-        p.enforce,
-        p.expires.as_deref().unwrap_or("-"),
-        p.agreement
-    );
-    if !p.covers.is_empty() {
-        println!("      covers: {}", p.covers.join(", "));
-    }
+fn pack_row(p: &PackView) -> Vec<String> {
+    vec![
+        p.id.to_string(),
+        p.product.clone(),
+        if p.covers.is_empty() {
+            "-".to_owned()
+        } else {
+            p.covers.join(", ")
+        },
+        p.owned.to_string(),
+        p.in_use.to_string(),
+        p.free.to_string(),
+        p.stale.to_string(),
+        p.over.to_string(),
+        p.enforce.to_owned(),
+        p.expires.clone().unwrap_or_else(|| "-".to_owned()),
+        p.agreement.clone(),
+    ]
 }
 
 fn print_seats(rows: &[SeatView], json: bool) -> Result<()> {
@@ -602,21 +630,32 @@ fn print_seats(rows: &[SeatView], json: bool) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(rows)?);
         return Ok(());
     }
-    println!(
-        "{:>4}  {:<36}  {:<20} {:<40} {:<20} stale",
-        "pack", "cmid", "workstation", "product", "last seen"
+    let mut t = crate::term::table(
+        &[
+            "pack",
+            "cmid",
+            "workstation",
+            "product",
+            "first seen",
+            "last seen",
+            "stale",
+            "host",
+        ],
+        &[0],
     );
     for s in rows {
-        println!(
-            "{:>4}  {:<36}  {:<20} {:<40} {:<20} {}",
-            s.pack,
-            s.cmid,
-            s.workstation,
-            s.product,
-            s.last_seen,
-            if s.stale { "stale" } else { "" }
-        );
+        t.add_row(vec![
+            s.pack.to_string(),
+            s.cmid.clone(),
+            s.workstation.clone(),
+            s.product.clone(),
+            s.first_seen.clone(),
+            s.last_seen.clone(),
+            if s.stale { "stale" } else { "" }.to_owned(),
+            s.host.clone(),
+        ]);
     }
+    println!("{}\n{} seats", t.trim_fmt(), rows.len());
     Ok(())
 }
 

@@ -502,9 +502,25 @@ async fn store_copy_moves_a_single_host_into_a_fleet_and_can_run_again() {
     let windows_epid = srv.host.epid("Windows").unwrap().to_string();
     let dir = srv.stop().await;
 
-    let first = kmsd::store::postgres::import::copy(dir.path(), &url, false)
+    // What a progress bar would be told: each stage's total, then rows.
+    use kmsd::store::postgres::import::Progress;
+    let seen = std::sync::Mutex::new(Vec::new());
+    let progress = |p: Progress| seen.lock().unwrap().push(p);
+    let first = kmsd::store::postgres::import::copy(dir.path(), &url, false, &progress)
         .await
         .unwrap();
+    let stages: Vec<(&str, u64, u64)> = seen.lock().unwrap().iter().fold(Vec::new(), |mut v, p| {
+        match *p {
+            Progress::Stage { what, total } => v.push((what, total, 0)),
+            Progress::Done(n) => v.last_mut().unwrap().2 += n,
+        }
+        v
+    });
+    assert_eq!(
+        stages,
+        vec![("inventory", 4, 4), ("activation log", 4, 4)],
+        "the bar's totals and steps"
+    );
     assert_eq!(
         (
             first.records_copied,
@@ -515,7 +531,7 @@ async fn store_copy_moves_a_single_host_into_a_fleet_and_can_run_again() {
         (4, 4, 8, 3),
         "{first}"
     );
-    let again = kmsd::store::postgres::import::copy(dir.path(), &url, false)
+    let again = kmsd::store::postgres::import::copy(dir.path(), &url, false, &|_| {})
         .await
         .unwrap();
     assert_eq!(

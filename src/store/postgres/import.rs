@@ -80,7 +80,20 @@ fn read_source(db: &Path) -> Result<Source, StoreError> {
 type Tx<'a> = tokio_postgres::Transaction<'a>;
 
 /// Copies the store in `data_dir` into the fleet at `url`.
-pub async fn copy(data_dir: &Path, url: &str, merge: bool) -> Result<CopyReport, StoreError> {
+/// How far a copy is, for a progress bar: a stage begins with its total
+/// (rows), then rows are done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Progress {
+    Stage { what: &'static str, total: u64 },
+    Done(u64),
+}
+
+pub async fn copy(
+    data_dir: &Path,
+    url: &str,
+    merge: bool,
+    progress: &(dyn Fn(Progress) + Sync),
+) -> Result<CopyReport, StoreError> {
     let db = data_dir.join(sqlite::DB_FILE);
     let path = db.clone();
     let src = crate::store::blocking(move || read_source(&path)).await?;
@@ -97,7 +110,11 @@ pub async fn copy(data_dir: &Path, url: &str, merge: bool) -> Result<CopyReport,
     report.records_already_there = register(&tx, &source, merge, &u.shown).await?;
     copy_epids(&tx, &src.epids, &mut report).await?;
     copy_pools(&tx, &src.pools, &mut report).await?;
-    copy_inventory(&tx, &source, &src.inventory).await?;
+    progress(Progress::Stage {
+        what: "inventory",
+        total: src.inventory.len() as u64,
+    });
+    copy_inventory(&tx, &source, &src.inventory, progress).await?;
     report.inventory = src.inventory.len() as u64;
     for (hr, ls, n) in &src.totals {
         tx.execute(
@@ -109,7 +126,7 @@ pub async fn copy(data_dir: &Path, url: &str, merge: bool) -> Result<CopyReport,
         .map_err(pg_err)?;
     }
     tx.commit().await.map_err(pg_err)?;
-    report.records_copied = copy_log(&mut c, &db, &source).await?;
+    report.records_copied = copy_log(&mut c, &db, &source, progress).await?;
     Ok(report)
 }
 
@@ -203,8 +220,14 @@ async fn copy_pools(
     Ok(())
 }
 
-async fn copy_inventory(tx: &Tx<'_>, source: &str, inventory: &[Client]) -> Result<(), StoreError> {
+async fn copy_inventory(
+    tx: &Tx<'_>,
+    source: &str,
+    inventory: &[Client],
+    progress: &(dyn Fn(Progress) + Sync),
+) -> Result<(), StoreError> {
     for m in inventory {
+        progress(Progress::Done(1));
         tx.execute(
             "INSERT INTO clients (cmid, app_id, first_seen_ms, last_seen_ms, workstation,
                  sku_id, address, host_id, requests, last_hresult, last_count)
@@ -247,8 +270,29 @@ async fn copy_log(
     c: &mut tokio_postgres::Client,
     db: &Path,
     source: &str,
+    progress: &(dyn Fn(Progress) + Sync),
 ) -> Result<u64, StoreError> {
     let mut copied = 0;
+    let upto: i64 = c
+        .query_one("SELECT upto FROM copies WHERE source = $1", &[&source])
+        .await
+        .map_err(pg_err)?
+        .get(0);
+    let path = db.to_owned();
+    let left = crate::store::blocking(move || {
+        sqlite::open_ro(&path)?
+            .query_row(
+                "SELECT COUNT(*) FROM activations WHERE id > ?1",
+                [upto],
+                |r| r.get::<_, i64>(0),
+            )
+            .map_err(StoreError::from)
+    })
+    .await?;
+    progress(Progress::Stage {
+        what: "activation log",
+        total: u64::try_from(left).unwrap_or(0),
+    });
     loop {
         let tx = c.transaction().await.map_err(pg_err)?;
         let upto: i64 = tx
@@ -279,5 +323,6 @@ async fn copy_log(
         .map_err(pg_err)?;
         tx.commit().await.map_err(pg_err)?;
         copied += records.len() as u64;
+        progress(Progress::Done(records.len() as u64));
     }
 }
