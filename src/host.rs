@@ -22,7 +22,9 @@ use crate::protocol::policy::{self, Decision, ProductPolicy};
 use crate::protocol::rpc::pdu::PduError;
 use crate::protocol::rpc::session::Session;
 use crate::protocol::server::{self, Decoded, Outcome, Pending};
-use crate::store::{CountMode, CountRequest, Counted, Note, PoolStatus, Record, Store, StoreError};
+use crate::store::{
+    CountMode, CountRequest, Counted, NoteValue, PoolStatus, Record, Store, StoreError,
+};
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, RwLock};
@@ -158,14 +160,14 @@ impl Host {
         };
         host.store
             .note(vec![
-                (Note::StartedMs, now.to_string()),
-                (Note::ServedGroups, host.served_groups().join(",")),
-                (Note::CountMode, cfg.count_mode.to_string()),
-                (Note::HostBuild, cfg.host_build.to_string()),
-                (Note::Hwid, crate::config::format_hwid(&cfg.hwid)),
-                (Note::Pid, std::process::id().to_string()),
-                (Note::Version, env!("CARGO_PKG_VERSION").to_owned()),
-                (Note::Listen, String::new()),
+                NoteValue::StartedMs(now),
+                NoteValue::ServedGroups(host.served_groups()),
+                NoteValue::CountMode(cfg.count_mode),
+                NoteValue::HostBuild(cfg.host_build),
+                NoteValue::Hwid(cfg.hwid),
+                NoteValue::Pid(std::process::id()),
+                NoteValue::Version(env!("CARGO_PKG_VERSION")),
+                NoteValue::Listen(Vec::new()),
             ])
             .await?;
         Ok(host)
@@ -212,13 +214,13 @@ impl Host {
     /// Replaces the decision policy (SIGHUP) and notes the served groups
     /// for `kmsd status`.
     pub async fn set_policy(&self, p: Policy) {
-        let served = p.product.served.join(",");
+        let served = NoteValue::ServedGroups(p.product.served.clone());
         let p = Arc::new(p);
         match self.policy.write() {
             Ok(mut g) => *g = p,
             Err(e) => *e.into_inner() = p,
         }
-        if let Err(e) = self.store.note(vec![(Note::ServedGroups, served)]).await {
+        if let Err(e) = self.store.note(vec![served]).await {
             tracing::warn!(error = %e, "cannot note the served groups");
         }
     }
@@ -229,15 +231,10 @@ impl Host {
         addrs: &[std::net::SocketAddr],
         max_connections: usize,
     ) -> Result<(), StoreError> {
-        let list = addrs
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join(",");
         self.store
             .note(vec![
-                (Note::Listen, list),
-                (Note::MaxConnections, max_connections.to_string()),
+                NoteValue::Listen(addrs.to_vec()),
+                NoteValue::MaxConnections(max_connections),
             ])
             .await
     }

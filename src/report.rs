@@ -3,7 +3,7 @@
 //! JSON. No queries here.
 
 use crate::protocol::kms::products::{self, Date, Pool};
-use crate::store::{Client, Note, StoreStatus};
+use crate::store::{Client, StoreStatus};
 use serde::Serialize;
 use std::fmt::Write as _;
 
@@ -94,12 +94,10 @@ pub struct DnsReport {
 
 impl DnsReport {
     /// The reports of the publisher's note (JSON); none if there is none.
-    pub fn from_note(json: Option<&str>) -> Vec<Self> {
-        let states: Vec<crate::dns::DomainState> = json
-            .and_then(|j| serde_json::from_str(j).ok())
-            .unwrap_or_default();
+    pub fn from_states(states: &[crate::dns::DomainState]) -> Vec<Self> {
         states
-            .into_iter()
+            .iter()
+            .cloned()
             .map(|d| Self {
                 domain: d.domain,
                 record: d.record,
@@ -128,23 +126,10 @@ pub struct HostReport {
 
 impl HostReport {
     fn new(h: &crate::store::HostStatus, now_ms: i64) -> Self {
-        let note = |n: Note| {
-            h.notes
-                .iter()
-                .find(|(k, _)| *k == n)
-                .map(|(_, v)| v.clone())
-        };
         HostReport {
             id: h.id.clone(),
-            listen: note(Note::Listen)
-                .map(|s| {
-                    s.split(',')
-                        .filter(|x| !x.is_empty())
-                        .map(str::to_owned)
-                        .collect()
-                })
-                .unwrap_or_default(),
-            version: note(Note::Version),
+            listen: h.notes.listen.clone(),
+            version: h.notes.version.clone(),
             started: iso_utc(h.started_ms),
             last_heartbeat: iso_utc(h.heartbeat_ms),
             alive: now_ms - h.heartbeat_ms < HOST_GONE_MS,
@@ -198,43 +183,26 @@ pub fn license_status_name(s: u32) -> String {
 impl StatusReport {
     /// Formats what the store holds.
     pub fn new(st: StoreStatus) -> Self {
-        let list = |n: Note| -> Vec<String> {
-            st.note(n)
-                .map(|s| {
-                    s.split(',')
-                        .filter(|x| !x.is_empty())
-                        .map(str::to_owned)
-                        .collect()
-                })
-                .unwrap_or_default()
-        };
-        let mut served = list(Note::ServedGroups);
+        let n = &st.notes;
+        let mut served = n.served_groups.clone();
         for h in &st.hosts {
-            for (n, v) in &h.notes {
-                if *n == Note::ServedGroups {
-                    served.extend(v.split(',').filter(|x| !x.is_empty()).map(str::to_owned));
-                }
-            }
+            served.extend(h.notes.served_groups.iter().cloned());
         }
         let hosts = st
             .hosts
             .iter()
             .map(|h| HostReport::new(h, st.now_ms))
             .collect();
-        let note = |n: Note| st.note(n).map(str::to_owned);
         Self {
             database: st.location.clone(),
             schema_version: st.schema_version,
-            started: st
-                .note(Note::StartedMs)
-                .and_then(|s| s.parse().ok())
-                .map(iso_utc),
-            pid: note(Note::Pid),
-            listen: list(Note::Listen),
-            count_mode: note(Note::CountMode),
-            host_build: note(Note::HostBuild),
-            hwid: note(Note::Hwid),
-            max_connections: note(Note::MaxConnections),
+            started: n.started_ms.map(iso_utc),
+            pid: n.pid.clone(),
+            listen: n.listen.clone(),
+            count_mode: n.count_mode.clone(),
+            host_build: n.host_build.clone(),
+            hwid: n.hwid.clone(),
+            max_connections: n.max_connections.clone(),
             pools: st
                 .pools
                 .iter()
@@ -276,7 +244,7 @@ impl StatusReport {
                     copied_upto: i.copied_upto,
                 })
                 .collect(),
-            dns: DnsReport::from_note(st.note(Note::Dns)),
+            dns: DnsReport::from_states(&n.dns),
         }
     }
 }
@@ -553,10 +521,12 @@ mod tests {
 
     #[test]
     fn the_dns_note_reads_into_reports() {
-        assert!(DnsReport::from_note(None).is_empty());
-        assert!(DnsReport::from_note(Some("not json")).is_empty());
+        use crate::store::{HostNotes, Note};
+        let parsed = |v: &str| HostNotes::parse([(Note::Dns, v.to_owned())]).dns;
+        assert!(DnsReport::from_states(&HostNotes::default().dns).is_empty());
+        assert!(DnsReport::from_states(&parsed("not json")).is_empty());
         let note = r#"[{"domain":"lab.test","record":"_vlmcs._tcp.lab.test. 600 IN SRV 0 0 1688 kms1.lab.test.","server":"127.0.0.1:53","published":false,"last_success_ms":0,"last_attempt_ms":5,"last_error":"the DNS server rejected the TSIG key 'k' (BADSIG)","failures":3,"updates":1,"current":null}]"#;
-        let r = DnsReport::from_note(Some(note));
+        let r = DnsReport::from_states(&parsed(note));
         assert_eq!(r.len(), 1);
         assert_eq!(r[0].last_success.as_deref(), Some("1970-01-01T00:00:00Z"));
         assert_eq!(r[0].failures, 3);

@@ -9,7 +9,7 @@
 //! A failure (timeout, unreachable server, REFUSED, NOTAUTH, a rejected
 //! TSIG key) never touches the KMS service: it is logged with its reason
 //! and retried with backoff (1 s, doubling, at most `dns_refresh` or 5
-//! minutes). The state per domain goes to the store ([`Note::Dns`], for
+//! minutes). The state per domain goes to the store ([`NoteValue::Dns`], for
 //! `kmsd status` in another process and the status page) and to
 //! [`crate::metrics::Metrics::dns`] for `/metrics`.
 
@@ -17,7 +17,7 @@ use super::message::{self, DnsError, Srv};
 use super::transport::{self, Signer};
 use super::{DnsSettings, PublishDomain, discover};
 use crate::host::Host;
-use crate::store::Note;
+use crate::store::NoteValue;
 use hickory_proto::rr::RecordType;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -163,11 +163,7 @@ async fn run(
 /// The states the previous run of this host noted (for its records).
 async fn previous_states(host: &Host) -> Vec<DomainState> {
     match host.store().reader().notes().await {
-        Ok(notes) => notes
-            .iter()
-            .find(|(n, _)| *n == Note::Dns)
-            .and_then(|(_, j)| serde_json::from_str(j).ok())
-            .unwrap_or_default(),
+        Ok(notes) => notes.dns,
         Err(e) => {
             tracing::warn!(error = %e, "DNS: cannot read the records noted by the previous run");
             Vec::new()
@@ -346,8 +342,7 @@ async fn persist(host: &Host, slots: &BTreeMap<String, Slot>) {
         Ok(mut g) => g.clone_from(&states),
         Err(e) => e.into_inner().clone_from(&states),
     }
-    let json = serde_json::to_string(&states).unwrap_or_else(|_| "[]".into());
-    if let Err(e) = host.store().note(vec![(Note::Dns, json)]).await {
+    if let Err(e) = host.store().note(vec![NoteValue::Dns(states)]).await {
         tracing::warn!(error = %e, "DNS: cannot note the publication state for `kmsd status`");
     }
 }

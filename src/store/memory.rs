@@ -10,8 +10,8 @@
 
 use super::pools::Pools;
 use super::{
-    Client, ClientQuery, CountRequest, Counted, LoadedPool, Note, OpenOptions, PoolStatus, Record,
-    StoreStatus, StoredActivation, Total,
+    Client, ClientQuery, CountRequest, Counted, HostNotes, LoadedPool, Note, OpenOptions,
+    PoolStatus, Record, StoreStatus, StoredActivation, Total,
 };
 use crate::protocol::guid::Guid;
 use crate::protocol::kms::Hresult;
@@ -218,7 +218,7 @@ impl MemoryReader {
             location: LOCATION.to_owned(),
             schema_version: 0,
             now_ms,
-            notes: st.notes.iter().map(|(n, v)| (*n, v.clone())).collect(),
+            notes: HostNotes::parse(st.notes.iter().map(|(n, v)| (*n, v.clone()))),
             hosts: Vec::new(),
             imports: Vec::new(),
             pools,

@@ -43,7 +43,10 @@ pub use pools::{CountMode, PoolStatus, Pools, Ticket, live};
 pub use records::{CountRequest, Counted, Record, StoredActivation};
 pub use schedule::Schedule;
 pub use sqlite::{DB_FILE, Durability};
-pub use status::{Client, ClientQuery, HostStatus, Import, LoadedPool, Note, StoreStatus, Total};
+pub use status::{
+    Client, ClientQuery, HostNotes, HostStatus, Import, LoadedPool, Note, NoteValue, StoreStatus,
+    Total,
+};
 
 /// The system clock in unix milliseconds (kept here for callers outside
 /// a running host; see [`crate::clock`]).
@@ -159,7 +162,8 @@ impl Store {
     }
 
     /// Writes notes about the running host.
-    pub async fn note(&self, notes: Vec<(Note, String)>) -> Result<(), StoreError> {
+    pub async fn note(&self, notes: Vec<NoteValue>) -> Result<(), StoreError> {
+        let notes: Vec<(Note, String)> = notes.iter().map(NoteValue::stored).collect();
         match self {
             Self::Sqlite(s) => s.note(notes).await,
             Self::Memory(m) => {
@@ -285,15 +289,16 @@ impl StoreReader {
     /// The notes of the host reading (a single host's, or in a fleet the
     /// reading host's own; none for a fleet read from the CLI): cheaper than
     /// a whole status when only a note is wanted.
-    pub async fn notes(&self) -> Result<Vec<(Note, String)>, StoreError> {
-        match self {
+    pub async fn notes(&self) -> Result<HostNotes, StoreError> {
+        let stored = match self {
             Self::Sqlite(r) => {
                 let r = r.clone();
                 blocking(move || r.notes()).await
             }
             Self::Memory(r) => Ok(r.notes()),
             Self::Postgres(r) => r.notes().await,
-        }
+        }?;
+        Ok(HostNotes::parse(stored))
     }
 
     /// The `limit` most recent activation records, newest first.

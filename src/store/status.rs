@@ -64,6 +64,109 @@ impl Note {
     }
 }
 
+/// A note as the host writes it, typed; stored as text under its
+/// [`Note`] key ([`NoteValue::text`]) and read back once into
+/// [`HostNotes`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NoteValue {
+    StartedMs(i64),
+    Pid(u32),
+    Listen(Vec<std::net::SocketAddr>),
+    ServedGroups(Vec<&'static str>),
+    CountMode(crate::store::CountMode),
+    HostBuild(u32),
+    Hwid([u8; 8]),
+    Version(&'static str),
+    MaxConnections(usize),
+    Dns(Vec<crate::dns::DomainState>),
+}
+
+impl NoteValue {
+    pub fn note(&self) -> Note {
+        match self {
+            Self::StartedMs(_) => Note::StartedMs,
+            Self::Pid(_) => Note::Pid,
+            Self::Listen(_) => Note::Listen,
+            Self::ServedGroups(_) => Note::ServedGroups,
+            Self::CountMode(_) => Note::CountMode,
+            Self::HostBuild(_) => Note::HostBuild,
+            Self::Hwid(_) => Note::Hwid,
+            Self::Version(_) => Note::Version,
+            Self::MaxConnections(_) => Note::MaxConnections,
+            Self::Dns(_) => Note::Dns,
+        }
+    }
+
+    /// The stored text (lists comma-separated; the DNS states as JSON).
+    pub fn text(&self) -> String {
+        let join = |v: Vec<String>| v.join(",");
+        match self {
+            Self::StartedMs(v) => v.to_string(),
+            Self::Pid(v) => v.to_string(),
+            Self::Listen(a) => join(a.iter().map(ToString::to_string).collect()),
+            Self::ServedGroups(g) => g.join(","),
+            Self::CountMode(m) => m.to_string(),
+            Self::HostBuild(b) => b.to_string(),
+            Self::Hwid(h) => crate::config::format_hwid(h),
+            Self::Version(v) => (*v).to_owned(),
+            Self::MaxConnections(n) => n.to_string(),
+            Self::Dns(s) => serde_json::to_string(s).unwrap_or_else(|_| "[]".into()),
+        }
+    }
+
+    /// The stored form: key and text.
+    pub fn stored(&self) -> (Note, String) {
+        (self.note(), self.text())
+    }
+}
+
+/// What a host noted about itself, parsed once from the stored text
+/// ([`HostNotes::parse`]); what a host never noted is empty.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HostNotes {
+    pub started_ms: Option<i64>,
+    pub pid: Option<String>,
+    /// The KMS listeners' addresses.
+    pub listen: Vec<String>,
+    /// The ePID groups served.
+    pub served_groups: Vec<String>,
+    pub count_mode: Option<String>,
+    pub host_build: Option<String>,
+    pub hwid: Option<String>,
+    pub version: Option<String>,
+    pub max_connections: Option<String>,
+    /// The DNS publisher's state per domain.
+    pub dns: Vec<crate::dns::DomainState>,
+}
+
+impl HostNotes {
+    /// The notes from their stored form (an unreadable value is left out).
+    pub fn parse(stored: impl IntoIterator<Item = (Note, String)>) -> Self {
+        let list = |v: &str| -> Vec<String> {
+            v.split(',')
+                .filter(|x| !x.is_empty())
+                .map(str::to_owned)
+                .collect()
+        };
+        let mut n = Self::default();
+        for (k, v) in stored {
+            match k {
+                Note::StartedMs => n.started_ms = v.parse().ok(),
+                Note::Pid => n.pid = Some(v),
+                Note::Listen => n.listen = list(&v),
+                Note::ServedGroups => n.served_groups = list(&v),
+                Note::CountMode => n.count_mode = Some(v),
+                Note::HostBuild => n.host_build = Some(v),
+                Note::Hwid => n.hwid = Some(v),
+                Note::Version => n.version = Some(v),
+                Note::MaxConnections => n.max_connections = Some(v),
+                Note::Dns => n.dns = serde_json::from_str(&v).unwrap_or_default(),
+            }
+        }
+        n
+    }
+}
+
 /// Requests since the store was created, by result and license state.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Total {
@@ -81,7 +184,7 @@ pub struct HostStatus {
     pub heartbeat_ms: i64,
     /// Requests it answered or refused since the fleet began.
     pub requests: u64,
-    pub notes: Vec<(Note, String)>,
+    pub notes: HostNotes,
 }
 
 /// A single host's store copied into a fleet by `kmsd store copy`: an
@@ -105,8 +208,9 @@ pub struct StoreStatus {
     pub schema_version: i64,
     /// The store's clock when it was read.
     pub now_ms: i64,
-    /// Notes by [`Note`], as the host wrote them (a single host's store).
-    pub notes: Vec<(Note, String)>,
+    /// What the host noted (a single host's store; in a fleet, the
+    /// reading host's own).
+    pub notes: HostNotes,
     /// Every host of a fleet (empty for a single host's store).
     pub hosts: Vec<HostStatus>,
     /// Single-host stores copied into a fleet (`kmsd store copy`), oldest
@@ -121,15 +225,6 @@ pub struct StoreStatus {
     pub inventory: u64,
     /// Activation records kept.
     pub records_kept: u64,
-}
-
-impl StoreStatus {
-    pub fn note(&self, n: Note) -> Option<&str> {
-        self.notes
-            .iter()
-            .find(|(k, _)| *k == n)
-            .map(|(_, v)| v.as_str())
-    }
 }
 
 /// Which machines of the inventory to list (newest first).
@@ -157,4 +252,43 @@ pub struct Client {
     pub last_count: u32,
     /// Counted in its pool right now.
     pub live: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn notes_written_typed_read_back_typed() {
+        let written = [
+            NoteValue::StartedMs(1_700_000_000_000),
+            NoteValue::Listen(vec![
+                "127.0.0.1:1688".parse().unwrap(),
+                "[::1]:1688".parse().unwrap(),
+            ]),
+            NoteValue::ServedGroups(vec!["Windows", "Office2021"]),
+            NoteValue::Hwid([0x3A, 0x1C, 0x04, 0x96, 0x00, 0xB6, 0x00, 0x76]),
+            NoteValue::Dns(vec![crate::dns::DomainState {
+                domain: "lab.test".into(),
+                failures: 2,
+                ..Default::default()
+            }]),
+            NoteValue::Listen(Vec::new()),
+        ];
+        let n = HostNotes::parse(written.iter().map(NoteValue::stored));
+        assert_eq!(n.started_ms, Some(1_700_000_000_000));
+        assert!(n.listen.is_empty(), "the later note wins: {:?}", n.listen);
+        assert_eq!(n.served_groups, vec!["Windows", "Office2021"]);
+        assert_eq!(n.hwid.as_deref(), Some("3A1C049600B60076"));
+        assert_eq!(n.dns[0].domain, "lab.test");
+        assert_eq!(n.dns[0].failures, 2);
+        let listen = NoteValue::Listen(vec!["127.0.0.1:1688".parse().unwrap()]);
+        assert_eq!(
+            HostNotes::parse([listen.stored()]).listen,
+            vec!["127.0.0.1:1688"]
+        );
+        // Text a host never wrote is left out, not guessed at.
+        let n = HostNotes::parse([(Note::StartedMs, "soon".into()), (Note::Dns, "{".into())]);
+        assert_eq!((n.started_ms, n.dns.len()), (None, 0));
+    }
 }

@@ -737,24 +737,19 @@ async fn a_fleet_host_reads_its_own_notes() {
         .await
         .unwrap();
     let listen = hosts[1].addr.to_string();
-    assert_eq!(
-        own.note(kmsd::store::Note::Listen),
-        Some(listen.as_str()),
-        "{:?}",
-        own.notes
-    );
+    assert_eq!(own.notes.listen, vec![listen.clone()], "{:?}", own.notes);
     let notes = hosts[1].host.store().reader().notes().await.unwrap();
+    assert_eq!(notes.listen, vec![listen]);
     assert!(
-        notes
-            .iter()
-            .any(|(n, v)| *n == kmsd::store::Note::Listen && *v == listen)
+        notes.version.is_some() && notes.started_ms.is_some(),
+        "{notes:?}"
     );
     let cli = kmsd::store::StoreReader::open(&Backend::Postgres(url.clone()), "/".as_ref())
         .unwrap()
         .status(0)
         .await
         .unwrap();
-    assert!(cli.notes.is_empty());
+    assert_eq!(cli.notes, kmsd::store::HostNotes::default());
     assert_eq!(cli.hosts.len(), 2);
     stop_all(hosts).await;
 }

@@ -263,7 +263,7 @@ fn host(id: &str, age_ms: i64, notes: Vec<(Note, String)>) -> HostStatus {
         started_ms: NOW - 3_600_000,
         heartbeat_ms: NOW - age_ms,
         requests: 42,
-        notes,
+        notes: crate::store::HostNotes::parse(notes),
     }
 }
 
@@ -273,7 +273,7 @@ fn fleet_status(hosts: Vec<HostStatus>) -> StatusReport {
         location: "postgres://kmsd@db/kmsd".into(),
         schema_version: 1,
         now_ms: NOW,
-        notes: vec![],
+        notes: Default::default(),
         hosts,
         imports: vec![],
         pools: vec![],

@@ -7,8 +7,8 @@ use crate::protocol::guid::Guid;
 use crate::protocol::kms::Hresult;
 use crate::protocol::kms::products::Pool;
 use crate::store::{
-    Client, ClientQuery, HostStatus, Import, LoadedPool, Note, PoolStatus, StoreError, StoreStatus,
-    StoredActivation, Total, live,
+    Client, ClientQuery, HostNotes, HostStatus, Import, LoadedPool, Note, PoolStatus, StoreError,
+    StoreStatus, StoredActivation, Total, live,
 };
 use tokio_postgres::Client as Pg;
 
@@ -171,9 +171,10 @@ pub async fn status(c: &Pg, shown: &str) -> Result<StoreStatus, StoreError> {
             started_ms: r.get(1),
             heartbeat_ms: r.get(2),
             requests: u64::try_from(r.get::<_, i64>(3)).unwrap_or(0),
-            notes: Vec::new(),
+            notes: HostNotes::default(),
         });
     }
+    let mut stored: Vec<(String, Note, String)> = Vec::new();
     for r in c
         .query("SELECT host_id, key, value FROM host_notes", &[])
         .await
@@ -181,18 +182,23 @@ pub async fn status(c: &Pg, shown: &str) -> Result<StoreStatus, StoreError> {
     {
         let id: &str = r.get(0);
         let key: &str = r.get(1);
-        if let (Some(h), Some(n)) = (
-            hosts.iter_mut().find(|h| h.id == id),
-            Note::ALL.iter().find(|n| n.key() == key),
-        ) {
-            h.notes.push((*n, r.get(2)));
+        if let Some(n) = Note::ALL.iter().find(|n| n.key() == key) {
+            stored.push((id.to_owned(), *n, r.get(2)));
         }
+    }
+    for h in &mut hosts {
+        h.notes = HostNotes::parse(
+            stored
+                .iter()
+                .filter(|(id, _, _)| *id == h.id)
+                .map(|(_, n, v)| (*n, v.clone())),
+        );
     }
     Ok(StoreStatus {
         location: shown.to_owned(),
         schema_version: SCHEMA_VERSION,
         now_ms: now,
-        notes: Vec::new(),
+        notes: HostNotes::default(),
         hosts,
         imports: imports(c).await?,
         pools,

@@ -9,7 +9,8 @@ use crate::protocol::guid::Guid;
 use crate::protocol::kms::Hresult;
 use crate::protocol::kms::products::Pool;
 use crate::store::{
-    Client, ClientQuery, Note, PoolStatus, StoreError, StoreStatus, StoredActivation, Total,
+    Client, ClientQuery, HostNotes, Note, PoolStatus, StoreError, StoreStatus, StoredActivation,
+    Total,
 };
 use rusqlite::{Connection, OptionalExtension, params};
 
@@ -77,7 +78,7 @@ pub fn status(conn: &Connection, location: String, now_ms: i64) -> Result<StoreS
         location,
         schema_version: SCHEMA_VERSION,
         now_ms,
-        notes: notes(conn)?,
+        notes: HostNotes::parse(notes(conn)?),
         hosts: Vec::new(),
         imports: Vec::new(),
         pools,
