@@ -469,16 +469,8 @@ pub static KEYS: &[Key] = &[
         ..field!(
             Kind::Str,
             store_isolation,
-            |v| {
-                let s = string(v)?;
-                if crate::store::postgres::isolation(s).is_none() {
-                    return Err(format!(
-                        "{s:?}: expected read-committed, repeatable-read or serializable"
-                    ));
-                }
-                Ok(s.to_owned())
-            },
-            |s| text(s)
+            |v| string(v)?.parse::<crate::store::Isolation>(),
+            |i| text(i.name())
         )
     },
     Key {

@@ -97,7 +97,7 @@ pub struct ServeConfig {
     /// answered E_FAIL (and not counted).
     pub store_timeout: Duration,
     /// PostgreSQL: the isolation of the batch transactions.
-    pub store_isolation: String,
+    pub store_isolation: crate::store::Isolation,
     /// How long a store write waits for a locked database before failing.
     pub store_busy_timeout: Duration,
     /// Whether the embedded store's commit waits for the disk.
@@ -181,7 +181,7 @@ impl Default for ServeConfig {
             access: AccessList::default(),
             store: crate::store::Backend::Sqlite,
             store_timeout: Duration::from_secs(5),
-            store_isolation: "read-committed".into(),
+            store_isolation: crate::store::Isolation::default(),
             store_busy_timeout: Duration::from_secs(5),
             durability: crate::store::Durability::Full,
             http: None,

@@ -59,3 +59,42 @@ mod tests {
         assert!(e.contains("memory") && !e.contains("secret"), "{e}");
     }
 }
+
+/// The isolation level a fleet's batch transactions run at (counts and
+/// seats are exact under each; the stricter two retry on conflicts).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Isolation {
+    #[default]
+    ReadCommitted,
+    RepeatableRead,
+    Serializable,
+}
+
+impl Isolation {
+    pub const ALL: [Isolation; 3] = [
+        Isolation::ReadCommitted,
+        Isolation::RepeatableRead,
+        Isolation::Serializable,
+    ];
+
+    /// As the configuration spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::ReadCommitted => "read-committed",
+            Self::RepeatableRead => "repeatable-read",
+            Self::Serializable => "serializable",
+        }
+    }
+}
+
+impl std::str::FromStr for Isolation {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Self::ALL
+            .into_iter()
+            .find(|i| i.name() == s)
+            .ok_or_else(|| {
+                format!("{s:?}: expected read-committed, repeatable-read or serializable")
+            })
+    }
+}

@@ -38,7 +38,7 @@ use std::sync::Arc;
 
 pub(crate) use error::blocking;
 pub use error::{Cause, StoreError};
-pub use location::Backend;
+pub use location::{Backend, Isolation};
 pub use pools::{CountMode, PoolStatus, Pools, Ticket, live};
 pub use records::{CountRequest, Counted, Record, StoredActivation};
 pub use schedule::Schedule;

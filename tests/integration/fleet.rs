@@ -32,7 +32,7 @@ async fn fleet(url: &str, n: usize, isolation: &str) -> Vec<TestServer> {
                 kmsd::host::system_clock(),
                 move |c| {
                     c.store = Backend::Postgres(url);
-                    c.store_isolation = iso;
+                    c.store_isolation = iso.parse().unwrap();
                 },
             )
             .await,

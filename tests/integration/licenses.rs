@@ -301,7 +301,7 @@ async fn a_fleet_never_binds_more_seats_than_the_pack_holds() {
             hosts.push(
                 start_server(move |c| {
                     c.store = kmsd::store::Backend::Postgres(u);
-                    c.store_isolation = isolation.to_owned();
+                    c.store_isolation = isolation.parse().unwrap();
                 })
                 .await,
             );

@@ -98,12 +98,11 @@ fn chain(e: &dyn std::error::Error) -> String {
 }
 
 /// The transaction isolation the batches run under.
-pub fn isolation(name: &str) -> Option<IsolationLevel> {
-    match name {
-        "read-committed" => Some(IsolationLevel::ReadCommitted),
-        "repeatable-read" => Some(IsolationLevel::RepeatableRead),
-        "serializable" => Some(IsolationLevel::Serializable),
-        _ => None,
+pub fn isolation(i: crate::store::Isolation) -> IsolationLevel {
+    match i {
+        crate::store::Isolation::ReadCommitted => IsolationLevel::ReadCommitted,
+        crate::store::Isolation::RepeatableRead => IsolationLevel::RepeatableRead,
+        crate::store::Isolation::Serializable => IsolationLevel::Serializable,
     }
 }
 
@@ -128,15 +127,7 @@ impl Settings {
             count_mode: cfg.count_mode,
             keep_records: cfg.keep_records,
             timeout: cfg.store_timeout,
-            isolation: isolation(&cfg.store_isolation).ok_or_else(|| {
-                StoreError::misconfigured(
-                    url::redact(url),
-                    format!(
-                        "store_isolation {:?}: expected read-committed, repeatable-read or serializable",
-                        cfg.store_isolation
-                    ),
-                )
-            })?,
+            isolation: isolation(cfg.store_isolation),
         })
     }
 }
