@@ -71,17 +71,7 @@ pub async fn run(
         .await?;
     let mut records: Vec<Record> = items.iter().map(|i| i.record.clone()).collect();
     let seated = items.iter().any(|i| i.seat);
-    let clock = tx.query_one(
-        "SELECT (EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT",
-        &[],
-    );
-    let now: i64 = if seated {
-        clock.await?.get(0)
-    } else {
-        let (clock, totals) = tokio::join!(clock, add_totals(&tx, host_id, &records));
-        totals?;
-        clock?.get(0)
-    };
+    let now = clock_and_totals(&tx, host_id, &records, !seated).await?;
     for r in &mut records {
         r.time_ms = now;
     }
@@ -155,6 +145,26 @@ pub async fn run(
         *books = book;
     }
     Ok(counted)
+}
+
+/// The database's clock (one clock for the fleet), and with `totals` the
+/// batch's totals added in the same round trip.
+async fn clock_and_totals(
+    tx: &tokio_postgres::Transaction<'_>,
+    host_id: &str,
+    records: &[Record],
+    totals: bool,
+) -> Result<i64, tokio_postgres::Error> {
+    let clock = tx.query_one(
+        "SELECT (EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT",
+        &[],
+    );
+    if !totals {
+        return Ok(clock.await?.get(0));
+    }
+    let (clock, totals) = tokio::join!(clock, add_totals(tx, host_id, records));
+    totals?;
+    Ok(clock?.get(0))
 }
 
 /// Writes the seats the batch's requests came to.
