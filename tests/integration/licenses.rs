@@ -122,6 +122,29 @@ async fn renew(
     c.activate(cmid).await
 }
 
+/// A spawned `kmsd serve`: stopped cleanly by [`Spawned::stop`], killed
+/// if the test fails first (no host outlives its test).
+struct Spawned(Option<std::process::Child>);
+
+impl Spawned {
+    fn stop(mut self) {
+        let mut c = self.0.take().unwrap();
+        let _ = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status();
+        assert!(c.wait().unwrap().success(), "a clean stop");
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        if let Some(c) = &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 /// The scenario, on the store the flags `at` name.
 async fn hard_pack_scenario(at: Vec<String>, serve_flags: Vec<String>, data: &Path) {
     let Some(bin) = vlmcs_bin() else { return };
@@ -145,7 +168,8 @@ async fn hard_pack_scenario(at: Vec<String>, serve_flags: Vec<String>, data: &Pa
         "the id alone on the last line: {added}"
     );
     let flags: Vec<&str> = serve_flags.iter().map(String::as_str).collect();
-    let (mut host, addr) = spawn_host_with(data, 0, &flags);
+    let (host, addr) = spawn_host_with(data, 0, &flags);
+    let host = Spawned(Some(host));
     let b = bin.clone();
     let results = tokio::task::spawn_blocking(move || {
         let mut r = Vec::new();
@@ -260,10 +284,7 @@ async fn hard_pack_scenario(at: Vec<String>, serve_flags: Vec<String>, data: &Pa
         audit.contains("release") && audit.contains("add"),
         "{audit}"
     );
-    let _ = Command::new("kill")
-        .args(["-TERM", &host.id().to_string()])
-        .status();
-    assert!(host.wait().unwrap().success());
+    host.stop();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
