@@ -564,3 +564,82 @@ fn bad_input_is_refused_naming_the_problem() {
     let e = fail(&["set", id.trim(), "--enforce", "strict"]);
     assert!(e.contains("off, warn or hard"), "{e}");
 }
+
+/// The log names the pack: a warn pack's overage and a hard pack's
+/// refusal (with the reason) are in the real binary's JSON log lines.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_line_names_the_seat_the_overage_and_the_refusal() {
+    use std::io::{BufRead, BufReader};
+    let Some(bin) = vlmcs_bin() else { return };
+    let top = tempfile::tempdir().unwrap();
+    let data = top.path().join("data");
+    let at = vec!["--data-dir".to_owned(), data.display().to_string()];
+    licenses(&at, &["add", "--product", DC, "--quantity", "1"]);
+    licenses(
+        &at,
+        &[
+            "add",
+            "--product",
+            OFFICE,
+            "--quantity",
+            "0",
+            "--enforce",
+            "hard",
+        ],
+    );
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kmsd"))
+        .env_remove("RUST_LOG")
+        .args(["--log-format", "json", "serve", "--listen", "127.0.0.1:0"])
+        .args(["--count-mode", "fixed:25"])
+        .args(&at)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Value>::new()));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (l, stderr) = (lines.clone(), child.stderr.take().unwrap());
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let v: Value = serde_json::from_str(&line).unwrap_or_default();
+            if v["fields"]["message"] == "listening" {
+                let _ = tx.send(v["fields"]["addr"].as_str().unwrap().to_owned());
+            }
+            l.lock().unwrap().push(v);
+        }
+    });
+    let host = Spawned(Some(child));
+    let addr: SocketAddr = rx
+        .recv_timeout(Duration::from_secs(20))
+        .unwrap()
+        .parse()
+        .unwrap();
+    let b = bin.clone();
+    let results = tokio::task::spawn_blocking(move || {
+        [(DC, "w1"), (DC, "w2"), (OFFICE, "o1")]
+            .iter()
+            .map(|(p, w)| vlmcs(&b, addr, p, w))
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap();
+    assert!(
+        results[0].is_ok() && results[1].is_ok(),
+        "warn answers: {results:?}"
+    );
+    assert!(no_seat(results[2].as_ref().unwrap_err()), "{results:?}");
+    host.stop();
+    let lines = lines.lock().unwrap();
+    let field = |ws: &str, f: &str| {
+        lines
+            .iter()
+            .find(|v| v["fields"]["workstation"] == ws)
+            .map(|v| v["fields"][f].as_str().unwrap_or_default().to_owned())
+            .unwrap_or_default()
+    };
+    assert_eq!(field("w1", "seat"), "pack 1 (taken)");
+    assert_eq!(field("w2", "seat"), "pack 1 (OVER its quantity)");
+    assert_eq!(field("o1", "reason"), "no free seat");
+    assert_eq!(field("o1", "seat"), "pack 2 has no free seat");
+    assert_eq!(field("o1", "result"), "0xC004F042");
+}
