@@ -20,7 +20,7 @@ use kmsd::protocol::rpc::pdu::{Header, ptype};
 use kmsd::protocol::rpc::request::{Reply, decode_reply};
 use kmsd::protocol::rpc::session::Session;
 use kmsd::protocol::rpc::{Syntax, status};
-use kmsd::protocol::server::{Verdict, Outcome, handle_pdu};
+use kmsd::protocol::server::{Outcome, Verdict, handle_pdu};
 use kmsd_fuzz::{FIXED_EPID, check_host_pdu, fixed_rng, split_stream};
 use libfuzzer_sys::fuzz_target;
 use std::sync::LazyLock;

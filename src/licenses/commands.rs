@@ -293,12 +293,9 @@ pub async fn run(a: &LicensesArgs) -> Result<()> {
         Some(LicensesCommand::Seats(s)) => {
             let seats = l.seats().await?;
             l.commit().await?;
-            let rows: Vec<SeatView> = seats
-                .iter()
-                .filter(|x| s.pack.is_none_or(|p| p == x.pack))
-                .map(|x| SeatView::new(x, ageing))
-                .filter(|v| !s.stale || v.stale)
-                .collect();
+            let rows: Vec<SeatView> = SeatView::list(&seats, ageing, |x| {
+                s.pack.is_none_or(|p| p == x.pack) && (!s.stale || ageing.is_stale(x.last_ms))
+            });
             print_seats(&rows, a.json)?;
         }
         Some(LicensesCommand::Release(r)) => {
@@ -655,7 +652,17 @@ fn print_seats(rows: &[SeatView], json: bool) -> Result<()> {
             s.host.clone(),
         ]);
     }
+    let dups = rows
+        .iter()
+        .filter(|s| !s.likely_duplicate_of.is_empty())
+        .count();
     println!("{}\n{} seats", t.trim_fmt(), rows.len());
+    if dups > 0 {
+        println!(
+            "{dups} seats share a workstation name with another seat: most likely machines \
+             re-imaged with a new CMID, each holding two seats (`kmsd licenses release` the old)"
+        );
+    }
     Ok(())
 }
 
@@ -684,12 +691,9 @@ pub async fn read_seats(
     let seats = l.seats().await?;
     l.commit().await?;
     let ageing = w.ageing(now_ms);
-    Ok(seats
-        .iter()
-        .filter(|s| pack.is_none_or(|p| p == s.pack))
-        .map(|s| SeatView::new(s, ageing))
-        .filter(|v| !stale || v.stale)
-        .collect())
+    Ok(SeatView::list(&seats, ageing, |s| {
+        pack.is_none_or(|p| p == s.pack) && (!stale || ageing.is_stale(s.last_ms))
+    }))
 }
 
 /// The ledger of the store a reader names, read-only (None: a memory

@@ -224,3 +224,19 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_second_cmid_under_one_name_is_a_likely_duplicate_never_merged() {
+    let now = TODAY.start_ms();
+    let mut old = seat(1, 1, DC, now);
+    old.workstation = "SRV-01".into();
+    let mut new = seat(2, 1, DC, now);
+    new.workstation = "srv-01".into();
+    let other = seat(3, 1, DC, now);
+    let all = [old, new, other];
+    let v = view::SeatView::list(&all, Ageing::at(now, 10_080, 180), |_| true);
+    assert_eq!(v.len(), 3, "both seats stay");
+    assert_eq!(v[0].likely_duplicate_of, vec![cmid(2).to_string()]);
+    assert_eq!(v[1].likely_duplicate_of, vec![cmid(1).to_string()]);
+    assert!(v[2].likely_duplicate_of.is_empty());
+}

@@ -88,9 +88,41 @@ pub struct SeatView {
     pub first_seen: String,
     pub last_seen: String,
     pub stale: bool,
+    /// Other machines (CMIDs) holding a seat under the same workstation
+    /// name: most likely this machine re-imaged with a new CMID, so one
+    /// machine holds two seats. Reported, never merged: `kmsd licenses
+    /// release` the old one.
+    pub likely_duplicate_of: Vec<String>,
 }
 
 impl SeatView {
+    /// Every seat of `all` (those of `keep`), each with the other seats
+    /// under its workstation name.
+    pub fn list(all: &[SeatRow], ageing: Ageing, keep: impl Fn(&SeatRow) -> bool) -> Vec<SeatView> {
+        let mut by_name: std::collections::HashMap<String, Vec<&SeatRow>> =
+            std::collections::HashMap::new();
+        for s in all {
+            by_name
+                .entry(s.workstation.to_lowercase())
+                .or_default()
+                .push(s);
+        }
+        all.iter()
+            .filter(|s| keep(s))
+            .map(|s| {
+                let mut v = SeatView::new(s, ageing);
+                v.likely_duplicate_of = by_name
+                    .get(&s.workstation.to_lowercase())
+                    .into_iter()
+                    .flatten()
+                    .filter(|o| o.cmid != s.cmid)
+                    .map(|o| o.cmid.to_string())
+                    .collect();
+                v
+            })
+            .collect()
+    }
+
     pub fn new(s: &SeatRow, ageing: Ageing) -> Self {
         Self {
             cmid: s.cmid.to_string(),
@@ -102,6 +134,7 @@ impl SeatView {
             first_seen: iso_utc(s.first_ms),
             last_seen: iso_utc(s.last_ms),
             stale: ageing.is_stale(s.last_ms),
+            likely_duplicate_of: Vec::new(),
         }
     }
 }

@@ -266,6 +266,16 @@ async fn hard_pack_scenario(at: Vec<String>, serve_flags: Vec<String>, data: &Pa
         assert!(rows.iter().any(|r| r.contains(m)), "{m} in {csv}");
     }
     assert!(!csv.contains(",m1,"), "machine 1 holds no seat: {csv}");
+    // Distinct machines under distinct names: no likely duplicate.
+    let seats = json(&licenses(&at, &["seats", "--json"]));
+    assert!(
+        seats
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["likely_duplicate_of"].as_array().unwrap().is_empty()),
+        "{seats}"
+    );
     let m7 = seat_of(&at, "m7").unwrap().to_string();
     licenses(&at, &["release", &m7]);
     let peak = licenses(&at, &["peak", "--csv"]);
@@ -444,7 +454,13 @@ async fn a_warn_pack_answers_the_sixth_machine_and_reports_it_over() {
     let body = |r: &str| json(r.split_once("\r\n\r\n").unwrap().1);
     assert_eq!(body(&api)["packs"][0]["over"], 1, "{api}");
     let seats = http_get(admin, "/api/seats").await;
-    assert_eq!(body(&seats).as_array().unwrap().len(), 6, "{seats}");
+    let seats = body(&seats);
+    assert_eq!(seats.as_array().unwrap().len(), 6, "{seats}");
+    // Six CMIDs under one workstation name (our client's): each seat is
+    // reported as a likely duplicate of the five others, none merged.
+    for s in seats.as_array().unwrap() {
+        assert_eq!(s["likely_duplicate_of"].as_array().unwrap().len(), 5, "{s}");
+    }
     let page = http_get(admin, "/").await;
     assert!(
         page.contains("Licenses") && page.contains("1 over"),
