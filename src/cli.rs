@@ -143,10 +143,12 @@ pub struct DnsRecordArgs {
     pub weight: u16,
 }
 
-#[derive(Debug, Args)]
-pub struct StatusArgs {
+/// Which store a report reads: a host's data dir, or a fleet's database
+/// (`kmsd status`, `kmsd clients`, `kmsd licenses`).
+#[derive(Debug, Clone, Args)]
+pub struct StoreAt {
     /// Data directory of the host (default: the default data dir).
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", global = true)]
     pub data_dir: Option<PathBuf>,
     /// A fleet's database (postgres://USER[:PASS]@HOST[:PORT]/DB) instead of
     /// a data dir; `sqlite` (the default) reads the data dir.
@@ -155,9 +157,25 @@ pub struct StatusArgs {
         value_name = "URL",
         env = "KMSD_STORE",
         default_value = "sqlite",
-        hide_env_values = true
+        hide_env_values = true,
+        global = true
     )]
     pub store: crate::store::Backend,
+}
+
+impl StoreAt {
+    /// The data dir named, or the default one.
+    pub fn dir(&self) -> PathBuf {
+        self.data_dir
+            .clone()
+            .unwrap_or_else(crate::config::default_data_dir)
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub at: StoreAt,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
@@ -165,19 +183,8 @@ pub struct StatusArgs {
 
 #[derive(Debug, Args)]
 pub struct ClientsArgs {
-    /// Data directory of the host (default: the default data dir).
-    #[arg(long, value_name = "DIR")]
-    pub data_dir: Option<PathBuf>,
-    /// A fleet's database (postgres://USER[:PASS]@HOST[:PORT]/DB) instead of
-    /// a data dir; `sqlite` (the default) reads the data dir.
-    #[arg(
-        long,
-        value_name = "URL",
-        env = "KMSD_STORE",
-        default_value = "sqlite",
-        hide_env_values = true
-    )]
-    pub store: crate::store::Backend,
+    #[command(flatten)]
+    pub at: StoreAt,
     /// Only one pool: windows, office2010 or office2013+.
     #[arg(long)]
     pub pool: Option<String>,

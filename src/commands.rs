@@ -267,15 +267,12 @@ pub fn products(a: &ProductsArgs) -> Result<()> {
 }
 
 pub async fn status(a: &StatusArgs) -> Result<()> {
-    let dir = a
-        .data_dir
-        .clone()
-        .unwrap_or_else(crate::config::default_data_dir);
-    let st = StoreReader::open(&a.store, &dir)?
+    let dir = a.at.dir();
+    let st = StoreReader::open(&a.at.store, &dir)?
         .status(unix_ms_now())
         .await?;
     let report = StatusReport::new(st);
-    let licenses = crate::licenses::commands::summary(&a.store, &dir).await;
+    let licenses = crate::licenses::commands::summary(&a.at.store, &dir).await;
     if a.json {
         let mut v = serde_json::to_value(&report)?;
         if let (Some(l), Some(o)) = (licenses, v.as_object_mut()) {
@@ -301,10 +298,7 @@ pub async fn status(a: &StatusArgs) -> Result<()> {
 }
 
 pub async fn clients(a: &ClientsArgs) -> Result<()> {
-    let dir = a
-        .data_dir
-        .clone()
-        .unwrap_or_else(crate::config::default_data_dir);
+    let dir = a.at.dir();
     let now = unix_ms_now();
     let pool = match &a.pool {
         Some(p) => Some(products::Pool::from_name(p).with_context(|| {
@@ -324,15 +318,15 @@ pub async fn clients(a: &ClientsArgs) -> Result<()> {
         limit: a.limit,
     };
     if a.duplicates {
-        return crate::licenses::commands::duplicates(&a.store, &dir, a.json).await;
+        return crate::licenses::commands::duplicates(&a.at.store, &dir, a.json).await;
     }
-    let mut rows: Vec<ClientRow> = StoreReader::open(&a.store, &dir)?
+    let mut rows: Vec<ClientRow> = StoreReader::open(&a.at.store, &dir)?
         .clients(&query)
         .await?
         .iter()
         .map(ClientRow::new)
         .collect();
-    let seats = crate::licenses::commands::seat_map(&a.store, &dir).await;
+    let seats = crate::licenses::commands::seat_map(&a.at.store, &dir).await;
     for r in &mut rows {
         r.seat = seats.get(&r.cmid).copied();
     }

@@ -466,25 +466,13 @@ pub fn parse_since(v: &str, now_ms: i64) -> Result<i64, String> {
         };
         return Ok(now_ms - i64::from(n) * ms);
     }
-    let bad =
-        || format!("since {v:?}: expected YYYY-MM-DD, a span like 7d or 12h, or unix milliseconds");
-    let parts: Vec<&str> = v.split('-').collect();
-    let [y, m, d] = parts.as_slice() else {
-        return Err(bad());
-    };
-    if y.len() != 4 || m.len() != 2 || d.len() != 2 {
-        return Err(bad());
+    match Date::parse_iso(v) {
+        Ok(date) => Ok(date.days_since_unix_epoch() * 86_400_000),
+        Err(e) if e == Date::NO_SUCH_DATE => Err(format!("since {v:?}: {e}")),
+        Err(_) => Err(format!(
+            "since {v:?}: expected YYYY-MM-DD, a span like 7d or 12h, or unix milliseconds"
+        )),
     }
-    let date = Date {
-        year: y.parse().map_err(|_| bad())?,
-        month: m.parse().map_err(|_| bad())?,
-        day: d.parse().map_err(|_| bad())?,
-    };
-    let days = date.days_since_unix_epoch();
-    if !(1..=12).contains(&date.month) || Date::from_days_since_unix_epoch(days) != date {
-        return Err(format!("since {v:?}: no such date"));
-    }
-    Ok(days * 86_400_000)
 }
 
 #[cfg(test)]

@@ -17,20 +17,8 @@ use std::path::PathBuf;
 #[derive(Debug, Args)]
 #[command(args_conflicts_with_subcommands = false)]
 pub struct LicensesArgs {
-    /// Data directory of the host (default: the default data dir).
-    #[arg(long, value_name = "DIR", global = true)]
-    pub data_dir: Option<PathBuf>,
-    /// A fleet's database (postgres://USER[:PASS]@HOST[:PORT]/DB) instead of
-    /// a data dir; `sqlite` (the default) uses the data dir.
-    #[arg(
-        long,
-        value_name = "URL",
-        env = "KMSD_STORE",
-        default_value = "sqlite",
-        hide_env_values = true,
-        global = true
-    )]
-    pub store: crate::store::Backend,
+    #[command(flatten)]
+    pub at: crate::cli::StoreAt,
     /// Print JSON (lists).
     #[arg(long, global = true)]
     pub json: bool,
@@ -247,11 +235,7 @@ fn actor() -> Actor {
 }
 
 fn ledger_at(a: &LicensesArgs) -> Result<LedgerAt> {
-    let dir = a
-        .data_dir
-        .clone()
-        .unwrap_or_else(crate::config::default_data_dir);
-    Ok(LedgerAt::of(&a.store, &dir)?)
+    Ok(LedgerAt::of(&a.at.store, &a.at.dir())?)
 }
 
 fn fail(e: AdminError) -> anyhow::Error {

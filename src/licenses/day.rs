@@ -32,22 +32,7 @@ pub fn format_day(d: Day) -> String {
 /// A date `YYYY-MM-DD` (`what` names it in the error).
 pub fn parse_day(v: &str, what: &str) -> Result<Day, String> {
     let v = v.trim();
-    let bad = || format!("{what} {v:?}: expected a date YYYY-MM-DD");
-    let parts: Vec<&str> = v.split('-').collect();
-    let [y, m, d] = parts.as_slice() else {
-        return Err(bad());
-    };
-    if y.len() != 4 || m.len() != 2 || d.len() != 2 {
-        return Err(bad());
-    }
-    let date = Date {
-        year: y.parse().map_err(|_| bad())?,
-        month: m.parse().map_err(|_| bad())?,
-        day: d.parse().map_err(|_| bad())?,
-    };
-    let days = date.days_since_unix_epoch();
-    if !(1..=12).contains(&date.month) || Date::from_days_since_unix_epoch(days) != date {
-        return Err(format!("{what} {v:?}: no such date"));
-    }
-    Ok(Day(days))
+    Date::parse_iso(v)
+        .map(|d| Day(d.days_since_unix_epoch()))
+        .map_err(|e| format!("{what} {v:?}: {e}"))
 }

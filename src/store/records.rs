@@ -32,6 +32,23 @@ pub struct Record {
     pub hresult: Hresult,
 }
 
+impl Record {
+    /// The seat this record's machine holds or takes, answered by `host`
+    /// (its pack is decided by the book).
+    pub fn seat_row(&self, host: &str) -> crate::licenses::SeatRow {
+        crate::licenses::SeatRow {
+            cmid: self.cmid,
+            pack: 0,
+            sku: self.sku_id,
+            workstation: self.workstation.clone(),
+            address: self.address.clone(),
+            host: host.to_owned(),
+            first_ms: self.time_ms,
+            last_ms: self.time_ms,
+        }
+    }
+}
+
 /// A request to count: its record, with the pool to count its CMID in.
 /// The store fills in the count, the capacity and `counted_in`.
 #[derive(Debug, Clone, PartialEq, Eq)]

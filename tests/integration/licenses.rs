@@ -59,26 +59,9 @@ fn kmsd(at: &[String], args: &[&str]) -> String {
 /// One new machine of `product` named `name`, asked by vlmcs: Ok(count)
 /// when answered, Err(output) when refused.
 fn vlmcs(bin: &Path, addr: SocketAddr, product: &str, name: &str) -> Result<u32, String> {
-    use kmsd::protocol::kms::products;
-    let sku = products::find_sku(product).unwrap();
-    let g = products::kms_group(&sku.kms_id).unwrap();
-    let out = Command::new(bin)
-        .args([
-            format!("-{}", g.protocol_major),
-            "-w".into(),
-            name.into(),
-            "--application-id".into(),
-            sku.app_id.to_string(),
-            "--activation-id".into(),
-            sku.id.to_string(),
-            "--kms-id".into(),
-            sku.kms_id.to_string(),
-            "--required-count".into(),
-            g.n_policy.to_string(),
-            addr.to_string(),
-        ])
-        .output()
-        .unwrap();
+    let mut args = crate::vlmcs_interop::product_args(product, addr);
+    args.splice(0..0, ["-w".to_owned(), name.to_owned()]);
+    let out = Command::new(bin).args(&args).output().unwrap();
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),

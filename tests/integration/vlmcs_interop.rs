@@ -132,7 +132,7 @@ async fn vlmcs_sees_office_and_server_products_with_their_own_epids() {
 
 /// vlmcs's arguments to ask `addr` as a new machine of `product` (its
 /// catalog protocol, IDs and threshold).
-fn product_args(product: &str, addr: std::net::SocketAddr) -> Vec<String> {
+pub(crate) fn product_args(product: &str, addr: std::net::SocketAddr) -> Vec<String> {
     use kmsd::protocol::kms::products;
     let sku = products::find_sku(product).unwrap();
     let g = products::kms_group(&sku.kms_id).unwrap();

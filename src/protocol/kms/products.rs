@@ -70,6 +70,32 @@ impl Date {
         before + self.day as u16 + leap
     }
 
+    /// A date written `YYYY-MM-DD`; the error says whether the text is not
+    /// such a date (`NOT_A_DATE`) or names a day that does not exist
+    /// (`NO_SUCH_DATE`).
+    pub fn parse_iso(text: &str) -> Result<Date, &'static str> {
+        let parts: Vec<&str> = text.trim().split('-').collect();
+        let [y, m, d] = parts.as_slice() else {
+            return Err(Self::NOT_A_DATE);
+        };
+        if y.len() != 4 || m.len() != 2 || d.len() != 2 {
+            return Err(Self::NOT_A_DATE);
+        }
+        let date = Date {
+            year: y.parse().map_err(|_| Self::NOT_A_DATE)?,
+            month: m.parse().map_err(|_| Self::NOT_A_DATE)?,
+            day: d.parse().map_err(|_| Self::NOT_A_DATE)?,
+        };
+        let days = date.days_since_unix_epoch();
+        if !(1..=12).contains(&date.month) || Date::from_days_since_unix_epoch(days) != date {
+            return Err(Self::NO_SUCH_DATE);
+        }
+        Ok(date)
+    }
+
+    pub const NOT_A_DATE: &'static str = "expected a date YYYY-MM-DD";
+    pub const NO_SUCH_DATE: &'static str = "no such date";
+
     /// Days from 1970-01-01 to this date (negative before it).
     pub fn days_since_unix_epoch(self) -> i64 {
         // Howard Hinnant's days_from_civil, with years starting in March.

@@ -179,7 +179,7 @@ async fn persist_seats(
     // Pipelined: one round trip for the batch's seats.
     let rows: Vec<(Seat, SeatRow)> = (0..items.len())
         .filter(|&k| items[k].seat)
-        .map(|k| (counted[k].seat, seat_row(&records[k], host_id)))
+        .map(|k| (counted[k].seat, records[k].seat_row(host_id)))
         .collect();
     futures_util::future::try_join_all(
         rows.iter()
@@ -254,19 +254,6 @@ fn seat_of(book: &mut Book, record: &mut Record, count: u32, now: i64) -> Seat {
         record.hresult = crate::protocol::kms::Hresult(hresult::KMS_ID_MISMATCH);
     }
     seat
-}
-
-fn seat_row(r: &Record, host_id: &str) -> SeatRow {
-    SeatRow {
-        cmid: r.cmid,
-        pack: 0,
-        sku: r.sku_id,
-        workstation: r.workstation.clone(),
-        address: r.address.clone(),
-        host: host_id.to_owned(),
-        first_ms: r.time_ms,
-        last_ms: r.time_ms,
-    }
 }
 
 fn i64_of(v: u32) -> i64 {

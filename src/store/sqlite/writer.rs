@@ -7,7 +7,7 @@ use super::ledger::{BookCache, persist_seat, raise_peaks};
 use super::meta::set_meta;
 use super::prune::prune;
 use crate::clock::Clock;
-use crate::licenses::{Day, Seat, SeatRow};
+use crate::licenses::{Day, Seat};
 use crate::protocol::kms::products::Pool;
 use crate::protocol::kms::{Hresult, hresult};
 use crate::store::{Durability, StoreError};
@@ -98,20 +98,6 @@ pub(super) fn commit_batch(conn: &mut Connection, batch: &[&Record]) -> Result<(
     commit_batch_known(conn, &batch, &mut Vec::new(), &mut books, "").map(|_| ())
 }
 
-/// The seat row of a counted record.
-fn seat_row(r: &Record, host: &str) -> SeatRow {
-    SeatRow {
-        cmid: r.cmid,
-        pack: 0,
-        sku: r.sku_id,
-        workstation: r.workstation.clone(),
-        address: r.address.clone(),
-        host: host.to_owned(),
-        first_ms: r.time_ms,
-        last_ms: r.time_ms,
-    }
-}
-
 /// A counted record refused for want of a seat, as the log keeps it.
 fn refused(r: &Record) -> Record {
     Record {
@@ -162,7 +148,7 @@ pub(super) fn commit_batch_known(
                 write_record(&tx, &refused(r))?;
                 continue;
             }
-            persist_seat(&tx, seats[k], &seat_row(r, host))?;
+            persist_seat(&tx, seats[k], &r.seat_row(host))?;
         }
         write_record(&tx, r)?;
         if let Some(pool) = r.counted_in {
