@@ -11,6 +11,7 @@ use crate::protocol::guid::Guid;
 use crate::store::StoreError;
 use crate::store::ledger::{AuditRow, Duplicate, Ledger, PEAK_KEEP_DAYS, PeakRow};
 use crate::store::sqlite::ledger::{covers_of, covers_text};
+use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, GenericClient, Row};
 
 fn guid(r: &Row, i: usize) -> Guid {
@@ -244,6 +245,18 @@ impl PgLedger {
     fn err(&self, e: tokio_postgres::Error) -> StoreError {
         pg_err_at(&self.shown, e)
     }
+
+    async fn q(&self, sql: &str, p: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, StoreError> {
+        self.client.query(sql, p).await.map_err(|e| self.err(e))
+    }
+
+    async fn q1(&self, sql: &str, p: &[&(dyn ToSql + Sync)]) -> Result<Row, StoreError> {
+        self.client.query_one(sql, p).await.map_err(|e| self.err(e))
+    }
+
+    async fn x(&self, sql: &str, p: &[&(dyn ToSql + Sync)]) -> Result<u64, StoreError> {
+        self.client.execute(sql, p).await.map_err(|e| self.err(e))
+    }
 }
 
 impl Ledger for PgLedger {
@@ -257,14 +270,12 @@ impl Ledger for PgLedger {
 
     async fn seat_counts(&mut self, stale_ms: i64) -> Result<Vec<(PackId, u32, u32)>, StoreError> {
         let rows = self
-            .client
-            .query(
+            .q(
                 "SELECT pack, COUNT(*), COUNT(*) FILTER (WHERE last_ms < $1)
                  FROM license_seats GROUP BY pack",
                 &[&stale_ms],
             )
-            .await
-            .map_err(|e| self.err(e))?;
+            .await?;
         Ok(rows
             .iter()
             .map(|r| (r.get(0), u32_of(r.get(1)), u32_of(r.get(2))))
@@ -273,8 +284,7 @@ impl Ledger for PgLedger {
 
     async fn insert_pack(&mut self, p: &Pack, now_ms: i64) -> Result<PackId, StoreError> {
         let row = self
-            .client
-            .query_one(
+            .q1(
                 "INSERT INTO license_packs (product, covers, quantity, enforce, agreement,
                      starts_day, expires_day, note, created_ms)
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
@@ -290,88 +300,75 @@ impl Ledger for PgLedger {
                     &now_ms,
                 ],
             )
-            .await
-            .map_err(|e| self.err(e))?;
+            .await?;
         Ok(row.get(0))
     }
 
     async fn update_pack(&mut self, p: &Pack) -> Result<(), StoreError> {
-        self.client
-            .execute(
-                "UPDATE license_packs SET product = $2, covers = $3, quantity = $4, enforce = $5,
+        self.x(
+            "UPDATE license_packs SET product = $2, covers = $3, quantity = $4, enforce = $5,
                      agreement = $6, starts_day = $7, expires_day = $8, note = $9
                  WHERE id = $1",
-                &[
-                    &p.id,
-                    &p.product.0.as_slice(),
-                    &covers_text(&p.covers),
-                    &i64::from(p.quantity),
-                    &p.enforce.name(),
-                    &p.agreement,
-                    &p.starts.map(|d| d.0),
-                    &p.expires.map(|d| d.0),
-                    &p.note,
-                ],
-            )
-            .await
-            .map_err(|e| self.err(e))?;
+            &[
+                &p.id,
+                &p.product.0.as_slice(),
+                &covers_text(&p.covers),
+                &i64::from(p.quantity),
+                &p.enforce.name(),
+                &p.agreement,
+                &p.starts.map(|d| d.0),
+                &p.expires.map(|d| d.0),
+                &p.note,
+            ],
+        )
+        .await?;
         Ok(())
     }
 
     async fn retire_pack(&mut self, id: PackId, now_ms: i64) -> Result<(), StoreError> {
-        self.client
-            .execute(
-                "UPDATE license_packs SET retired_ms = $2 WHERE id = $1",
-                &[&id, &now_ms],
-            )
-            .await
-            .map_err(|e| self.err(e))?;
+        self.x(
+            "UPDATE license_packs SET retired_ms = $2 WHERE id = $1",
+            &[&id, &now_ms],
+        )
+        .await?;
         Ok(())
     }
 
     async fn delete_seats(&mut self, cmids: &[Guid]) -> Result<u64, StoreError> {
         let ids: Vec<Vec<u8>> = cmids.iter().map(|g| g.0.to_vec()).collect();
-        self.client
-            .execute("DELETE FROM license_seats WHERE cmid = ANY($1)", &[&ids])
+        self.x("DELETE FROM license_seats WHERE cmid = ANY($1)", &[&ids])
             .await
-            .map_err(|e| self.err(e))
     }
 
     async fn move_seats(&mut self, moves: &[(Guid, PackId)]) -> Result<(), StoreError> {
         for (c, p) in moves {
-            self.client
-                .execute(
-                    "UPDATE license_seats SET pack = $2 WHERE cmid = $1",
-                    &[&c.0.as_slice(), p],
-                )
-                .await
-                .map_err(|e| self.err(e))?;
+            self.x(
+                "UPDATE license_seats SET pack = $2 WHERE cmid = $1",
+                &[&c.0.as_slice(), p],
+            )
+            .await?;
         }
         Ok(())
     }
 
     async fn audit(&mut self, a: &AuditRow) -> Result<(), StoreError> {
-        self.client
-            .execute(
-                "INSERT INTO license_audit (time_ms, actor, action, pack, detail)
+        self.x(
+            "INSERT INTO license_audit (time_ms, actor, action, pack, detail)
                  VALUES ($1, $2, $3, $4, $5)",
-                &[&a.time_ms, &a.actor, &a.action, &a.pack, &a.detail],
-            )
-            .await
-            .map_err(|e| self.err(e))?;
+            &[&a.time_ms, &a.actor, &a.action, &a.pack, &a.detail],
+        )
+        .await?;
         Ok(())
     }
 
     async fn audit_rows(&mut self, limit: u32) -> Result<Vec<AuditRow>, StoreError> {
         let rows = self
-            .client
-            .query(
+            .q(
                 "SELECT time_ms, actor, action, pack, detail FROM license_audit
                  ORDER BY id DESC LIMIT $1",
                 &[&i64::from(limit)],
             )
-            .await
-            .map_err(|e| self.err(e))?;
+            .await?;
         Ok(rows
             .iter()
             .map(|r| AuditRow {
@@ -394,27 +391,23 @@ impl Ledger for PgLedger {
                 .await
                 .map_err(|e| self.err(e))?;
         }
-        self.client
-            .execute(
-                "DELETE FROM license_peaks WHERE day < $1",
-                &[&(day.0 - PEAK_KEEP_DAYS)],
-            )
-            .await
-            .map_err(|e| self.err(e))?;
+        self.x(
+            "DELETE FROM license_peaks WHERE day < $1",
+            &[&(day.0 - PEAK_KEEP_DAYS)],
+        )
+        .await?;
         Ok(())
     }
 
     async fn peaks(&mut self, since: Day) -> Result<Vec<PeakRow>, StoreError> {
         let rows = self
-            .client
-            .query(
+            .q(
                 "SELECT k.day, k.pack, p.product, k.quantity, k.peak
                  FROM license_peaks k JOIN license_packs p ON p.id = k.pack
                  WHERE k.day >= $1 ORDER BY k.day, k.pack",
                 &[&since.0],
             )
-            .await
-            .map_err(|e| self.err(e))?;
+            .await?;
         Ok(rows
             .iter()
             .map(|r| PeakRow {
@@ -429,16 +422,14 @@ impl Ledger for PgLedger {
 
     async fn duplicates(&mut self) -> Result<Vec<Duplicate>, StoreError> {
         let rows = self
-            .client
-            .query(
+            .q(
                 "SELECT cmid, workstation, MAX(address), MAX(time_ms) FROM activations
                  WHERE cmid IN (SELECT cmid FROM activations GROUP BY cmid
                                 HAVING COUNT(DISTINCT workstation) > 1)
                  GROUP BY cmid, workstation ORDER BY cmid, MAX(time_ms) DESC",
                 &[],
             )
-            .await
-            .map_err(|e| self.err(e))?;
+            .await?;
         Ok(group_duplicates(
             rows.iter()
                 .map(|r| (guid(r, 0), r.get(1), r.get(2), r.get(3)))
@@ -448,14 +439,12 @@ impl Ledger for PgLedger {
 
     async fn in_use(&mut self, since_ms: i64) -> Result<Vec<(Guid, u32)>, StoreError> {
         let rows = self
-            .client
-            .query(
+            .q(
                 "SELECT sku_id, COUNT(DISTINCT cmid) FROM clients
                  WHERE last_seen_ms >= $1 AND last_hresult = 0 GROUP BY sku_id",
                 &[&since_ms],
             )
-            .await
-            .map_err(|e| self.err(e))?;
+            .await?;
         Ok(rows
             .iter()
             .map(|r| (guid(r, 0), u32_of(r.get(1))))
