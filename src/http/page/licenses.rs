@@ -21,7 +21,13 @@ pub(super) fn render(s: &Snapshot) -> Markup {
             }
             @if !s.duplicates.is_empty() {
                 p.warn #duplicates {
-                    strong { (s.duplicates.len()) " client machine IDs are shared by several machines. " }
+                    strong {
+                        @if s.duplicates.len() == 1 {
+                            "1 client machine ID is shared by several machines. "
+                        } @else {
+                            (s.duplicates.len()) " client machine IDs are shared by several machines. "
+                        }
+                    }
                     (DUPLICATE_FIX) " (kmsd clients --duplicates lists them)."
                 }
             }

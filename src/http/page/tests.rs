@@ -349,3 +349,65 @@ fn no_fleet_section_without_hosts() {
     assert!(!page.contains("data-host="), "{page}");
     assert!(!page.contains(">Fleet<"), "{page}");
 }
+
+/// The licenses section: a bar per pack with what is over and stale, the
+/// uncovered products, and the warning about machines sharing one CMID;
+/// nothing at all without packs, uncovered products or duplicates.
+#[test]
+fn the_licenses_section_shows_packs_overage_uncovered_and_duplicates() {
+    use crate::licenses::watch::Snapshot;
+    use crate::licenses::{Day, Duplicate, Enforce, Pack, Usage};
+    use crate::protocol::guid::Guid;
+    let empty = super::licenses::render(&Snapshot::default()).into_string();
+    assert!(empty.is_empty(), "{empty}");
+    let dc = crate::protocol::kms::products::find_sku("Windows Server 2019 Datacenter").unwrap();
+    let ess = crate::protocol::kms::products::find_sku("Windows Server 2019 Essentials").unwrap();
+    let pack = Pack {
+        id: 7,
+        product: dc.id,
+        covers: vec![],
+        quantity: 5,
+        enforce: Enforce::Warn,
+        agreement: "EA-<b>1</b>".into(),
+        starts: None,
+        expires: Some(Day(20_000)),
+        note: String::new(),
+    };
+    let mut snap = Snapshot::default();
+    snap.report.packs = vec![Usage {
+        pack,
+        owned: 5,
+        in_use: 6,
+        free: 0,
+        stale: 2,
+        over: 1,
+    }];
+    snap.report.uncovered = vec![(ess.id, 3)];
+    snap.duplicates = vec![Duplicate {
+        cmid: Guid::from_u128(1),
+        machines: vec![
+            ("a".into(), "10.0.0.1".into(), 0),
+            ("b".into(), "10.0.0.2".into(), 0),
+        ],
+    }];
+    let html = super::licenses::render(&snap).into_string();
+    assert!(html.contains("data-pack=\"7\""), "{html}");
+    assert!(html.contains("6 / 5 seats in use"), "{html}");
+    assert!(
+        html.contains("1 over") && html.contains("2 stale"),
+        "{html}"
+    );
+    assert!(html.contains("expires 2024-10-04"), "{html}");
+    assert!(
+        html.contains("EA-&lt;b&gt;1&lt;/b&gt;"),
+        "the agreement as text: {html}"
+    );
+    assert!(
+        html.contains("Windows Server 2019 Essentials: 3 machines"),
+        "{html}"
+    );
+    assert!(
+        html.contains("id=\"duplicates\"") && html.contains("1 client machine ID is shared"),
+        "{html}"
+    );
+}
