@@ -428,12 +428,9 @@ impl Coverage {
         Self { skus }
     }
 
+    /// Whether some valid pack covers `sku` (without packs: no hashing).
     pub fn covers(&self, sku: &Guid) -> bool {
         !self.skus.is_empty() && self.skus.contains(sku)
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.skus.is_empty()
     }
 }
 
